@@ -1,0 +1,101 @@
+"""The engine objects that travel between nodes.
+
+They are immutable from the graph's point of view: a node that changes something
+returns a new object (``dataclasses.replace``), so two branches of one graph never
+see each other's changes. ``residency`` is an opaque handle the host adapter attaches
+(ComfyUI's memory manager, or a headless stand-in); the engine never looks inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from .families import Family
+
+
+@dataclass(frozen=True, eq=False)
+class Denoiser:
+    family: Family
+    module: Any  # a diffusers UNet2DConditionModel (or, later, a DiT)
+    source: str
+    latent_scale: float = 1.0  # LATENT holds raw VAE latents; the denoiser works on (raw - shift) * scale
+    latent_shift: float = 0.0
+    residency: Any = None
+
+    @property
+    def dtype(self):
+        return self.module.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class TextEncoder:
+    family: Family
+    tokenizer: Any
+    module: Any  # transformers CLIPTextModel
+    source: str
+    residency: Any = None
+
+
+@dataclass(frozen=True, eq=False)
+class Vae:
+    family: Family
+    module: Any  # diffusers AutoencoderKL
+    source: str
+    residency: Any = None
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.module.config.scaling_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.module.config.latent_channels
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """What scheduler to build, not a scheduler: schedulers are stateful, so each run makes its own."""
+
+    class_name: str
+    config: tuple[tuple[str, Any], ...]  # frozen items of the diffusers scheduler config
+    sampler: str = "model default"
+    schedule: str = "model default"
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        return dict(self.config)
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    """Encoded prompt: ``embeds`` [1, tokens, dim] (``pooled`` [1, dim] for families that use it)."""
+
+    family: Family
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+    text: str = ""
+    encoder_source: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Guider:
+    """Classifier-free guidance: positive, negative, scale, rescale and the step interval where it applies."""
+
+    positive: Conditioning
+    negative: Conditioning
+    scale: float = 7.5
+    rescale: float = 0.0
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+
+    def active_at(self, step: int, steps: int) -> bool:
+        """CFG applies at this step: scale above 1 (as diffusers decides) and step inside [start, end)."""
+        if self.scale <= 1.0:
+            return False
+        position = step / steps
+        return self.start_percent <= position and (position < self.end_percent or self.end_percent >= 1.0)

@@ -1,0 +1,152 @@
+"""The denoise loop: one function per concern, driven by the family adapter.
+
+It follows the diffusers pipelines step for step so that, given the same weights,
+seed and settings, it produces the same latents bit for bit on the CPU:
+* a fresh scheduler per run, timesteps from ``set_timesteps``;
+* the initial noise from a CPU generator seeded by the node; the same generator
+  then feeds the scheduler's step noise (ancestral/SDE samplers);
+* txt2img (an all-zero latent at denoise 1.0) starts from noise × ``init_noise_sigma``;
+  anything else is img2img: the last ``int(steps × denoise)`` steps, noise added at
+  the first of them, as the img2img pipelines do with ``strength``;
+* CFG batched as [uncond, cond] in one call, rescale as in diffusers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .components import Conditioning, Denoiser, Guider, SchedulerSpec
+from .errors import InputError
+from .schedulers import build_scheduler, uses_generator
+
+StepCallback = Callable[[int, int, "torch.Tensor | None"], None]  # (step index, total, x0 prediction or None)
+
+
+@dataclass(frozen=True)
+class Plan:
+    timesteps: torch.Tensor
+    start_latents: torch.Tensor
+    begin_index: int | None
+
+
+def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> None:
+    family = denoiser.family
+    for name, cond in (("guider", guider.positive), ("guider", guider.negative)):
+        problem = family.conditioning_problem(denoiser, cond)
+        if problem:
+            raise InputError(name, f"{problem}.", "encode both prompts with the text encoder of the model you denoise with.")
+    channels = denoiser.module.config.in_channels
+    if samples.ndim != 4 or samples.shape[1] != channels:
+        shape = "x".join(str(s) for s in samples.shape)
+        raise InputError("latent", f"the latent has shape {shape}, but this {family.display_name} denoiser works on "
+                         f"{channels}-channel latents [batch, {channels}, height/8, width/8].",
+                         "make the latent with this model's Empty Latent or VAE Encode node (a latent from another "
+                         "model family does not fit).")
+
+
+def _batch(embeds: torch.Tensor, batch: int) -> torch.Tensor:
+    return embeds.repeat(batch, 1, 1) if batch > 1 else embeds
+
+
+def _same_length(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different window counts are repeated to a common length (as ComfyUI does)."""
+    la, lb = a.shape[1], b.shape[1]
+    if la == lb:
+        return a, b
+    import math
+
+    common = math.lcm(la, lb)
+    return a.repeat(1, common // la, 1), b.repeat(1, common // lb, 1)
+
+
+def plan_run(scheduler, samples_model: torch.Tensor, steps: int, strength: float, generator: torch.Generator,
+             txt2img: bool) -> Plan:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    scheduler.set_timesteps(steps, device=samples_model.device)
+    if txt2img:
+        noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
+                             dtype=samples_model.dtype)
+        return Plan(scheduler.timesteps, noise * scheduler.init_noise_sigma, None)
+    run_steps = min(int(steps * strength), steps)
+    begin = max(steps - run_steps, 0) * scheduler.order
+    timesteps = scheduler.timesteps[begin:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    if len(timesteps) == 0:
+        return Plan(timesteps, samples_model, begin)
+    noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
+                         dtype=samples_model.dtype)
+    start = scheduler.add_noise(samples_model, noise, timesteps[:1].repeat(samples_model.shape[0]))
+    return Plan(timesteps, start, begin)
+
+
+def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: torch.Tensor, t, use_cfg: bool,
+                      embeds: tuple[torch.Tensor, torch.Tensor], guidance_embedding) -> torch.Tensor:
+    """One denoiser evaluation with classifier-free guidance, batched [uncond, cond] as diffusers does."""
+    negative, positive = embeds
+    model_input = torch.cat([latents] * 2) if use_cfg else latents
+    model_input = scheduler.scale_model_input(model_input, t)
+    context = torch.cat([negative, positive]) if use_cfg else positive
+    prediction = denoiser.family.predict(denoiser, model_input, t, context, None, guidance_embedding)
+    if not use_cfg:
+        return prediction
+    uncond, cond = prediction.chunk(2)
+    guided = uncond + guider.scale * (cond - uncond)
+    if guider.rescale > 0.0:
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+        guided = rescale_noise_cfg(guided, cond, guidance_rescale=guider.rescale)
+    return guided
+
+
+def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.Tensor, seed: int, steps: int,
+            strength: float = 1.0, on_step: StepCallback | None = None, eta: float = 0.0) -> torch.Tensor:
+    """Run the sampler on a raw-VAE-space latent batch and return the denoised raw latents."""
+    check_inputs(denoiser, guider, samples)
+    if steps < 1:
+        raise InputError("steps", f"{steps} steps is not a run.", "use at least 1 step.")
+    if not 0.0 <= strength <= 1.0:
+        raise InputError("denoise", f"{strength} is outside 0..1.", "use 1.0 for text-to-image, less for image-to-image.")
+
+    module = denoiser.module
+    device, dtype = module.device, guider.positive.embeds.dtype
+    batch = samples.shape[0]
+    txt2img = strength >= 1.0 and not bool(samples.any())
+    samples_model = samples.to(device=device, dtype=dtype)
+    if denoiser.latent_shift:
+        samples_model = samples_model - denoiser.latent_shift
+    samples_model = samples_model * denoiser.latent_scale
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    scheduler = build_scheduler(spec, seed)
+    plan = plan_run(scheduler, samples_model, steps, strength, generator, txt2img)
+
+    negative, positive = _same_length(guider.negative.embeds, guider.positive.embeds)
+    embeds = (_batch(negative.to(device, module.dtype), batch), _batch(positive.to(device, module.dtype), batch))
+    guidance_embedding = denoiser.family.guidance_embedding(denoiser, guider.scale, batch)
+    step_kwargs = {}
+    step_params = inspect.signature(scheduler.step).parameters
+    if "eta" in step_params:
+        step_kwargs["eta"] = eta
+    if uses_generator(scheduler):
+        step_kwargs["generator"] = generator
+
+    latents = plan.start_latents
+    total = len(plan.timesteps)
+    for i, t in enumerate(plan.timesteps):
+        use_cfg = guidance_embedding is None and guider.active_at(i, total)
+        prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, embeds, guidance_embedding)
+        output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
+        latents = output.prev_sample
+        if on_step is not None:
+            on_step(i, total, getattr(output, "pred_original_sample", None))
+
+    raw = latents / denoiser.latent_scale
+    if denoiser.latent_shift:
+        raw = raw + denoiser.latent_shift
+    return raw

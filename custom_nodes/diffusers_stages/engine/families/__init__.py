@@ -1,0 +1,81 @@
+"""Model families: the only place where the differences between model families live.
+
+A family adapter knows how to load its models (diffusers folder, single file),
+how to turn a prompt into conditioning, how to call its denoiser for one step, its
+latent layout and its preview colours. The denoise loop and the nodes ask the
+adapter and never branch on the family themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..components import Conditioning, Denoiser, SchedulerSpec, TextEncoder, Vae
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    denoiser: Denoiser
+    text_encoder: TextEncoder
+    vae: Vae
+    scheduler: SchedulerSpec
+
+
+class Family:
+    """Interface of a family adapter. Subclasses fill in every method."""
+
+    id: str
+    display_name: str
+    latent_channels: int
+    spatial_factor: int  # pixels per latent cell
+    size_multiple: int  # width/height must be multiples of this
+    pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values this family loads
+    preview_factors: tuple[tuple[float, float, float], ...]  # latent channel -> RGB
+    preview_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    host_latent_format: str = ""  # the host's name for this latent format (ComfyUI: comfy.latent_formats.<name>)
+
+    def claims_checkpoint(self, keys: set[str]) -> bool:
+        raise NotImplementedError
+
+    def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
+        raise NotImplementedError
+
+    def load_single_file(self, path: str, keys: dict[str, tuple[int, ...]], dtype: torch.dtype, prediction: str,
+                         vocab_dirs: tuple[str, ...]) -> LoadedModel:
+        raise NotImplementedError
+
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
+        raise NotImplementedError
+
+    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
+        """Why ``cond`` cannot drive ``denoiser`` (None if it can)."""
+        raise NotImplementedError
+
+    def predict(self, denoiser: Denoiser, model_input: torch.Tensor, timestep: Any, embeds: torch.Tensor,
+                pooled: torch.Tensor | None, guidance_embedding: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def guidance_embedding(self, denoiser: Denoiser, scale: float, batch: int) -> torch.Tensor | None:
+        """Distilled models that take the guidance scale as an input (no CFG batch); None otherwise."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<family {self.id}>"
+
+
+def all_families() -> list[Family]:
+    from .stable_diffusion import STABLE_DIFFUSION
+
+    return [STABLE_DIFFUSION]
+
+
+def family_for_pipeline_class(class_name: str) -> Family | None:
+    return next((f for f in all_families() if class_name in f.pipeline_classes), None)
+
+
+def family_for_checkpoint(keys: set[str]) -> Family | None:
+    return next((f for f in all_families() if f.claims_checkpoint(keys)), None)

@@ -1,0 +1,303 @@
+"""Stable Diffusion 1.x and 2.x: a UNet2DConditionModel, one CLIP text encoder, a 4-channel AutoencoderKL.
+
+Epsilon and v-prediction models are both covered; the prediction type lives in the
+scheduler config, as in diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+import torch
+
+from ..components import Conditioning, Denoiser, TextEncoder, Vae
+from ..errors import InputError
+from ..prompt import token_windows
+from ..schedulers import spec_from_config
+from . import Family, LoadedModel
+
+_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+_UNET = "model.diffusion_model."
+_VAE = "first_stage_model."
+_CLIP = "cond_stage_model.transformer.text_model."
+_OPEN_CLIP = "cond_stage_model.model."
+PREDICTIONS = ("auto", "epsilon", "v_prediction")
+
+
+def _bundled_config(variant: str) -> dict[str, Any]:
+    with open(os.path.join(_CONFIG_DIR, f"{variant}.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _norm_groups(channels: list[int]) -> int:
+    """32 groups as every SD model has; fewer only for narrow (test) models whose widths 32 does not divide."""
+    groups = 32
+    while any(c % groups for c in channels):
+        groups //= 2
+    return groups
+
+
+def _count(keys, pattern: str) -> int:
+    regex = re.compile(pattern)
+    return len({m.group(1) for k in keys if (m := regex.match(k))})
+
+
+def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], variant: str) -> dict[str, Any]:
+    """The bundled UNet config with every size the checkpoint's tensors reveal taken from the tensors."""
+    levels, current, k = [], [], 1
+    while True:
+        prefix = f"{_UNET}input_blocks.{k}.0."
+        if prefix + "op.weight" in shapes:
+            levels.append(current)
+            current = []
+        elif prefix + "in_layers.0.weight" in shapes:
+            current.append(k)
+        else:
+            break
+        k += 1
+    levels.append(current)
+    channels = [shapes[f"{_UNET}input_blocks.{level[0]}.0.out_layers.3.weight"][0] for level in levels]
+    attention = [f"{_UNET}input_blocks.{level[0]}.1.proj_in.weight" in shapes for level in levels]
+    first = next(level[0] for level, has in zip(levels, attention) if has)
+    attn = f"{_UNET}input_blocks.{first}.1."
+    config = dict(base)
+    config.update(
+        in_channels=shapes[f"{_UNET}input_blocks.0.0.weight"][1],
+        out_channels=shapes[f"{_UNET}out.2.weight"][0],
+        block_out_channels=channels,
+        layers_per_block=len(levels[0]),
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
+        cross_attention_dim=shapes[attn + "transformer_blocks.0.attn2.to_k.weight"][1],
+        use_linear_projection=len(shapes[attn + "proj_in.weight"]) == 2,
+        transformer_layers_per_block=_count(shapes, re.escape(attn) + r"transformer_blocks\.(\d+)\."),
+        norm_num_groups=_norm_groups(channels),
+    )
+    if variant == "sd2":  # OpenCLIP-era UNets use 64-wide attention heads
+        config["attention_head_dim"] = [max(1, c // 64) for c in channels]
+    return config
+
+
+def infer_vae_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    levels = _count(shapes, re.escape(_VAE) + r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight")
+    channels = [shapes[f"{_VAE}encoder.down.{i}.block.0.conv2.weight"][0] for i in range(levels)]
+    config = dict(base)
+    config.update(
+        in_channels=shapes[f"{_VAE}encoder.conv_in.weight"][1],
+        out_channels=shapes[f"{_VAE}decoder.conv_out.weight"][0],
+        latent_channels=shapes[f"{_VAE}encoder.conv_out.weight"][0] // 2,
+        block_out_channels=channels,
+        layers_per_block=_count(shapes, re.escape(_VAE) + r"encoder\.down\.0\.block\.(\d+)\.conv1\.weight"),
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
+        norm_num_groups=_norm_groups(channels),
+        use_quant_conv=f"{_VAE}quant_conv.weight" in shapes,
+        use_post_quant_conv=f"{_VAE}post_quant_conv.weight" in shapes,
+    )
+    return config
+
+
+def infer_text_encoder_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], variant: str):
+    if variant == "sd1":
+        vocab, hidden = shapes[_CLIP + "embeddings.token_embedding.weight"]
+        positions = shapes[_CLIP + "embeddings.position_embedding.weight"][0]
+        layers = _count(shapes, re.escape(_CLIP) + r"encoder\.layers\.(\d+)\.")
+        intermediate = shapes[_CLIP + "encoder.layers.0.mlp.fc1.weight"][0]
+        projection = base["projection_dim"]
+    else:  # SD2 uses the penultimate OpenCLIP layer, so diffusers keeps one layer fewer
+        vocab, hidden = shapes[_OPEN_CLIP + "token_embedding.weight"]
+        positions = shapes[_OPEN_CLIP + "positional_embedding"][0]
+        layers = _count(shapes, re.escape(_OPEN_CLIP) + r"transformer\.resblocks\.(\d+)\.") - 1
+        intermediate = shapes[_OPEN_CLIP + "transformer.resblocks.0.mlp.c_fc.weight"][0]
+        projection = shapes.get(_OPEN_CLIP + "text_projection", (hidden, base["projection_dim"]))[1]
+    config = dict(base)
+    config.update(vocab_size=vocab, hidden_size=hidden, max_position_embeddings=positions, num_hidden_layers=layers,
+                  intermediate_size=intermediate, num_attention_heads=max(1, hidden // 64), projection_dim=projection,
+                  bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    return config
+
+
+def _safetensors_files(folder: str) -> list[str]:
+    return [f for f in os.listdir(folder) if f.endswith(".safetensors")] if os.path.isdir(folder) else []
+
+
+def _weights_variant(folder: str, component: str) -> str | None:
+    """None for plain weights, "fp16" when only fp16-variant files exist; refuses pickle-only folders."""
+    sub = os.path.join(folder, component)
+    files = _safetensors_files(sub)
+    if any(f.count(".") == 1 for f in files):
+        return None
+    for variant in ("fp16", "bf16"):
+        if any(f".{variant}." in f for f in files):
+            return variant
+    if os.path.isdir(sub) and any(f.endswith((".bin", ".ckpt", ".pt", ".pth")) for f in os.listdir(sub)):
+        raise InputError(
+            "model",
+            f"'{component}' in {folder} has only pickle weights (.bin/.ckpt), which can run code when loaded.",
+            "convert the folder to safetensors (diffusers: `pipe.save_pretrained(dir, safe_serialization=True)`).",
+        )
+    if not files:
+        raise InputError("model", f"the diffusers folder {folder} has no weights for '{component}'.",
+                         "re-download the model folder; each component needs its .safetensors file.")
+    return None
+
+
+def _apply_prediction(scheduler_config: dict[str, Any], prediction: str) -> dict[str, Any]:
+    if prediction != "auto":
+        scheduler_config = dict(scheduler_config, prediction_type=prediction)
+    return scheduler_config
+
+
+class StableDiffusionFamily(Family):
+    id = "sd15"
+    display_name = "Stable Diffusion 1.x/2.x"
+    latent_channels = 4
+    spatial_factor = 8
+    size_multiple = 8
+    pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+                        "StableDiffusionInpaintPipeline", "StableDiffusionControlNetPipeline")
+    # Approximate latent -> RGB colours for previews of SD1/2 latents (the widely used community factors).
+    preview_factors = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350),
+                       (-0.2829, 0.1762, 0.2721), (-0.2120, -0.2616, -0.7177))
+    host_latent_format = "SD15"
+
+    # ---- loading -------------------------------------------------------------------------------
+    def claims_checkpoint(self, keys) -> bool:
+        has_unet = f"{_UNET}input_blocks.0.0.weight" in keys and f"{_UNET}label_emb.0.0.weight" not in keys
+        has_text = any(k.startswith((_CLIP, _OPEN_CLIP)) for k in keys)
+        return has_unet and has_text
+
+    def _make(self, unet, text_encoder, tokenizer, vae, scheduler_config, source: str) -> LoadedModel:
+        for module in (unet, text_encoder, vae):
+            module.eval().requires_grad_(False)
+        return LoadedModel(
+            denoiser=Denoiser(self, unet, source, latent_scale=vae.config.scaling_factor,
+                              latent_shift=vae.config.shift_factor or 0.0),
+            text_encoder=TextEncoder(self, tokenizer, text_encoder, source),
+            vae=Vae(self, vae, source),
+            scheduler=spec_from_config(scheduler_config),
+        )
+
+    def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet",
+                                                    variant=_weights_variant(path, "unet"), **common)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=_weights_variant(path, "vae"), **common)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
+                                                     variant=_weights_variant(path, "text_encoder"), **common)
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+        with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
+            scheduler_config = json.load(f)
+        return self._make(unet, text_encoder, tokenizer, vae, _apply_prediction(scheduler_config, prediction), path)
+
+    def single_file_skeleton(self, shapes: dict[str, tuple[int, ...]], prediction: str,
+                             vocab_dirs: tuple[str, ...], directory: str) -> None:
+        """Write a config-only diffusers folder describing the checkpoint (no weights, no network)."""
+        from ..clip_vocab import build_clip_tokenizer
+
+        variant = "sd2" if any(k.startswith(_OPEN_CLIP) for k in shapes) else "sd1"
+        base = _bundled_config(variant)
+        scheduler = dict(base["scheduler"])
+        if prediction == "auto" and "v_pred" in shapes:  # the marker some v-prediction checkpoints carry
+            prediction = "v_prediction"
+        configs = {
+            "unet/config.json": infer_unet_config(base["unet"], shapes, variant),
+            "vae/config.json": infer_vae_config(base["vae"], shapes),
+            "text_encoder/config.json": infer_text_encoder_config(base["text_encoder"], shapes, variant),
+            "scheduler/scheduler_config.json": _apply_prediction(scheduler, prediction),
+            "model_index.json": {
+                "_class_name": base["pipeline"], "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", scheduler["_class_name"]],
+                "safety_checker": [None, None], "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+            },
+        }
+        for name, config in configs.items():
+            os.makedirs(os.path.dirname(os.path.join(directory, name)) or directory, exist_ok=True)
+            with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+                json.dump(config, f)
+        vocab_size = configs["text_encoder/config.json"]["vocab_size"]
+        tokenizer = build_clip_tokenizer(vocab_size, pad_token=base["tokenizer_pad_token"], extra_dirs=vocab_dirs)
+        tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
+
+    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
+        from diffusers import StableDiffusionPipeline
+
+        with tempfile.TemporaryDirectory(prefix="ds-config-") as skeleton:
+            self.single_file_skeleton(keys, prediction, vocab_dirs, skeleton)
+            pipe = StableDiffusionPipeline.from_single_file(
+                path, config=skeleton, local_files_only=True, torch_dtype=dtype,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
+        return self._make(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, dict(pipe.scheduler.config), path)
+
+    # ---- conditioning ----------------------------------------------------------------------------
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
+        module = text_encoder.module
+        layers = module.config.num_hidden_layers
+        if not 0 <= clip_skip < layers:
+            raise InputError("clip_skip", f"{clip_skip} is out of range for a text encoder with {layers} layers.",
+                             f"use a value from 0 (last layer) to {layers - 1}.")
+        windows = token_windows(text_encoder.tokenizer, text)
+        device = module.device
+        ids = torch.tensor(windows.ids, device=device)
+        embeds = self._run_encoder(module, ids, text_encoder.tokenizer, clip_skip)
+        if windows.is_weighted:
+            empty = token_windows(text_encoder.tokenizer, "").ids
+            empty_embeds = self._run_encoder(module, torch.tensor(empty, device=device), text_encoder.tokenizer,
+                                             clip_skip)
+            weights = torch.tensor(windows.weights, device=device, dtype=embeds.dtype)[..., None]
+            embeds = empty_embeds + (embeds - empty_embeds) * weights
+        embeds = embeds.reshape(1, -1, embeds.shape[-1])
+        return Conditioning(self, embeds, None, text, text_encoder.source)
+
+    @staticmethod
+    def _run_encoder(module, ids: torch.Tensor, tokenizer, clip_skip: int) -> torch.Tensor:
+        mask = None
+        if getattr(module.config, "use_attention_mask", False):
+            eos = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+            mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] <= eos[:, None]).long()
+        if clip_skip == 0:
+            return module(ids, attention_mask=mask)[0]
+        hidden = module(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+        final_norm = getattr(module, "final_layer_norm", None) or module.text_model.final_layer_norm
+        return final_norm(hidden)
+
+    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
+        if cond.family is not self:
+            return f"the prompt was encoded by a {cond.family.display_name} text encoder"
+        expected = denoiser.module.config.cross_attention_dim
+        if cond.embeds.shape[-1] != expected:
+            return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this UNet expects {expected} "
+                    f"(text encoder and UNet come from different models)")
+        return None
+
+    # ---- denoising -------------------------------------------------------------------------------
+    def guidance_embedding(self, denoiser: Denoiser, scale: float, batch: int):
+        dim = denoiser.module.config.time_cond_proj_dim
+        if dim is None:
+            return None
+        # Guidance-distilled (LCM) UNets embed w = scale - 1 like a timestep, as diffusers' pipelines do.
+        w = torch.tensor(scale - 1).repeat(batch) * 1000.0
+        half = dim // 2
+        freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+        angles = w.to(torch.float32)[:, None] * freqs[None, :]
+        emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+        if dim % 2:
+            emb = torch.nn.functional.pad(emb, (0, 1))
+        return emb.to(device=denoiser.module.device, dtype=denoiser.dtype)
+
+    def predict(self, denoiser, model_input, timestep, embeds, pooled, guidance_embedding):
+        return denoiser.module(model_input, timestep, encoder_hidden_states=embeds,
+                               timestep_cond=guidance_embedding, return_dict=False)[0]
+
+
+STABLE_DIFFUSION = StableDiffusionFamily()

@@ -1,0 +1,124 @@
+"""Finding and loading models: diffusers folders, single-file checkpoints, Hugging Face repo ids.
+
+Only safetensors (and diffusers folders of safetensors) are loaded: pickle formats
+(.ckpt, .pt, .bin) can run code when unpickled and are refused. Loading never
+touches the network unless the user allowed a download for a repo id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+from .errors import InputError
+from .families import LoadedModel, family_for_checkpoint, family_for_pipeline_class
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def safe_join(root: str, name: str, input_name: str = "model") -> str:
+    """``root/name`` for a name chosen in a node; refuses absolute paths and any '..' step out of ``root``."""
+    parts = re.split(r"[\\/]+", name)
+    if os.path.isabs(name) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        raise InputError(input_name, f"'{name}' points outside the model folder.",
+                         "choose a model from the list; names are relative to the model folder and may not contain '..'.")
+    return os.path.join(root, *[p for p in parts if p])
+
+
+def list_diffusers_folders(roots: list[str]) -> list[str]:
+    """Folders (relative, '/'-separated) under ``roots`` that hold a ``model_index.json``."""
+    found = set()
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for current, dirs, files in os.walk(root, followlinks=True):
+            if "model_index.json" in files:
+                found.add(os.path.relpath(current, root).replace(os.sep, "/"))
+                dirs.clear()  # a pipeline's component folders are not models of their own
+    return sorted(found)
+
+
+def read_checkpoint_shapes(path: str, input_name: str = "model") -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, read from its header (no weights loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise InputError(input_name, f"'{os.path.basename(path)}' is not a readable safetensors file ({exc}).",
+                         "the file is damaged or incomplete: download it again.") from exc
+
+
+def refuse_pickle(path: str, input_name: str = "model") -> None:
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        raise InputError(
+            input_name,
+            f"'{os.path.basename(path)}' is a pickle checkpoint; pickle files can run arbitrary code when loaded, "
+            "so this pack does not open them.",
+            "use the .safetensors release of the model, or convert the file once with a trusted tool.",
+        )
+
+
+def load_single_file(path: str, dtype: torch.dtype, prediction: str = "auto",
+                     vocab_dirs: tuple[str, ...] = ()) -> LoadedModel:
+    refuse_pickle(path)
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+        raise InputError("model", f"'{os.path.basename(path)}' is not a .safetensors checkpoint.",
+                         "choose a .safetensors file from models/checkpoints.")
+    if not os.path.isfile(path):
+        raise InputError("model", f"checkpoint '{path}' does not exist.",
+                         "put the file in ComfyUI's models/checkpoints folder and refresh the node list.")
+    shapes = read_checkpoint_shapes(path)
+    family = family_for_checkpoint(set(shapes))
+    if family is None:
+        raise InputError("model", f"'{os.path.basename(path)}' is not a checkpoint of a supported model family "
+                         f"(supported: Stable Diffusion 1.x/2.x).",
+                         "check that the file is a full checkpoint (UNet + text encoder + VAE), not a LoRA, "
+                         "VAE or ControlNet file.")
+    return family.load_single_file(path, shapes, dtype, prediction, vocab_dirs)
+
+
+def load_folder(path: str, dtype: torch.dtype, prediction: str = "auto") -> LoadedModel:
+    index_path = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise InputError("model", f"'{path}' is not a diffusers model folder (no model_index.json).",
+                         "put the whole diffusers folder (with model_index.json) in ComfyUI's models/diffusers.")
+    with open(index_path, encoding="utf-8") as f:
+        class_name = json.load(f).get("_class_name", "")
+    family = family_for_pipeline_class(class_name)
+    if family is None:
+        raise InputError("model", f"'{os.path.basename(path)}' is a {class_name or 'unknown'} model, a family this "
+                         "version of the pack cannot run (supported: Stable Diffusion 1.x/2.x).",
+                         "load a Stable Diffusion 1.x/2.x model.")
+    return family.load_folder(path, dtype, prediction)
+
+
+def load_repo_id(repo_id: str, dtype: torch.dtype, prediction: str = "auto", allow_download: bool = False) -> LoadedModel:
+    """A Hugging Face repo id: the local cache first; a download only if the user allowed it."""
+    from huggingface_hub import snapshot_download
+
+    if not _REPO_ID.match(repo_id):
+        raise InputError("repo_id", f"'{repo_id}' is not a Hugging Face repo id.",
+                         "write it as owner/name, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5.")
+    patterns = ["model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
+    try:
+        path = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+    except Exception as exc:  # huggingface_hub raises several error types for "not cached"
+        if not allow_download:
+            raise InputError("repo_id", f"'{repo_id}' is not in the local Hugging Face cache, and downloads are off.",
+                             "turn on allow_download (needs network), download it once with "
+                             f"`hf download {repo_id}`, or put the folder in models/diffusers.") from exc
+        try:
+            path = snapshot_download(repo_id, allow_patterns=patterns)
+        except Exception as download_exc:
+            raise InputError("repo_id", f"downloading '{repo_id}' failed ({download_exc}).",
+                             "check the repo id, your network and, for gated models, your Hugging Face login."
+                             ) from download_exc
+    return load_folder(path, dtype, prediction)

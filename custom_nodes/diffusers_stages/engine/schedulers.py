@@ -1,0 +1,135 @@
+"""ComfyUI sampler and schedule names mapped onto diffusers schedulers.
+
+A ``SchedulerSpec`` holds a scheduler class name and a config: the model's own
+scheduler config (betas, prediction type, …) with the sampler's and schedule's
+settings laid over it. ``build_scheduler`` makes a fresh scheduler per run.
+
+Traps handled here (see the reference notes on diffusers schedulers):
+* Hub SD configs use ``timestep_spacing="leading"``; the sigma schedules (karras,
+  exponential) and ComfyUI's "normal" need ``"linspace"`` to start at sigma_max.
+* UniPC bh1 needs ``final_sigmas_type="sigma_min"`` (the default gives NaN).
+* ``DPMSolverSDEScheduler`` ignores ``generator``; it is seeded with the run's seed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .components import SchedulerSpec
+from .errors import InputError
+
+MODEL_DEFAULT = "model default"
+
+# sampler -> (diffusers class, settings laid over the model's config)
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "dpmpp_3m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
+    "ddim": ("DDIMScheduler", {"set_alpha_to_one": False}),
+    "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
+    "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "ipndm": ("IPNDMScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+}
+
+# schedule -> settings. Flags a scheduler class does not have make the combination invalid.
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "normal": {"timestep_spacing": "linspace"},
+    "karras": {"use_karras_sigmas": True, "timestep_spacing": "linspace"},
+    "exponential": {"use_exponential_sigmas": True, "timestep_spacing": "linspace"},
+    "simple": {"timestep_spacing": "trailing"},
+    "sgm_uniform": {"timestep_spacing": "trailing"},
+    "ddim_uniform": {"timestep_spacing": "leading", "steps_offset": 1},
+}
+
+SAMPLER_NAMES = [MODEL_DEFAULT, *SAMPLERS]
+SCHEDULE_NAMES = [MODEL_DEFAULT, *SCHEDULES]
+
+# Settings that only make sense for some model configs are dropped when moving to another class;
+# the sigma flags of one schedule must not leak into the next.
+_SCHEDULE_FLAGS = {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"}
+
+
+def _scheduler_class(name: str):
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def _init_parameters(class_name: str) -> set[str]:
+    return set(inspect.signature(_scheduler_class(class_name).__init__).parameters)
+
+
+def spec_from_config(config: dict[str, Any]) -> SchedulerSpec:
+    """The model's own scheduler, as its ``scheduler_config.json`` describes it."""
+    config = dict(config)
+    class_name = config.pop("_class_name")
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    return SchedulerSpec(class_name, _freeze(config))
+
+
+def _freeze(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+
+
+def check_combination(sampler: str, schedule: str) -> str | None:
+    """None if valid, otherwise the reason the pair cannot be built."""
+    if sampler not in SAMPLER_NAMES:
+        return f"unknown sampler '{sampler}' (choose one of: {', '.join(SAMPLER_NAMES)})"
+    if schedule not in SCHEDULE_NAMES:
+        return f"unknown schedule '{schedule}' (choose one of: {', '.join(SCHEDULE_NAMES)})"
+    if schedule == MODEL_DEFAULT or sampler == MODEL_DEFAULT:
+        return None  # "model default" sampler: checked against the model's class when the spec is made
+    class_name = SAMPLERS[sampler][0]
+    missing = set(SCHEDULES[schedule]) - _init_parameters(class_name)
+    if missing:
+        return (f"sampler '{sampler}' ({class_name}) has no '{schedule}' schedule "
+                f"(it lacks {', '.join(sorted(missing))})")
+    return None
+
+
+def derive_spec(base: SchedulerSpec, sampler: str, schedule: str) -> SchedulerSpec:
+    """The model's scheduler with a ComfyUI sampler and schedule applied."""
+    if sampler == MODEL_DEFAULT:
+        class_name, sampler_settings = base.class_name, {}
+    else:
+        class_name, sampler_settings = SAMPLERS[sampler]
+    schedule_settings = {} if schedule == MODEL_DEFAULT else SCHEDULES[schedule]
+    accepted = _init_parameters(class_name)
+    missing = set(schedule_settings) - accepted
+    if missing:
+        raise InputError(
+            "schedule",
+            f"the '{schedule}' schedule cannot be used with the {class_name} sampler (it lacks "
+            f"{', '.join(sorted(missing))}).",
+            "pick another schedule (\"normal\" and \"simple\" work with most samplers) or another sampler.",
+        )
+    config = base.config_dict
+    if schedule != MODEL_DEFAULT:
+        config = {k: v for k, v in config.items() if k not in _SCHEDULE_FLAGS}
+    config.update(sampler_settings)
+    config.update(schedule_settings)
+    return SchedulerSpec(class_name, _freeze(config), sampler, schedule)
+
+
+def build_scheduler(spec: SchedulerSpec, seed: int):
+    """A fresh scheduler for one run. Unknown config keys are ignored, as diffusers' ``from_config`` does."""
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.config}
+    cls = _scheduler_class(spec.class_name)
+    if spec.class_name == "DPMSolverSDEScheduler":
+        config["noise_sampler_seed"] = seed
+    return cls.from_config(config)
+
+
+def uses_generator(scheduler) -> bool:
+    return "generator" in inspect.signature(scheduler.step).parameters

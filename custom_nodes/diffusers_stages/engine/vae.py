@@ -1,0 +1,50 @@
+"""VAE encode/decode between ComfyUI IMAGE ([B,H,W,C], 0..1) and LATENT (raw VAE space)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .components import Vae
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def _check_latent(vae: Vae, samples: torch.Tensor) -> None:
+    if samples.ndim != 4 or samples.shape[1] != vae.latent_channels:
+        shape = "x".join(str(s) for s in samples.shape)
+        raise InputError("samples", f"the latent has shape {shape}, but this VAE decodes {vae.latent_channels}-channel "
+                         "latents.", "decode with the VAE of the model that made the latent.")
+
+
+def decode(vae: Vae, samples: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+    """Raw latents [B,C,h,w] -> IMAGE [B,H,W,3] in 0..1 on the CPU, as a diffusers pipeline postprocesses."""
+    _check_latent(vae, samples)
+    module = vae.module
+    z = samples.to(device=module.device, dtype=module.dtype)
+    image = module.tiled_decode(z, return_dict=False)[0] if tiled else module.decode(z, return_dict=False)[0]
+    image = (image / 2 + 0.5).clamp(0, 1)
+    return image.float().movedim(1, -1).cpu()
+
+
+def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B,H,W,C] 0..1 -> raw latents (the mode of the posterior, as ComfyUI's VAE Encode gives)."""
+    if pixels.ndim != 4 or pixels.shape[-1] not in (3, 4):
+        raise InputError("pixels", f"expected an IMAGE [batch, height, width, 3], got shape {tuple(pixels.shape)}.",
+                         "connect an IMAGE output (e.g. Load Image).")
+    factor = 2 ** (len(vae.module.config.block_out_channels) - 1)
+    height, width = pixels.shape[1], pixels.shape[2]
+    if height < factor or width < factor:
+        raise InputError("pixels", f"the image is {width}x{height}, smaller than one latent cell ({factor} px).",
+                         f"use an image of at least {factor}x{factor} pixels.")
+    crop_h, crop_w = height // factor * factor, width // factor * factor
+    if (crop_h, crop_w) != (height, width):
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        log.warning("VAE Encode: %dx%d is not a multiple of %d; centre-cropped to %dx%d.", width, height, factor,
+                    crop_w, crop_h)
+        pixels = pixels[:, top:top + crop_h, left:left + crop_w]
+    module = vae.module
+    x = pixels[..., :3].movedim(-1, 1).to(device=module.device, dtype=module.dtype) * 2.0 - 1.0
+    return module.encode(x.contiguous(), return_dict=False)[0].mode().float().cpu()

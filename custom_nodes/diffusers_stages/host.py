@@ -1,0 +1,174 @@
+"""The host adapter: the only module that imports ``comfy.*``.
+
+Inside ComfyUI every service goes through the host (devices and dtypes, the memory
+manager, progress bars, interrupts, previews, model folders). Without ComfyUI (tests,
+the headless runner) each service has a plain fallback: the best torch device,
+a tqdm progress bar, Ctrl-C, and a ``models/`` folder laid out like ComfyUI's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger("diffusers_stages")
+
+try:  # ComfyUI is present only when the pack runs inside it
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _patcher
+    import comfy.utils as _comfy_utils
+    import folder_paths as _folder_paths
+
+    IN_COMFYUI = True
+except ImportError:
+    IN_COMFYUI = False
+
+MODEL_KINDS = ("diffusers", "checkpoints", "diffusion_models", "text_encoders", "vae", "controlnet", "loras")
+_headless_models_dir = os.environ.get("DIFFUSERS_STAGES_MODELS", os.path.join(os.getcwd(), "models"))
+
+
+# ---- model folders ---------------------------------------------------------------------------------
+def set_models_dir(path: str) -> None:
+    """Headless only: the folder holding diffusers/, checkpoints/, … (ComfyUI's own folders win inside ComfyUI)."""
+    global _headless_models_dir
+    _headless_models_dir = path
+
+
+def model_roots(kind: str) -> list[str]:
+    if IN_COMFYUI:
+        return list(_folder_paths.get_folder_paths(kind))
+    return [os.path.join(_headless_models_dir, kind)]
+
+
+def list_model_files(kind: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Files of a model folder kind, relative and '/'-separated, filtered by suffix."""
+    if IN_COMFYUI:
+        return [f for f in _folder_paths.get_filename_list(kind) if f.lower().endswith(suffixes)]
+    found = set()
+    for root in model_roots(kind):
+        for current, _dirs, files in os.walk(root, followlinks=True):
+            for name in files:
+                if name.lower().endswith(suffixes):
+                    found.add(os.path.relpath(os.path.join(current, name), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def clip_vocab_dirs() -> tuple[str, ...]:
+    """Folders with a CLIP ``vocab.json`` + ``merges.txt`` the host ships (ComfyUI: comfy/sd1_tokenizer)."""
+    if not IN_COMFYUI:
+        return ()
+    import comfy
+
+    return (os.path.join(os.path.dirname(comfy.__file__), "sd1_tokenizer"),)
+
+
+# ---- devices and dtypes ------------------------------------------------------------------------------
+def compute_device() -> torch.device:
+    if IN_COMFYUI:
+        return _mm.get_torch_device()
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    """Where LATENT and IMAGE tensors live between nodes."""
+    return _mm.intermediate_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def default_dtype() -> torch.dtype:
+    """The dtype "auto" means: the host's choice for diffusion models; headless fp16 on CUDA, else fp32."""
+    if IN_COMFYUI:
+        return _mm.unet_dtype()
+    return torch.float16 if compute_device().type == "cuda" else torch.float32
+
+
+# ---- memory manager ------------------------------------------------------------------------------------
+_DEVICES = {  # component kind -> (load device, offload device) in ComfyUI
+    "denoiser": ("get_torch_device", "unet_offload_device"),
+    "text_encoder": ("text_encoder_device", "text_encoder_offload_device"),
+    "vae": ("vae_device", "vae_offload_device"),
+}
+
+
+@dataclass(eq=False)
+class Residency:
+    """Where a module lives and who moves it. Inside ComfyUI: a ModelPatcher around a plain holder module."""
+
+    module: Any
+    patcher: Any = None
+
+
+def manage(module: torch.nn.Module, kind: str) -> Residency:
+    """Register a loaded module with the host. Headless, it simply moves to the compute device once."""
+    if not IN_COMFYUI:
+        return Residency(module.to(compute_device()))
+    load_name, offload_name = _DEVICES[kind]
+    # ModelPatcher sets `.device` on the model it wraps; diffusers models make that a read-only
+    # property, so the patcher wraps a plain holder module instead.
+    holder = torch.nn.Module()
+    holder.wrapped = module
+    patcher = _patcher.ModelPatcher(holder, load_device=getattr(_mm, load_name)(),
+                                    offload_device=getattr(_mm, offload_name)())
+    return Residency(module, patcher)
+
+
+def ensure_loaded(*residencies: Residency) -> None:
+    """Bring modules onto their compute device before use (ComfyUI may have offloaded them)."""
+    patchers = [r.patcher for r in residencies if r is not None and r.patcher is not None]
+    if patchers:
+        # Partial loading only streams comfy's own layer types; a diffusers module must be loaded whole.
+        _mm.load_models_gpu(patchers, force_full_load=True)
+
+
+# ---- progress, interrupts, previews -----------------------------------------------------------------------
+class Progress:
+    """Per-step progress: host progress bar (+ interrupt check, + preview) or tqdm headless."""
+
+    def __init__(self, total: int, latent_format: str = "", node_name: str = ""):
+        self.total = total
+        self._previewer = None
+        if IN_COMFYUI:
+            self._bar = _comfy_utils.ProgressBar(total)
+            self._previewer = _previewer(latent_format)
+        else:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=node_name or "denoise", leave=False, disable=None)
+
+    def step(self, index: int, total: int, x0: torch.Tensor | None) -> None:
+        if IN_COMFYUI:
+            _mm.throw_exception_if_processing_interrupted()
+            preview = None
+            if self._previewer is not None and x0 is not None:
+                preview = self._previewer.decode_latent_to_preview_image("JPEG", x0)
+            self._bar.update_absolute(index + 1, total, preview)
+        else:
+            if self._bar.total != total:
+                self._bar.total = total
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if not IN_COMFYUI:
+            self._bar.close()
+
+
+def _previewer(latent_format: str):
+    """The host's latent previewer (None unless previews are on: --preview-method or per prompt)."""
+    if not latent_format:
+        return None
+    try:
+        import comfy.latent_formats
+        import latent_preview
+
+        fmt = getattr(comfy.latent_formats, latent_format)()
+        return latent_preview.get_previewer(compute_device(), fmt)
+    except Exception as exc:  # a preview must never break a run
+        log.debug("no previewer for %s: %s", latent_format, exc)
+        return None

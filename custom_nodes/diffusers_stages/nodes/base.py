@@ -1,0 +1,47 @@
+"""What every node of the pack shares: socket type names, category, error wording, versioning.
+
+Nodes use ComfyUI's V1 contract (plain classes), which needs nothing from ComfyUI to
+import, so the same classes run in the host, headless and in tests.
+"""
+
+from __future__ import annotations
+
+from ..engine.errors import InputError, StageError
+
+PACK = "Diffusers Stages"
+PREFIX = "DS"  # node ids are "DS_<Name>"; never rename a shipped id
+
+# Custom socket types carrying engine objects between our nodes.
+DENOISER = "DS_DENOISER"
+TEXT_ENCODER = "DS_TEXT_ENCODER"
+VAE = "DS_VAE"
+SCHEDULER = "DS_SCHEDULER"
+CONDITIONING = "DS_CONDITIONING"
+GUIDER = "DS_GUIDER"
+
+
+class StageNode:
+    """Base of every node: ``execute`` runs ``run`` and turns engine input errors into named node errors."""
+
+    NODE_ID: str = ""
+    DISPLAY_NAME: str = ""
+    VERSION: str = "1.0.0"  # bumped on any change of inputs/outputs; workflows are migrated, ids never change
+    FUNCTION = "execute"
+
+    def execute(self, **inputs):
+        try:
+            return self.run(**inputs)
+        except InputError as error:
+            raise StageError(self.DISPLAY_NAME, error) from error
+
+    def run(self, **inputs):
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, error: InputError | None) -> bool | str:
+        """For VALIDATE_INPUTS: True, or the message ComfyUI shows at queue time."""
+        return True if error is None else str(StageError(cls.DISPLAY_NAME, error))
+
+
+def category(sub: str) -> str:
+    return f"{PACK}/{sub}"

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import torch
+
+from .. import host
+from ..engine import denoise as engine_denoise
+from ..engine.errors import InputError
+from .base import DENOISER, GUIDER, SCHEDULER, StageNode, category
+
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+class Denoise(StageNode):
+    NODE_ID = "DS_Denoise"
+    DISPLAY_NAME = "Denoise (Diffusers)"
+    VERSION = "1.0.0"
+    CATEGORY = category("sampling")
+    DESCRIPTION = ("Runs the sampler: from an empty latent at denoise 1.0 (text-to-image), or from an encoded "
+                   "image with denoise below 1.0 (image-to-image, like diffusers' strength). Gives the same latents "
+                   "as the diffusers pipeline for the same weights, seed and settings. Reports progress every step, "
+                   "can be interrupted every step, and sends live previews when the host has them on.")
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The denoised latent (raw VAE space); connect to VAE Decode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "denoiser": (DENOISER, {"tooltip": "The U-Net/DiT from Load Diffusers Model."}),
+                "guider": (GUIDER, {"tooltip": "Prompts and guidance, from CFG Guider."}),
+                "scheduler": (SCHEDULER, {"tooltip": "From Scheduler, or the model's default from the loader."}),
+                "latent": ("LATENT", {"tooltip": "Where to start: Empty Latent for text-to-image, VAE Encode for "
+                                                 "image-to-image."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Seed of the noise (drawn on the CPU, so the same on every device)."}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 10000,
+                                  "tooltip": "Number of sampler steps."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "How much to change the input. 1.0 on an empty latent is "
+                                                 "text-to-image; below 1.0 runs the last int(steps x denoise) "
+                                                 "steps on the input, as diffusers' img2img strength."}),
+            }
+        }
+
+    def run(self, denoiser, guider, scheduler, latent, seed, steps, denoise=1.0):
+        if "noise_mask" in latent:
+            raise InputError("latent", "the latent carries a noise mask (inpainting), which this version of the "
+                             "pack does not support yet.", "remove the Set Latent Noise Mask node.")
+        host.ensure_loaded(denoiser.residency)
+        progress = host.Progress(0, denoiser.family.host_latent_format, self.DISPLAY_NAME)
+        try:
+            with torch.inference_mode():
+                raw = engine_denoise.denoise(denoiser, guider, scheduler, latent["samples"], seed, steps, denoise,
+                                             on_step=progress.step)
+        finally:
+            progress.close()
+        out = {k: v for k, v in latent.items() if k != "samples"}
+        out["samples"] = raw.to(host.intermediate_device())
+        return (out,)

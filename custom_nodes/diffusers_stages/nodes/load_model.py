@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .. import host
+from ..engine import loading
+from ..engine.errors import InputError
+from ..engine.families.stable_diffusion import PREDICTIONS
+from .base import DENOISER, SCHEDULER, TEXT_ENCODER, VAE, StageNode, category
+
+FOLDER = "diffusers"
+CHECKPOINTS = "checkpoints"
+
+
+def available_models() -> list[str]:
+    """Entries of the model list: 'diffusers/<folder>' and 'checkpoints/<file>', as found on disk."""
+    folders = loading.list_diffusers_folders(host.model_roots(FOLDER))
+    files = host.list_model_files(CHECKPOINTS, loading.SAFETENSORS_SUFFIXES)
+    return [f"{FOLDER}/{f}" for f in folders] + [f"{CHECKPOINTS}/{f}" for f in files]
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """('folder'|'file', absolute path) for a model-list entry; a clear error if it is not usable."""
+    kind, _, relative = name.partition("/")
+    if kind not in (FOLDER, CHECKPOINTS) or not relative:
+        raise InputError("model", f"'{name}' is not an entry of the model list.",
+                         "pick a model from the list (diffusers/<folder> or checkpoints/<file>), or give a repo_id.")
+    loading.refuse_pickle(relative)
+    for root in host.model_roots(kind):
+        path = loading.safe_join(root, relative)
+        if kind == FOLDER and os.path.isfile(os.path.join(path, "model_index.json")):
+            return "folder", path
+        if kind == CHECKPOINTS and os.path.isfile(path):
+            return "file", path
+    where = ", ".join(host.model_roots(kind)) or f"models/{kind}"
+    raise InputError("model", f"'{relative}' was not found in {where}.",
+                     f"put the model in models/{kind} (a diffusers folder with model_index.json, or a .safetensors "
+                     "checkpoint) and refresh the node list.")
+
+
+class LoadModel(StageNode):
+    NODE_ID = "DS_LoadModel"
+    DISPLAY_NAME = "Load Diffusers Model"
+    VERSION = "1.0.0"
+    CATEGORY = category("loaders")
+    DESCRIPTION = ("Loads a whole model (denoiser, text encoder, VAE and its default scheduler) from a diffusers "
+                   "folder in models/diffusers, a single-file .safetensors checkpoint in models/checkpoints, or a "
+                   "Hugging Face repo id (local cache first). Works offline; pickle files are refused.")
+    RETURN_TYPES = (DENOISER, TEXT_ENCODER, VAE, SCHEDULER)
+    RETURN_NAMES = ("denoiser", "text_encoder", "vae", "scheduler")
+    OUTPUT_TOOLTIPS = (
+        "The U-Net (or DiT) that predicts noise; connect to Denoise and Empty Latent.",
+        "The text encoder with its tokenizer; connect to Text Encode.",
+        "The VAE; connect to VAE Decode / VAE Encode.",
+        "The model's own scheduler settings; connect to Scheduler (to change the sampler) or straight to Denoise.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (available_models(), {
+                    "tooltip": "A diffusers folder from models/diffusers or a .safetensors checkpoint from "
+                               "models/checkpoints. Ignored when repo_id is set."}),
+                "repo_id": ("STRING", {
+                    "default": "",
+                    "tooltip": "Optional Hugging Face repo id (owner/name). Read from the local Hugging Face cache; "
+                               "downloaded only if allow_download is on."}),
+                "dtype": (["auto", *loading.DTYPES], {
+                    "default": "auto",
+                    "tooltip": "Weight precision. auto: the host's choice (fp16 on most GPUs, fp32 on CPU)."}),
+                "prediction": (list(PREDICTIONS), {
+                    "default": "auto", "advanced": True,
+                    "tooltip": "What the model predicts. auto: from the model's scheduler config (single files: "
+                               "epsilon for SD1, v_prediction for SD2). Set it for v-prediction fine-tunes."}),
+                "allow_download": ("BOOLEAN", {
+                    "default": False, "advanced": True,
+                    "tooltip": "Allow downloading a repo_id that is not in the local cache (needs network)."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model=None, repo_id=None, **_):
+        if repo_id or model is None:
+            return True
+        try:
+            resolve_model(model)
+        except InputError as error:
+            return cls.check(error)
+        return True
+
+    def run(self, model, repo_id="", dtype="auto", prediction="auto", allow_download=False):
+        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        if repo_id.strip():
+            loaded = loading.load_repo_id(repo_id.strip(), torch_dtype, prediction, allow_download)
+        else:
+            kind, path = resolve_model(model)
+            if kind == "folder":
+                loaded = loading.load_folder(path, torch_dtype, prediction)
+            else:
+                loaded = loading.load_single_file(path, torch_dtype, prediction, host.clip_vocab_dirs())
+        return (
+            dataclasses.replace(loaded.denoiser, residency=host.manage(loaded.denoiser.module, "denoiser")),
+            dataclasses.replace(loaded.text_encoder, residency=host.manage(loaded.text_encoder.module, "text_encoder")),
+            dataclasses.replace(loaded.vae, residency=host.manage(loaded.vae.module, "vae")),
+            loaded.scheduler,
+        )

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from ..engine import schedulers
+from ..engine.errors import InputError
+from .base import SCHEDULER, StageNode, category
+
+
+class Scheduler(StageNode):
+    NODE_ID = "DS_Scheduler"
+    DISPLAY_NAME = "Scheduler (Diffusers)"
+    VERSION = "1.0.0"
+    CATEGORY = category("sampling")
+    DESCRIPTION = ("Picks the sampler and noise schedule by their ComfyUI names and maps them onto the matching "
+                   "diffusers scheduler, keeping the model's own settings (betas, prediction type).")
+    RETURN_TYPES = (SCHEDULER,)
+    RETURN_NAMES = ("scheduler",)
+    OUTPUT_TOOLTIPS = ("The scheduler settings; connect to Denoise.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "scheduler": (SCHEDULER, {"tooltip": "The model's default scheduler, from Load Diffusers Model."}),
+                "sampler_name": (schedulers.SAMPLER_NAMES, {
+                    "default": "euler",
+                    "tooltip": "The sampler, by its ComfyUI name. 'model default' keeps the model's own scheduler."}),
+                "schedule": (schedulers.SCHEDULE_NAMES, {
+                    "default": "normal",
+                    "tooltip": "How the noise levels are spaced, by ComfyUI name. 'model default' keeps the model's "
+                               "spacing."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, sampler_name=None, schedule=None, **_):
+        if sampler_name is None or schedule is None:
+            return True
+        problem = schedulers.check_combination(sampler_name, schedule)
+        if problem:
+            return cls.check(InputError("schedule", f"{problem}.", "pick another sampler or schedule."))
+        return True
+
+    def run(self, scheduler, sampler_name, schedule):
+        problem = schedulers.check_combination(sampler_name, schedule)
+        if problem:
+            raise InputError("schedule", f"{problem}.", "pick another sampler or schedule.")
+        return (schedulers.derive_spec(scheduler, sampler_name, schedule),)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import torch
+
+from .. import host
+from .base import CONDITIONING, TEXT_ENCODER, StageNode, category
+
+
+class TextEncode(StageNode):
+    NODE_ID = "DS_TextEncode"
+    DISPLAY_NAME = "Text Encode (Diffusers)"
+    VERSION = "1.0.0"
+    CATEGORY = category("conditioning")
+    DESCRIPTION = ("Encodes a prompt with the model's text encoder. Understands ComfyUI's prompt syntax: "
+                   "(word:1.2) to weight, (word) for x1.1, and prompts longer than 75 tokens. A short prompt "
+                   "without weights gives exactly what the diffusers pipeline's encode_prompt gives.")
+    RETURN_TYPES = (CONDITIONING,)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The encoded prompt; connect to a guider as positive or negative.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "text_encoder": (TEXT_ENCODER, {"tooltip": "The text encoder from Load Diffusers Model."}),
+                "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
+                                    "tooltip": "The prompt. (word:1.2) weights a part, (word) weights it x1.1, "
+                                               "\\( and \\) are literal parentheses."}),
+                "clip_skip": ("INT", {"default": 0, "min": 0, "max": 24, "advanced": True,
+                                      "tooltip": "Layers to skip at the end of the text encoder, as diffusers' "
+                                                 "clip_skip: 1 = penultimate layer (A1111 'Clip skip 2', ComfyUI "
+                                                 "CLIPSetLastLayer -2). 0 = use the last layer."}),
+            }
+        }
+
+    def run(self, text_encoder, text, clip_skip=0):
+        host.ensure_loaded(text_encoder.residency)
+        with torch.inference_mode():
+            return (text_encoder.family.encode_prompt(text_encoder, text, clip_skip),)

@@ -1,0 +1,114 @@
+"""Write a diffusers SD1.x/2.x pipeline as one original-layout (LDM) safetensors checkpoint.
+
+Test support: it lets the tests make the single-file checkpoints users have from the
+same weights as a diffusers folder. diffusers ships only the opposite direction
+(LDM -> diffusers); this is its inverse, written for the SD1/SD2 layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+
+_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _rename_resnet(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_RESNET.get(head, head)}.{tail}"
+
+
+def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    cfg = unet.config
+    lpb = cfg.layers_per_block
+    levels = len(cfg.block_out_channels)
+    up_has_attention = ["CrossAttn" in t for t in cfg.up_block_types]
+    out = {}
+    for key, value in unet.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "time_embedding":
+            new = f"time_embed.{0 if parts[1] == 'linear_1' else 2}.{parts[2]}"
+        elif parts[0] == "conv_in":
+            new = f"input_blocks.0.0.{parts[1]}"
+        elif parts[0] == "conv_norm_out":
+            new = f"out.0.{parts[1]}"
+        elif parts[0] == "conv_out":
+            new = f"out.2.{parts[1]}"
+        elif parts[0] == "down_blocks":
+            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "resnets":
+                new = f"input_blocks.{1 + i * (lpb + 1) + j}.0.{_rename_resnet(rest)}"
+            elif kind == "attentions":
+                new = f"input_blocks.{1 + i * (lpb + 1) + j}.1.{rest}"
+            else:  # downsamplers.0.conv.*
+                new = f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op.{rest.partition('.')[2]}"
+        elif parts[0] == "mid_block":
+            kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            if kind == "resnets":
+                new = f"middle_block.{2 * j}.{_rename_resnet(rest)}"
+            else:
+                new = f"middle_block.1.{rest}"
+        elif parts[0] == "up_blocks":
+            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "resnets":
+                new = f"output_blocks.{i * (lpb + 1) + j}.0.{_rename_resnet(rest)}"
+            elif kind == "attentions":
+                new = f"output_blocks.{i * (lpb + 1) + j}.1.{rest}"
+            else:  # upsamplers.0.conv.*
+                position = 2 if up_has_attention[i] else 1
+                new = f"output_blocks.{i * (lpb + 1) + lpb}.{position}.conv.{rest.partition('.')[2]}"
+        else:
+            raise KeyError(f"unexpected UNet key {key}")
+        out["model.diffusion_model." + new] = value
+    assert levels == len(cfg.down_block_types)
+    return out
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    levels = len(vae.config.block_out_channels)
+    out = {}
+    for key, value in vae.state_dict().items():
+        parts = key.split(".")
+        side = parts[0]
+        if side in ("quant_conv", "post_quant_conv"):
+            new = key
+        elif parts[1] in ("conv_in", "conv_out"):
+            new = key
+        elif parts[1] == "conv_norm_out":
+            new = f"{side}.norm_out.{parts[2]}"
+        elif parts[1] in ("down_blocks", "up_blocks"):
+            i, kind, rest = int(parts[2]), parts[3], ".".join(parts[5:])
+            level = i if parts[1] == "down_blocks" else levels - 1 - i
+            group = "down" if parts[1] == "down_blocks" else "up"
+            if kind == "resnets":
+                rest = rest.replace("conv_shortcut", "nin_shortcut")
+                new = f"{side}.{group}.{level}.block.{parts[4]}.{rest}"
+            else:
+                sampler = "downsample" if group == "down" else "upsample"
+                new = f"{side}.{group}.{level}.{sampler}.{rest}"
+        elif parts[1] == "mid_block":
+            kind, j, rest = parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "resnets":
+                new = f"{side}.mid.block_{j + 1}.{rest.replace('conv_shortcut', 'nin_shortcut')}"
+            else:
+                name, _, param = rest.rpartition(".")
+                new = f"{side}.mid.attn_1.{_VAE_ATTENTION[name]}.{param}"
+                if name != "group_norm" and value.ndim == 2:
+                    value = value[:, :, None, None]
+        else:
+            raise KeyError(f"unexpected VAE key {key}")
+        out["first_stage_model." + new] = value
+    return out
+
+
+def clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+    prefix = "cond_stage_model.transformer.text_model."
+    return {prefix + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+
+
+def save_ldm_checkpoint(pipe, path: str) -> None:
+    """Save ``pipe`` (StableDiffusionPipeline with an OpenAI-CLIP text encoder) as an LDM single file."""
+    tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **clip_to_ldm(pipe.text_encoder)}
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path)

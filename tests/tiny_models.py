@@ -1,0 +1,82 @@
+"""Tiny random-weight Stable Diffusion models, in the real on-disk formats.
+
+The architectures are the real ones with tiny widths. Values that a checkpoint's
+tensors cannot tell (attention heads, group-norm groups) follow the conventions the
+pack's single-file loader assumes for a family, so the folder and the single file
+of the same weights describe the same model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ldm_export import save_ldm_checkpoint
+
+SD1_SCHEDULER = dict(  # the PNDM config shipped with Stable Diffusion v1.5
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, trained_betas=None,
+)
+
+
+def _tokenizer(vocab_size: int, pad_token: str):
+    from diffusers_stages.engine.clip_vocab import build_clip_tokenizer
+
+    return build_clip_tokenizer(vocab_size, pad_token=pad_token)
+
+
+def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), sample_size: int = 8):
+    """A StableDiffusionPipeline with random weights. ``variant``: "sd1" (epsilon) or "sd2" (v-prediction)."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sd2 = variant == "sd2"
+    hidden = 48 if sd2 else 32
+    groups = 16 if min(unet_channels) % 16 == 0 else 8
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=tuple(unet_channels),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=hidden, norm_num_groups=groups,
+        attention_head_dim=[max(1, c // 64) for c in unet_channels] if sd2 else 8,
+        use_linear_projection=sd2,
+    )
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=sample_size * 8, scaling_factor=0.18215,
+    )
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=1000, hidden_size=hidden, intermediate_size=37, num_attention_heads=1, num_hidden_layers=4,
+        max_position_embeddings=77, bos_token_id=998, eos_token_id=999, pad_token_id=999,
+        hidden_act="gelu" if sd2 else "quick_gelu", projection_dim=hidden,
+    ))
+    if sd2:
+        scheduler = DDIMScheduler.from_config({**SD1_SCHEDULER, "prediction_type": "v_prediction", "clip_sample": False})
+    else:
+        scheduler = PNDMScheduler.from_config(SD1_SCHEDULER)
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(1000, "!" if sd2 else "<|endoftext|>"),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def write_models(root: str) -> dict[str, str]:
+    """Populate a ComfyUI-style models folder; return the paths written."""
+    paths = {}
+    sd1 = build_sd_pipeline("sd1")
+    paths["sd1_folder"] = os.path.join(root, "diffusers", "tiny-sd15")
+    sd1.save_pretrained(paths["sd1_folder"], safe_serialization=True)
+    os.makedirs(os.path.join(root, "checkpoints"), exist_ok=True)
+    paths["sd1_single"] = os.path.join(root, "checkpoints", "tiny-sd15.safetensors")
+    save_ldm_checkpoint(sd1, paths["sd1_single"])
+    sd2 = build_sd_pipeline("sd2")
+    paths["sd2_folder"] = os.path.join(root, "diffusers", "tiny-sd2-v")
+    sd2.save_pretrained(paths["sd2_folder"], safe_serialization=True)
+    return paths
