@@ -172,8 +172,10 @@ class StableDiffusionFamily(Family):
         return has_unet and has_text
 
     def _make(self, unet, text_encoder, tokenizer, vae, scheduler_config, source: str) -> LoadedModel:
+        # eval() only: requires_grad_(False) would change CPU numerics (about 7e-7 on SD2's linear projections,
+        # measured), so the parameters keep the flag they have in a diffusers pipeline.
         for module in (unet, text_encoder, vae):
-            module.eval().requires_grad_(False)
+            module.eval()
         return LoadedModel(
             denoiser=Denoiser(self, unet, source, latent_scale=vae.config.scaling_factor,
                               latent_shift=vae.config.shift_factor or 0.0),

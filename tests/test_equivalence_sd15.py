@@ -1,0 +1,167 @@
+"""Our node graph against the diffusers SD pipelines, in one process: torch.equal on latents and images.
+
+The reference schedulers are built here from diffusers directly (not through our mapping),
+so these tests check both the loop and the ComfyUI-name -> diffusers mapping.
+"""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+from conftest import Graph, bchw
+
+SEED = 1234
+
+
+def reference_scheduler(pipe, sampler: str, schedule: str, seed: int):
+    """The diffusers scheduler a diffusers user would configure for a ComfyUI sampler/schedule."""
+    base = dict(pipe.shipped_scheduler.config)  # tests swap pipe.scheduler; start from what the model ships
+    if sampler == "model default":
+        return pipe.shipped_scheduler.__class__.from_config(base)
+    classes = {
+        "euler": ("EulerDiscreteScheduler", {}),
+        "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+        "heun": ("HeunDiscreteScheduler", {}),
+        "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
+        "lms": ("LMSDiscreteScheduler", {}),
+        "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+        "dpmpp_sde": ("DPMSolverSDEScheduler", {"noise_sampler_seed": seed}),
+        "ddim": ("DDIMScheduler", {"set_alpha_to_one": False}),
+        "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
+        "deis": ("DEISMultistepScheduler", {}),
+    }
+    schedules = {
+        "normal": {"timestep_spacing": "linspace"},
+        "karras": {"use_karras_sigmas": True, "timestep_spacing": "linspace"},
+        "exponential": {"use_exponential_sigmas": True, "timestep_spacing": "linspace"},
+        "simple": {"timestep_spacing": "trailing"},
+        "ddim_uniform": {"timestep_spacing": "leading", "steps_offset": 1},
+    }
+    name, settings = classes[sampler]
+    return getattr(diffusers, name).from_config({**base, **settings, **schedules[schedule]})
+
+
+def run_pipe(pipe, sampler="euler", schedule="normal", prompt="a photo of a cat", negative="blurry", steps=4,
+             width=64, height=64, batch=1, cfg=7.5, rescale=0.0, seed=SEED, output_type="pt", **kwargs):
+    pipe.scheduler = reference_scheduler(pipe, sampler, schedule, seed)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipe(prompt, negative_prompt=negative, num_inference_steps=steps, width=width, height=height,
+                num_images_per_prompt=batch, guidance_scale=cfg, guidance_rescale=rescale, generator=generator,
+                output_type=output_type, **kwargs).images
+
+
+def assert_same_run(graph: Graph, pipe, **settings):
+    latent, image = graph.txt2img(seed=SEED, **settings)
+    ref_latents = run_pipe(pipe, output_type="latent", **settings)
+    assert torch.equal(latent["samples"], ref_latents / pipe.vae.config.scaling_factor)
+    ref_image = run_pipe(pipe, **settings)
+    assert torch.equal(bchw(image), ref_image)
+    assert image.std() > 0.01  # a real picture of noise, not a constant
+
+
+@pytest.mark.parametrize("sampler, schedule", [
+    ("model default", "model default"),  # PNDM, as the SD1.5 release ships it
+    ("euler", "normal"),
+    ("euler_ancestral", "normal"),  # ancestral: step noise from the seeded generator
+    ("dpmpp_2m", "karras"),
+    ("dpmpp_2m_sde", "karras"),  # SDE: step noise from the seeded generator
+    ("dpmpp_sde", "normal"),  # SDE on a Brownian tree seeded by the seed
+    ("ddim", "ddim_uniform"),
+    ("uni_pc", "exponential"),
+    ("heun", "simple"),
+    ("dpm_2_ancestral", "normal"),
+    ("lms", "normal"),
+    ("deis", "normal"),
+])
+def test_txt2img_matches_pipeline(sd1_graph, sd1_pipe, sampler, schedule):
+    assert_same_run(sd1_graph, sd1_pipe, sampler=sampler, schedule=schedule)
+
+
+def test_guidance_rescale_batch_and_non_square(sd1_graph, sd1_pipe):
+    assert_same_run(sd1_graph, sd1_pipe, sampler="euler_ancestral", schedule="normal", rescale=0.7, batch=2,
+                    width=96, height=64)
+
+
+def test_no_cfg_at_scale_one(sd1_graph, sd1_pipe):
+    assert_same_run(sd1_graph, sd1_pipe, cfg=1.0)
+
+
+def test_v_prediction_model(nodes, models_root):
+    from diffusers import StableDiffusionPipeline
+
+    graph = Graph(nodes, "diffusers/tiny-sd2-v")
+    pipe = StableDiffusionPipeline.from_pretrained(models_root["sd2_folder"], local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.shipped_scheduler = pipe.scheduler
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    for sampler, schedule in (("model default", "model default"), ("euler", "karras")):
+        assert_same_run(graph, pipe, sampler=sampler, schedule=schedule, rescale=0.7)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m"])
+def test_img2img_matches_pipeline(sd1_graph, sd1_pipe, sampler):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    torch.manual_seed(7)
+    image = torch.rand(1, 64, 96, 3)  # a ComfyUI IMAGE
+    raw = sd1_graph.encode_image(image)
+    guider = sd1_graph.guider("a photo of a cat", "blurry")
+    latent = sd1_graph.denoise(guider, sd1_graph.scheduler(sampler, "normal"), raw, seed=SEED, steps=5, denoise=0.6)
+    ours = sd1_graph.decode(latent)
+
+    pipe = StableDiffusionImg2ImgPipeline(**sd1_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.shipped_scheduler = sd1_pipe.shipped_scheduler
+    # Our VAE Encode gives the posterior's mode, as core ComfyUI does; the pipeline would sample the posterior
+    # with the seed. So it gets the same encoded latents, scaled as it scales them itself.
+    scaled = raw["samples"] * pipe.vae.config.scaling_factor
+    for output_type in ("latent", "pt"):
+        pipe.scheduler = reference_scheduler(sd1_pipe, sampler, "normal", SEED)
+        ref = pipe("a photo of a cat", negative_prompt="blurry", image=scaled, strength=0.6, num_inference_steps=5,
+                   guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(SEED),
+                   output_type=output_type).images
+        if output_type == "latent":
+            assert torch.equal(latent["samples"], ref / pipe.vae.config.scaling_factor)
+        else:
+            assert torch.equal(bchw(ours), ref)
+
+
+def test_vae_encode_is_posterior_mode(sd1_graph, sd1_pipe):
+    torch.manual_seed(3)
+    image = torch.rand(2, 64, 64, 3)
+    ours = sd1_graph.encode_image(image)["samples"]
+    x = (image.movedim(-1, 1) * 2 - 1).contiguous()
+    with torch.no_grad():
+        ref = sd1_pipe.vae.encode(x).latent_dist.mode()
+    assert torch.equal(ours, ref)
+
+
+def test_single_file_and_folder_give_identical_outputs(nodes, sd1_graph):
+    single = Graph(nodes, "checkpoints/tiny-sd15.safetensors")
+    for sampler, schedule in (("euler_ancestral", "normal"), ("dpmpp_2m", "karras")):
+        folder_latent, folder_image = sd1_graph.txt2img(sampler=sampler, schedule=schedule, seed=5)
+        file_latent, file_image = single.txt2img(sampler=sampler, schedule=schedule, seed=5)
+        assert torch.equal(folder_latent["samples"], file_latent["samples"])
+        assert torch.equal(folder_image, file_image)
+    assert single.default_scheduler == sd1_graph.default_scheduler
+
+
+def test_cfg_interval_matches_dynamic_cfg_recipe(sd1_graph, sd1_pipe):
+    """CFG only in the first half of the steps == diffusers' documented dynamic-CFG callback."""
+    latent = sd1_graph.denoise(sd1_graph.guider("a photo of a cat", "blurry", end=0.5),
+                               sd1_graph.scheduler("euler", "normal"), sd1_graph.empty(), seed=SEED, steps=4)
+
+    def stop_cfg_after_half(pipe, step, timestep, callback_kwargs):
+        if step == 1:  # steps 0 and 1 of 4 are guided
+            pipe._guidance_scale = 0.0
+            callback_kwargs["prompt_embeds"] = callback_kwargs["prompt_embeds"].chunk(2)[-1]
+        return callback_kwargs
+
+    ref = run_pipe(sd1_pipe, output_type="latent", callback_on_step_end=stop_cfg_after_half,
+                   callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    assert torch.equal(latent["samples"], ref / sd1_pipe.vae.config.scaling_factor)
+    unguided_tail = sd1_graph.denoise(sd1_graph.guider("a photo of a cat", "blurry"),
+                                      sd1_graph.scheduler("euler", "normal"), sd1_graph.empty(), seed=SEED, steps=4)
+    assert not torch.equal(latent["samples"], unguided_tail["samples"])
