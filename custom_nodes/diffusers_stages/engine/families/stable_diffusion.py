@@ -248,16 +248,17 @@ class StableDiffusionFamily(Family):
         if not 0 <= clip_skip < layers:
             raise InputError("clip_skip", f"{clip_skip} is out of range for a text encoder with {layers} layers.",
                              f"use a value from 0 (last layer) to {layers - 1}.")
-        windows = token_windows(text_encoder.tokenizer, text)
+        tokenizer = text_encoder.tokenizer
+        windows = token_windows(tokenizer, text)
         device = module.device
-        ids = torch.tensor(windows.ids, device=device)
-        embeds = self._run_encoder(module, ids, text_encoder.tokenizer, clip_skip)
+        # One window per call, so a short prompt is encoded exactly as diffusers' encode_prompt encodes it.
+        embeds = torch.cat([self._run_encoder(module, torch.tensor([ids], device=device), tokenizer, clip_skip)
+                            for ids in windows.ids])
         if windows.is_weighted:
-            empty = token_windows(text_encoder.tokenizer, "").ids
-            empty_embeds = self._run_encoder(module, torch.tensor(empty, device=device), text_encoder.tokenizer,
-                                             clip_skip)
+            empty_ids = torch.tensor(token_windows(tokenizer, "").ids, device=device)
+            empty = self._run_encoder(module, empty_ids, tokenizer, clip_skip)
             weights = torch.tensor(windows.weights, device=device, dtype=embeds.dtype)[..., None]
-            embeds = empty_embeds + (embeds - empty_embeds) * weights
+            embeds = empty + (embeds - empty) * weights
         embeds = embeds.reshape(1, -1, embeds.shape[-1])
         return Conditioning(self, embeds, None, text, text_encoder.source)
 
