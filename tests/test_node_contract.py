@@ -1,0 +1,97 @@
+"""Every node follows ComfyUI's V1 node contract, and the pack imports without ComfyUI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from diffusers_stages.nodes import ALL_NODES, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from diffusers_stages.nodes.base import PACK
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OBJECT_INFO = os.path.join(REPO, "..", "shared", "data", "comfyui-0.8.0-object_info.json")
+CORE_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "LATENT", "MASK", "COMBO"}
+WIDGET_OPTIONS = {"default", "min", "max", "step", "round", "tooltip", "multiline", "dynamicPrompts", "advanced",
+                  "control_after_generate", "display", "forceInput", "label_on", "label_off", "placeholder"}
+
+
+def test_pack_imports_without_comfyui_under_any_folder_name(tmp_path):
+    """Load the repo root the way ComfyUI does (spec_from_file_location, an odd module name), in a clean process."""
+    link = tmp_path / "Some Folder-Name.v2"
+    link.symlink_to(REPO, target_is_directory=True)
+    code = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("custom_nodes_x_odd_name", {str(link / '__init__.py')!r},
+                                              submodule_search_locations=[{str(link)!r}])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+assert not any(name == "comfy" or name.startswith("comfy.") for name in sys.modules), "comfy was imported"
+print(sorted(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DS_LoadModel" in result.stdout and "DS_Denoise" in result.stdout
+    web = os.path.join(REPO, result.stdout.split()[-1])
+    assert os.path.isdir(web)
+
+
+def test_ids_are_stable_prefixed_and_unique():
+    assert len(NODE_CLASS_MAPPINGS) == len(ALL_NODES)
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        assert re.fullmatch(r"DS_[A-Za-z0-9]+", node_id) and cls.NODE_ID == node_id
+        assert NODE_DISPLAY_NAME_MAPPINGS[node_id] == cls.DISPLAY_NAME
+    assert len(set(NODE_DISPLAY_NAME_MAPPINGS.values())) == len(NODE_DISPLAY_NAME_MAPPINGS)
+
+
+@pytest.mark.skipif(not os.path.isfile(OBJECT_INFO), reason="shared/data object_info dump not beside the repo")
+def test_no_clash_with_core_nodes():
+    with open(OBJECT_INFO) as f:
+        core = json.load(f)
+    assert not set(NODE_CLASS_MAPPINGS) & set(core)  # ComfyUI silently drops packs' nodes named like core ones
+    assert not set(NODE_DISPLAY_NAME_MAPPINGS.values()) & {info["display_name"] for info in core.values()}
+
+
+@pytest.mark.parametrize("cls", ALL_NODES, ids=lambda c: c.NODE_ID)
+def test_v1_contract(cls, models_root):
+    spec = cls.INPUT_TYPES()  # a classmethod callable on the class
+    assert set(spec) <= {"required", "optional", "hidden"} and spec["required"]
+    for name, entry in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+        assert isinstance(entry, tuple) and len(entry) == 2, name
+        kind, options = entry
+        assert options.get("tooltip"), f"{cls.NODE_ID}.{name} has no tooltip"
+        assert set(options) <= WIDGET_OPTIONS, (name, set(options) - WIDGET_OPTIONS)
+        if isinstance(kind, list):  # combo
+            assert all(isinstance(v, str) for v in kind)
+            assert "default" not in options or options["default"] in kind
+        else:
+            assert kind in CORE_TYPES or kind.startswith("DS_"), kind
+        if kind in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"], name
+        if kind == "INT" and name in ("seed", "noise_seed"):
+            assert options.get("control_after_generate") is True
+    assert isinstance(cls.RETURN_TYPES, tuple) and cls.RETURN_TYPES
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+    assert callable(getattr(cls(), cls.FUNCTION))
+    assert cls.CATEGORY.startswith(PACK + "/")
+    assert cls.DESCRIPTION and re.fullmatch(r"\d+\.\d+\.\d+", cls.VERSION)
+    if hasattr(cls, "VALIDATE_INPUTS"):
+        assert isinstance(cls.__dict__["VALIDATE_INPUTS"], classmethod)
+    # every input the function takes is declared, and every required input is accepted
+    import inspect
+
+    params = inspect.signature(cls.run).parameters
+    assert set(spec["required"]) <= set(params), set(spec["required"]) - set(params)
+
+
+def test_help_pages_exist():
+    for node_id in NODE_CLASS_MAPPINGS:
+        path = os.path.join(REPO, "custom_nodes", "diffusers_stages", "web", "docs", f"{node_id}.md")
+        assert os.path.isfile(path), f"missing help page {path}"
