@@ -29,7 +29,7 @@ def load(nodes, **inputs):
 
 def test_missing_model(nodes):
     refused(load(nodes, model="diffusers/no-such-model"), "Load Diffusers Model", "model", "not found", "models/diffusers")
-    message = nodes["DS_LoadModel"].VALIDATE_INPUTS(model="checkpoints/missing.safetensors")
+    message = nodes["DS_LoadModel"].VALIDATE_INPUTS(model="checkpoints/missing.safetensors", repo_id="")
     assert isinstance(message, str) and "not found" in message
 
 
@@ -43,7 +43,7 @@ def test_path_traversal(nodes, models_root):
     for name in ("checkpoints/../../etc/passwd", "diffusers/../checkpoints", "checkpoints//etc/passwd",
                  "checkpoints/..\\..\\secret.safetensors"):
         refused(load(nodes, model=name), "Load Diffusers Model", "model", "outside the model folder")
-    assert "outside" in nodes["DS_LoadModel"].VALIDATE_INPUTS(model="checkpoints/../x.safetensors")
+    assert "outside" in nodes["DS_LoadModel"].VALIDATE_INPUTS(model="checkpoints/../x.safetensors", repo_id="")
 
 
 def test_pickle_checkpoint_refused(nodes, models_root):

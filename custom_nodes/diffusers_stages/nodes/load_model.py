@@ -81,7 +81,8 @@ class LoadModel(StageNode):
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model=None, repo_id=None, **_):
+    def VALIDATE_INPUTS(cls, model, repo_id):
+        # Naming `model` here replaces ComfyUI's list check with ours, which says what is wrong and how to fix it.
         if repo_id or model is None:
             return True
         try:

@@ -32,9 +32,7 @@ class Scheduler(StageNode):
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, sampler_name=None, schedule=None, **_):
-        if sampler_name is None or schedule is None:
-            return True
+    def VALIDATE_INPUTS(cls, sampler_name, schedule):
         problem = schedulers.check_combination(sampler_name, schedule)
         if problem:
             return cls.check(InputError("schedule", f"{problem}.", "pick another sampler or schedule."))

@@ -1,0 +1,219 @@
+"""Live-host tier: the real ComfyUI server with this pack. Skipped unless COMFYUI_PATH points at a checkout.
+
+    COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python python -m pytest tests/test_live_host.py
+
+The server runs from a temporary --base-directory whose custom_nodes/ holds a link to this repo under an
+odd folder name, and whose models/ holds the tiny test models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+pytestmark = [pytest.mark.live, pytest.mark.skipif(not COMFYUI_PATH, reason="COMFYUI_PATH is not set")]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUR_NODES = {"DS_LoadModel", "DS_TextEncode", "DS_Scheduler", "DS_CFGGuider", "DS_EmptyLatent", "DS_Denoise",
+             "DS_VAEDecode", "DS_VAEEncode"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(base, "server.log")
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch", "--disable-api-nodes", "--base-directory", base,
+               "--database-url", "sqlite:///:memory:"]
+        self.log = open(self.log_path, "w")
+        env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1")
+        self.process = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited early:\n{self.read_log()[-4000:]}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not start:\n{self.read_log()[-4000:]}")
+
+    def read_log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def run(self, prompt: dict, timeout: float = 180, **extra) -> dict:
+        status, body = self.post("/prompt", {"prompt": prompt, **extra})
+        assert status == 200, body
+        prompt_id = body["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"]["status_str"] in ("success", "error"):
+                    return entry
+            time.sleep(0.2)
+        raise TimeoutError(prompt_id)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tiny_models import write_models
+
+    base = str(tmp_path_factory.mktemp("comfy-base"))
+    os.makedirs(os.path.join(base, "custom_nodes"))
+    os.symlink(REPO, os.path.join(base, "custom_nodes", "Diffusers Stages (test clone)"))
+    write_models(os.path.join(base, "models"))
+    srv = Server(base)
+    yield srv
+    srv.stop()
+
+
+def txt2img(width=64, steps=4, sampler="euler", schedule="normal", seed=7):
+    return {
+        "1": {"class_type": "DS_LoadModel", "inputs": {"model": "diffusers/tiny-sd15", "repo_id": "",
+                                                         "dtype": "auto", "prediction": "auto",
+                                                         "allow_download": False}},
+        "2": {"class_type": "DS_TextEncode", "inputs": {"text_encoder": ["1", 1], "text": "a (cat:1.2)",
+                                                          "clip_skip": 0}},
+        "3": {"class_type": "DS_TextEncode", "inputs": {"text_encoder": ["1", 1], "text": "blurry", "clip_skip": 0}},
+        "4": {"class_type": "DS_CFGGuider", "inputs": {"positive": ["2", 0], "negative": ["3", 0], "cfg": 7.0,
+                                                         "guidance_rescale": 0.0, "start_percent": 0.0,
+                                                         "end_percent": 1.0}},
+        "5": {"class_type": "DS_Scheduler", "inputs": {"scheduler": ["1", 3], "sampler_name": sampler,
+                                                         "schedule": schedule}},
+        "6": {"class_type": "DS_EmptyLatent", "inputs": {"denoiser": ["1", 0], "width": width, "height": 64,
+                                                           "batch_size": 1}},
+        "7": {"class_type": "DS_Denoise", "inputs": {"denoiser": ["1", 0], "guider": ["4", 0], "scheduler": ["5", 0],
+                                                       "latent": ["6", 0], "seed": seed, "steps": steps,
+                                                       "denoise": 1.0}},
+        "8": {"class_type": "DS_VAEDecode", "inputs": {"vae": ["1", 2], "samples": ["7", 0], "tiled": False}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "ds_live"}},
+    }
+
+
+def test_nodes_registered_without_import_failure(server):
+    info = server.get("/object_info")
+    assert OUR_NODES <= set(info)
+    assert info["DS_Denoise"]["input"]["required"]["seed"][1]["control_after_generate"] is True
+    assert "IMPORT FAILED" not in server.read_log().split("Import times for custom nodes:")[-1].split("\n\n")[0]
+
+
+def test_txt2img_through_post_prompt(server):
+    entry = server.run(txt2img(), extra_data={"preview_method": "latent2rgb"})
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = entry["outputs"]["9"]["images"]
+    assert len(images) == 1
+    path = os.path.join(server.url and os.path.dirname(server.log_path), "output", images[0]["subfolder"],
+                        images[0]["filename"])
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.size == (64, 64)
+        assert "prompt" in image.info  # core SaveImage wrote the API prompt chunk
+
+
+def test_queue_time_validation_names_node_and_input(server):
+    status, body = server.post("/prompt", {"prompt": txt2img(sampler="euler_ancestral", schedule="karras")})
+    assert status == 400
+    text = json.dumps(body)
+    assert "Scheduler (Diffusers)" in text and "karras" in text
+    # ComfyUI repeats a VALIDATE_INPUTS message once per input the method names: sampler_name and schedule
+    assert text.count("has no 'karras' schedule") == 2
+
+
+def test_run_time_error_is_clear_and_server_survives(server):
+    entry = server.run(txt2img(width=68))
+    assert entry["status"]["status_str"] == "error"
+    error = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert error["node_type"] == "DS_EmptyLatent"
+    assert "Empty Latent (Diffusers) › width" in error["exception_message"]
+    assert server.run(txt2img(seed=8))["status"]["status_str"] == "success"
+
+
+def test_interrupt_stops_the_denoise_loop(server):
+    status, body = server.post("/prompt", {"prompt": txt2img(steps=5000, seed=9)})
+    assert status == 200
+    prompt_id = body["prompt_id"]
+    deadline = time.time() + 120
+    while time.time() < deadline and not server.get("/queue")["queue_running"]:
+        time.sleep(0.1)
+    time.sleep(2.0)  # well inside the loop
+    server.post("/interrupt", {})
+    while time.time() < deadline:
+        history = server.get(f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"]["status_str"] in ("success", "error"):
+            break
+        time.sleep(0.2)
+    events = [m[0] for m in history[prompt_id]["status"]["messages"]]
+    assert "execution_interrupted" in events
+    assert time.time() < deadline
+
+
+def test_progress_and_previews_every_step(server):
+    """With previews on (per prompt), every denoise step sends a progress event and a preview image frame."""
+    import asyncio
+
+    aiohttp = pytest.importorskip("aiohttp")
+
+    async def run():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.url.replace("http", "ws") + "/ws?clientId=ds-test") as ws:
+                response = await session.post(server.url + "/prompt", json={
+                    "prompt": txt2img(steps=6, seed=11), "client_id": "ds-test",
+                    "extra_data": {"preview_method": "latent2rgb"}})
+                assert response.status == 200
+                previews, progress = 0, []
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        previews += 1
+                        continue
+                    event = json.loads(message.data)
+                    if event["type"] == "progress" and event["data"]["node"] == "7":
+                        progress.append(event["data"]["value"])
+                    if event["type"] in ("execution_success", "execution_error"):
+                        return event["type"], previews, progress
+
+    outcome, previews, progress = asyncio.run(asyncio.wait_for(run(), 120))
+    assert outcome == "execution_success"
+    assert progress == [1, 2, 3, 4, 5, 6]
+    assert previews == 6
