@@ -36,7 +36,7 @@ PROMPT, NEGATIVE, CFG, SEED = "a photo of a cat on a mat", "blurry", 7.5, 3
 
 
 def build(root: str, name: str) -> str:
-    from tiny_models import build_sd_pipeline
+    from diffusers_stages.tiny.models import build_sd_pipeline
 
     path = os.path.join(root, "diffusers", name)
     if not os.path.isdir(path):

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory):
     from diffusers_stages import host
-    from tiny_models import write_models
+    from diffusers_stages.tiny.models import write_models
 
     root = tmp_path_factory.mktemp("models")
     paths = write_models(str(root))

@@ -97,7 +97,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tiny_models import write_models
+    from diffusers_stages.tiny.models import write_models
 
     base = str(tmp_path_factory.mktemp("comfy-base"))
     os.makedirs(os.path.join(base, "custom_nodes"))

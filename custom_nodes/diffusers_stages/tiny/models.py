@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from ldm_export import save_ldm_checkpoint
+from .ldm_export import save_ldm_checkpoint
 
 SD1_SCHEDULER = dict(  # the PNDM config shipped with Stable Diffusion v1.5
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -21,7 +21,7 @@ SD1_SCHEDULER = dict(  # the PNDM config shipped with Stable Diffusion v1.5
 
 
 def _tokenizer(vocab_size: int, pad_token: str):
-    from diffusers_stages.engine.clip_vocab import build_clip_tokenizer
+    from ..engine.clip_vocab import build_clip_tokenizer
 
     return build_clip_tokenizer(vocab_size, pad_token=pad_token)
 

@@ -1,0 +1,104 @@
+"""Python API of the headless runner.
+
+    from diffusers_stages.runner.api import Runner
+    runner = Runner(models_dir="models", output_dir="output")
+    files = runner.run("workflows/sd15_txt2img.json", sets=["Load Diffusers Model.model=diffusers/my-model"])
+
+One Runner keeps its node cache between calls, so repeated runs do not reload models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from .. import host
+from ..nodes import NODE_CLASS_MAPPINGS
+from .batch import Batch, plan_runs, resolve_sets
+from .core_nodes import CORE_NODE_CLASSES, Folders
+from .execute import Executor, WorkflowError
+from .node_defs import input_spec, load_definitions
+from .workflow import Workflow, load, parse_set
+
+log = logging.getLogger("diffusers_stages.runner")
+_CORE_NAMES = os.path.join(os.path.dirname(__file__), "core_node_names.txt")
+
+
+def _core_node_names() -> set[str]:
+    with open(_CORE_NAMES, encoding="utf-8") as f:
+        return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
+
+class Runner:
+    def __init__(self, models_dir: str | None = None, input_dir: str | None = None, output_dir: str | None = None,
+                 object_info: tuple[str, ...] = ()):
+        if models_dir:
+            host.set_models_dir(os.path.abspath(models_dir))
+        Folders.input = os.path.abspath(input_dir or Folders.input)
+        Folders.output = os.path.abspath(output_dir or Folders.output)
+        self.classes = {**CORE_NODE_CLASSES, **NODE_CLASS_MAPPINGS}
+        self.definitions = load_definitions(self.classes, object_info)
+        self.executor = Executor(self.classes)
+
+    def load(self, path: str) -> Workflow:
+        """Read and convert a workflow; refuse it (before anything runs) if it needs nodes we do not have."""
+        workflow = load(path, self.definitions)
+        core = _core_node_names()
+        packs = {kind: ("ComfyUI core (no headless version in this pack)" if kind in core else pack)
+                 for kind, pack in workflow.missing.items()}
+        for node in workflow.prompt.values():
+            kind = node["class_type"]
+            if kind not in self.classes and kind not in packs:
+                packs[kind] = "ComfyUI core (no headless version in this pack)" if kind in core else \
+                    "an unknown custom node pack"
+        self.executor.packs = packs
+        return workflow
+
+    def input_options(self, class_type: str, name: str) -> dict[str, Any]:
+        spec = input_spec(self.definitions.get(class_type, {}), name)
+        return spec[1] if spec else {}
+
+    def run(self, path: str, sets: list[str] = (), repeat: int = 1, batch: str | None = None,
+            seed: int | None = None) -> list[str]:
+        """Run a workflow file; returns the files written. Batches (repeat > 1 or @file lists) are resumable."""
+        workflow = self.load(path)
+        assignments = resolve_sets(workflow, [parse_set(item) for item in sets])
+        runs = plan_runs(workflow, assignments, repeat, self.input_options, seed)
+        for prompt in runs:  # refuse before anything runs
+            problems = self.executor.check(prompt)
+            if problems:
+                raise WorkflowError(problems)
+        if len(runs) == 1 and batch is None:
+            return self._run_once(runs[0], workflow, Folders.output)
+        name = batch or os.path.splitext(os.path.basename(path))[0]
+        request = {"workflow": workflow.prompt, "sets": list(sets), "repeat": repeat, "seed": seed}
+        plan = Batch(os.path.join(Folders.output, name), runs, request)
+        done = plan.finished()
+        written = [os.path.join(plan.folder, entry["folder"], f) for entry in done.values() for f in entry["files"]]
+        if done:
+            log.warning("batch %s: resuming, %d of %d runs already finished", name, len(done), len(plan.runs))
+        for index, prompt in enumerate(plan.runs):
+            if index in done:
+                continue
+            folder = plan.prepare(index)
+            files = self._run_once(prompt, workflow, folder, f"run {index + 1}/{len(plan.runs)}")
+            plan.record(index, [os.path.relpath(f, folder) for f in files])
+            written.extend(files)
+        return written
+
+    def _run_once(self, prompt, workflow: Workflow, output_folder: str, label: str = "run") -> list[str]:
+        ui = workflow.ui_for(prompt)
+        extra = {"workflow": ui} if ui is not None else {}
+        previous, Folders.output = Folders.output, output_folder
+        started = time.perf_counter()
+        try:
+            result = self.executor.run(prompt, extra)
+        finally:
+            Folders.output = previous
+        files = [os.path.join(output_folder, image.get("subfolder", ""), image["filename"])
+                 for ui in result.ui.values() for image in ui.get("images", [])]
+        log.info("%s: %d nodes run, %d cached, %.2f s, wrote %s", label, len(result.executed), len(result.cached),
+                 time.perf_counter() - started, ", ".join(files) or "nothing")
+        return files

@@ -1,0 +1,101 @@
+"""Command line of the headless runner.
+
+    python -m diffusers_stages run WORKFLOW.json|.png [--set NODE.INPUT=VALUE ...] [--repeat N] [--batch NAME]
+    python -m diffusers_stages convert WORKFLOW.json          # print the API prompt
+    python -m diffusers_stages demo                           # tiny offline models + the shipped workflows
+
+(From the repo root without installing: ``python stages.py ...``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .execute import WorkflowError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+WORKFLOWS = os.path.join(REPO, "workflows")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", help="models folder with diffusers/, checkpoints/, … (default: ./models)")
+    parser.add_argument("--input", help="folder Load Image reads from (default: ./input)")
+    parser.add_argument("--output", help="folder Save Image writes to (default: ./output)")
+    parser.add_argument("--object-info", action="append", default=[],
+                        help="an /object_info JSON dump, to convert UI workflows that use other node types")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffusers_stages", description="Run ComfyUI workflows headlessly.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a workflow (UI or API JSON, or a PNG with an embedded workflow)")
+    run.add_argument("workflow")
+    run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="override an input (NODE: id or title; VALUE: JSON or text; @FILE: one value per line, "
+                          "one run per line)")
+    run.add_argument("--repeat", type=int, default=1, help="run N times, seeds moved on as the workflow's "
+                                                          "control_after_generate says")
+    run.add_argument("--batch", help="batch folder name under the output folder (default: the workflow's name); "
+                                     "running the same batch again resumes it")
+    run.add_argument("--random-seed", type=int, help="seed for 'randomize' seed control (reproducible batches)")
+    _common(run)
+    convert = sub.add_parser("convert", help="print the API-format prompt of a UI workflow")
+    convert.add_argument("workflow")
+    _common(convert)
+    demo = sub.add_parser("demo", help="build tiny random-weight models (offline) and run the shipped SD1.5 "
+                                       "workflows on them")
+    demo.add_argument("--dir", default="demo", help="folder for the demo models, input and output (default: ./demo)")
+    return parser
+
+
+def _runner(args):
+    from .api import Runner
+
+    return Runner(args.models, args.input, args.output, tuple(args.object_info))
+
+
+def demo(folder: str) -> list[str]:
+    from ..tiny.demo import prepare_demo
+    from .api import Runner
+
+    models, inputs, output = prepare_demo(folder)
+    runner = Runner(models, inputs, output)
+    print("NOTE: the demo models have random weights: the workflows run end to end, and the images are noise.")
+    written = []
+    # 256 px: the tiny U-Net's attention at 512 px costs minutes on a CPU for nothing but noise.
+    small = ["Empty Latent (Diffusers).width=256", "Empty Latent (Diffusers).height=256"]
+    for name, sets in (("sd15_txt2img.json", ["Load Diffusers Model.model=checkpoints/tiny-sd15.safetensors", *small]),
+                       ("sd15_img2img.json", ["Load Diffusers Model.model=diffusers/tiny-sd15",
+                                              "Load Image.image=demo_input.png"])):
+        written += runner.run(os.path.join(WORKFLOWS, name), sets=sets, repeat=2, batch=name[:-5])
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read when diffusers/transformers first log
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            files = _runner(args).run(args.workflow, args.set, args.repeat, args.batch, args.random_seed)
+        elif args.command == "convert":
+            runner = _runner(args)
+            print(json.dumps(runner.load(args.workflow).prompt, indent=1))
+            return 0
+        else:
+            files = demo(args.dir)
+    except WorkflowError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"{len(files)} image(s) written:")
+    for path in files:
+        print(f"  {os.path.relpath(path)}")
+    return 0
