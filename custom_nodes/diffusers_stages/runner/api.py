@@ -41,6 +41,7 @@ class Runner:
         self.classes = {**CORE_NODE_CLASSES, **NODE_CLASS_MAPPINGS}
         self.definitions = load_definitions(self.classes, object_info)
         self.executor = Executor(self.classes)
+        self.history: list = []  # RunResult of every run, oldest first
 
     def load(self, path: str) -> Workflow:
         """Read and convert a workflow; refuse it (before anything runs) if it needs nodes we do not have."""
@@ -97,6 +98,7 @@ class Runner:
             result = self.executor.run(prompt, extra)
         finally:
             Folders.output = previous
+        self.history.append(result)
         files = [os.path.join(output_folder, image.get("subfolder", ""), image["filename"])
                  for ui in result.ui.values() for image in ui.get("images", [])]
         log.info("%s: %d nodes run, %d cached, %.2f s, wrote %s", label, len(result.executed), len(result.cached),
