@@ -17,7 +17,12 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Only used when torch is missing (a headless install). Pinned: an unpinned torch may pull a multi-GB CUDA build.
 TORCH_SPEC = os.environ.get("DIFFUSERS_STAGES_TORCH", "torch==2.13.0")
-DEV_TOOLS = ["pytest>=8", "ruff>=0.6", "aiohttp>=3.9"]  # aiohttp: the live-host tier's websocket
+DEV_TOOLS = [
+    "pytest>=8", "ruff>=0.6",
+    "aiohttp>=3.9",  # the live-host tier's websocket client
+    # the real workflow corpus (MIT, JSON only) the converter is tested on
+    "comfyui-workflow-templates-json==0.1.123", "comfyui-subgraph-blueprints==0.0.13",
+]
 
 
 def pip(*args: str) -> None:

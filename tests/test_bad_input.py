@@ -28,7 +28,8 @@ def load(nodes, **inputs):
 
 
 def test_missing_model(nodes):
-    refused(load(nodes, model="diffusers/no-such-model"), "Load Diffusers Model", "model", "not found", "models/diffusers")
+    refused(load(nodes, model="diffusers/no-such-model"), "Load Diffusers Model", "model", "not found",
+            "models/diffusers")
     message = nodes["DS_LoadModel"].VALIDATE_INPUTS(model="checkpoints/missing.safetensors", repo_id="")
     assert isinstance(message, str) and "not found" in message
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .components import Conditioning, Denoiser, Guider, SchedulerSpec
+from .components import Denoiser, Guider, SchedulerSpec
 from .errors import InputError
 from .schedulers import build_scheduler, uses_generator
 
@@ -38,7 +38,8 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
     for name, cond in (("guider", guider.positive), ("guider", guider.negative)):
         problem = family.conditioning_problem(denoiser, cond)
         if problem:
-            raise InputError(name, f"{problem}.", "encode both prompts with the text encoder of the model you denoise with.")
+            raise InputError(name, f"{problem}.",
+                             "encode both prompts with the text encoder of the model you denoise with.")
     channels = denoiser.module.config.in_channels
     if samples.ndim != 4 or samples.shape[1] != channels:
         shape = "x".join(str(s) for s in samples.shape)
@@ -111,7 +112,8 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     if steps < 1:
         raise InputError("steps", f"{steps} steps is not a run.", "use at least 1 step.")
     if not 0.0 <= strength <= 1.0:
-        raise InputError("denoise", f"{strength} is outside 0..1.", "use 1.0 for text-to-image, less for image-to-image.")
+        raise InputError("denoise", f"{strength} is outside 0..1.",
+                         "use 1.0 for text-to-image, less for image-to-image.")
 
     module = denoiser.module
     device, dtype = module.device, guider.positive.embeds.dtype

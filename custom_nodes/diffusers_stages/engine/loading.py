@@ -27,7 +27,8 @@ def safe_join(root: str, name: str, input_name: str = "model") -> str:
     parts = re.split(r"[\\/]+", name)
     if os.path.isabs(name) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
         raise InputError(input_name, f"'{name}' points outside the model folder.",
-                         "choose a model from the list; names are relative to the model folder and may not contain '..'.")
+                         "choose a model from the list; names are relative to the model folder and may not "
+                         "contain '..'.")
     return os.path.join(root, *[p for p in parts if p])
 
 
@@ -100,7 +101,8 @@ def load_folder(path: str, dtype: torch.dtype, prediction: str = "auto") -> Load
     return family.load_folder(path, dtype, prediction)
 
 
-def load_repo_id(repo_id: str, dtype: torch.dtype, prediction: str = "auto", allow_download: bool = False) -> LoadedModel:
+def load_repo_id(repo_id: str, dtype: torch.dtype, prediction: str = "auto",
+                 allow_download: bool = False) -> LoadedModel:
     """A Hugging Face repo id: the local cache first; a download only if the user allowed it."""
     from huggingface_hub import snapshot_download
 

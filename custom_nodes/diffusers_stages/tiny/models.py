@@ -28,8 +28,7 @@ def _tokenizer(vocab_size: int, pad_token: str):
 
 def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), sample_size: int = 8):
     """A StableDiffusionPipeline with random weights. ``variant``: "sd1" (epsilon) or "sd2" (v-prediction)."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     sd2 = variant == "sd2"
@@ -58,7 +57,8 @@ def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), samp
         hidden_act="gelu" if sd2 else "quick_gelu", projection_dim=hidden,
     ))
     if sd2:
-        scheduler = DDIMScheduler.from_config({**SD1_SCHEDULER, "prediction_type": "v_prediction", "clip_sample": False})
+        scheduler = DDIMScheduler.from_config(
+            {**SD1_SCHEDULER, "prediction_type": "v_prediction", "clip_sample": False})
     else:
         scheduler = PNDMScheduler.from_config(SD1_SCHEDULER)
     return StableDiffusionPipeline(
