@@ -165,3 +165,15 @@ def test_cfg_interval_matches_dynamic_cfg_recipe(sd1_graph, sd1_pipe):
     unguided_tail = sd1_graph.denoise(sd1_graph.guider("a photo of a cat", "blurry"),
                                       sd1_graph.scheduler("euler", "normal"), sd1_graph.empty(), seed=SEED, steps=4)
     assert not torch.equal(latent["samples"], unguided_tail["samples"])
+
+
+def test_sd2_single_file_matches_its_folder(nodes):
+    """SD2 layout: OpenCLIP text encoder with fused attention and the extra 24th-style block, v-prediction."""
+    folder = Graph(nodes, "diffusers/tiny-sd2-v")
+    single = Graph(nodes, "checkpoints/tiny-sd2-v.safetensors")
+    assert dict(single.default_scheduler.config)["prediction_type"] == "v_prediction"  # auto: SD2 -> v
+    for sampler, schedule in (("model default", "model default"), ("euler_ancestral", "normal")):
+        folder_latent, folder_image = folder.txt2img(sampler=sampler, schedule=schedule, seed=9)
+        file_latent, file_image = single.txt2img(sampler=sampler, schedule=schedule, seed=9)
+        assert torch.equal(folder_latent["samples"], file_latent["samples"])
+        assert torch.equal(folder_image, file_image)

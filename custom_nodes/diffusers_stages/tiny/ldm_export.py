@@ -108,7 +108,32 @@ def clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
     return {prefix + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
 
 
-def save_ldm_checkpoint(pipe, path: str) -> None:
-    """Save ``pipe`` (StableDiffusionPipeline with an OpenAI-CLIP text encoder) as an LDM single file."""
-    tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **clip_to_ldm(pipe.text_encoder)}
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path)
+def clip_to_open_clip_ldm(text_encoder) -> dict[str, torch.Tensor]:
+    """SD2 layout (OpenCLIP): fused q/k/v, and one more block than diffusers uses (SD2 takes the penultimate)."""
+    prefix = "cond_stage_model.model."
+    state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    layers = text_encoder.config.num_hidden_layers
+    out = {prefix + "token_embedding.weight": state["embeddings.token_embedding.weight"],
+           prefix + "positional_embedding": state["embeddings.position_embedding.weight"],
+           prefix + "ln_final.weight": state["final_layer_norm.weight"],
+           prefix + "ln_final.bias": state["final_layer_norm.bias"],
+           prefix + "text_projection": torch.eye(text_encoder.config.hidden_size)}
+    for i in range(layers + 1):
+        source = min(i, layers - 1)  # the extra last block: any weights, diffusers drops it
+        layer, block = f"encoder.layers.{source}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[block + f"attn.in_proj_{kind}"] = torch.cat(
+                [state[layer + f"self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")])
+            out[block + f"attn.out_proj.{kind}"] = state[layer + f"self_attn.out_proj.{kind}"]
+            out[block + f"ln_1.{kind}"] = state[layer + f"layer_norm1.{kind}"]
+            out[block + f"ln_2.{kind}"] = state[layer + f"layer_norm2.{kind}"]
+            out[block + f"mlp.c_fc.{kind}"] = state[layer + f"mlp.fc1.{kind}"]
+            out[block + f"mlp.c_proj.{kind}"] = state[layer + f"mlp.fc2.{kind}"]
+    return out
+
+
+def save_ldm_checkpoint(pipe, path: str, open_clip: bool = False) -> None:
+    """Save a StableDiffusionPipeline as an LDM single file (SD1: OpenAI CLIP layout; SD2: ``open_clip=True``)."""
+    text = clip_to_open_clip_ldm(pipe.text_encoder) if open_clip else clip_to_ldm(pipe.text_encoder)
+    tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text}
+    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path)

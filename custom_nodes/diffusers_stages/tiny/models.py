@@ -52,7 +52,9 @@ def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), samp
     )
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=1000, hidden_size=hidden, intermediate_size=37, num_attention_heads=1, num_hidden_layers=4,
+        # SD2 checkpoints hold 24 OpenCLIP blocks of which diffusers uses 23; the single-file loader relies on that
+        vocab_size=1000, hidden_size=hidden, intermediate_size=37, num_attention_heads=1,
+        num_hidden_layers=23 if sd2 else 4,
         max_position_embeddings=77, bos_token_id=998, eos_token_id=999, pad_token_id=999,
         hidden_act="gelu" if sd2 else "quick_gelu", projection_dim=hidden,
     ))
@@ -79,4 +81,6 @@ def write_models(root: str) -> dict[str, str]:
     sd2 = build_sd_pipeline("sd2")
     paths["sd2_folder"] = os.path.join(root, "diffusers", "tiny-sd2-v")
     sd2.save_pretrained(paths["sd2_folder"], safe_serialization=True)
+    paths["sd2_single"] = os.path.join(root, "checkpoints", "tiny-sd2-v.safetensors")
+    save_ldm_checkpoint(sd2, paths["sd2_single"], open_clip=True)
     return paths
