@@ -177,3 +177,24 @@ def test_sd2_single_file_matches_its_folder(nodes):
         file_latent, file_image = single.txt2img(sampler=sampler, schedule=schedule, seed=9)
         assert torch.equal(folder_latent["samples"], file_latent["samples"])
         assert torch.equal(folder_image, file_image)
+
+
+def test_repo_id_loads_from_the_local_cache_offline(nodes, models_root, tmp_path, monkeypatch):
+    """A repo id found in the Hugging Face cache loads with no network (HF_HUB_OFFLINE=1 in these tests)."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-sd15"
+    shutil.copytree(models_root["sd1_folder"], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    denoiser, text_encoder, vae, scheduler = nodes["DS_LoadModel"].execute(
+        model="", repo_id="tiny-org/tiny-sd15", dtype="fp32")
+    folder = Graph(nodes, "diffusers/tiny-sd15")
+    for a, b in ((denoiser, folder.denoiser), (text_encoder, folder.text_encoder), (vae, folder.vae)):
+        sa, sb = a.module.state_dict(), b.module.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert scheduler == folder.default_scheduler

@@ -217,3 +217,27 @@ def test_progress_and_previews_every_step(server):
     assert outcome == "execution_success"
     assert progress == [1, 2, 3, 4, 5, 6]
     assert previews == 6
+
+
+@pytest.mark.parametrize("name", ["sd15_txt2img.json", "sd15_img2img.json"])
+def test_shipped_workflows_through_post_prompt(server, name):
+    """Our converter's API prompt for each shipped workflow is accepted and run by the real server."""
+    import numpy as np
+    from PIL import Image
+
+    from diffusers_stages.runner.api import Runner
+    from diffusers_stages.runner.batch import plan_runs, resolve_sets
+    from diffusers_stages.runner.workflow import parse_set
+
+    base = os.path.dirname(server.log_path)
+    os.makedirs(os.path.join(base, "input"), exist_ok=True)
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(os.path.join(base, "input", "picture.png"))
+    runner = Runner(os.path.join(base, "models"), os.path.join(base, "input"), os.path.join(base, "headless"))
+    workflow = runner.load(os.path.join(REPO, "workflows", name))
+    sets = ["Load Diffusers Model.model=diffusers/tiny-sd15", "Denoise (Diffusers).steps=3"]
+    sets += ["Load Image.image=picture.png"] if "img2img" in name else [
+        "Empty Latent (Diffusers).width=64", "Empty Latent (Diffusers).height=64"]
+    prompt = plan_runs(workflow, resolve_sets(workflow, [parse_set(s) for s in sets]), 1, runner.input_options)[0]
+    entry = server.run(prompt, extra_data={"extra_pnginfo": {"workflow": workflow.ui_for(prompt)}})
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(entry["outputs"]["9"]["images"]) == 1

@@ -8,7 +8,7 @@ see each other's changes. ``residency`` is an opaque handle the host adapter att
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -79,7 +79,6 @@ class Conditioning:
     pooled: torch.Tensor | None = None
     text: str = ""
     encoder_source: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)

@@ -56,5 +56,5 @@ class Denoise(StageNode):
         finally:
             progress.close()
         out = {k: v for k, v in latent.items() if k != "samples"}
-        out["samples"] = raw.to(host.intermediate_device())
+        out["samples"] = raw.to(device=host.intermediate_device(), dtype=torch.float32)  # core keeps fp32 latents
         return (out,)

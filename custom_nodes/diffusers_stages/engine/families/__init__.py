@@ -34,9 +34,7 @@ class Family:
     spatial_factor: int  # pixels per latent cell
     size_multiple: int  # width/height must be multiples of this
     pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values this family loads
-    preview_factors: tuple[tuple[float, float, float], ...]  # latent channel -> RGB
-    preview_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    host_latent_format: str = ""  # the host's name for this latent format (ComfyUI: comfy.latent_formats.<name>)
+    host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
 
     def claims_checkpoint(self, keys: set[str]) -> bool:
         raise NotImplementedError

@@ -160,9 +160,6 @@ class StableDiffusionFamily(Family):
     size_multiple = 8
     pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
                         "StableDiffusionInpaintPipeline", "StableDiffusionControlNetPipeline")
-    # Approximate latent -> RGB colours for previews of SD1/2 latents (the widely used community factors).
-    preview_factors = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350),
-                       (-0.2829, 0.1762, 0.2721), (-0.2120, -0.2616, -0.7177))
     host_latent_format = "SD15"
 
     # ---- loading -------------------------------------------------------------------------------
