@@ -198,3 +198,17 @@ def test_repo_id_loads_from_the_local_cache_offline(nodes, models_root, tmp_path
         sa, sb = a.module.state_dict(), b.module.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert scheduler == folder.default_scheduler
+
+
+def test_tiled_vae_decode(sd1_graph):
+    """Tiled decoding (diffusers' tiled_decode, tiles of the VAE's sample size) for latents larger than a tile."""
+    torch.manual_seed(11)
+    latent = {"samples": torch.randn(1, 4, 24, 32)}  # 192x256 px: several 64 px tiles
+    plain = sd1_graph.nodes["DS_VAEDecode"].execute(vae=sd1_graph.vae, samples=latent, tiled=False)[0]
+    tiled = sd1_graph.nodes["DS_VAEDecode"].execute(vae=sd1_graph.vae, samples=latent, tiled=True)[0]
+    assert tiled.shape == plain.shape == (1, 192, 256, 3)
+    assert not torch.equal(tiled, plain)  # blended tile seams differ
+    assert (tiled - plain).abs().mean() < 0.1  # but it is the same picture
+    with torch.no_grad():
+        expected = sd1_graph.vae.module.tiled_decode(latent["samples"], return_dict=False)[0]
+    assert torch.equal(tiled, (expected / 2 + 0.5).clamp(0, 1).movedim(1, -1))

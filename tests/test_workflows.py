@@ -320,3 +320,64 @@ def test_real_corpus_converts_without_a_crash(core_definitions, capsys):
         print("\n[corpus] " + "\n[corpus] ".join(lines))
     if "comfyui_workflow_templates_json" in corpus:
         assert len(corpus["comfyui_workflow_templates_json"]) >= 644
+
+
+def test_executor_semantics_lists_ancestors_and_order():
+    """Only outputs and their ancestors run; a list output fans out over a node without INPUT_IS_LIST."""
+    from diffusers_stages.runner.execute import Executor
+
+    calls = []
+
+    class Numbers:
+        RETURN_TYPES, OUTPUT_IS_LIST, FUNCTION = ("INT",), (True,), "go"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"count": ("INT", {"default": 3, "min": 1, "max": 10})}}
+
+        def go(self, count):
+            calls.append("Numbers")
+            return (list(range(count)),)
+
+    class Double:
+        RETURN_TYPES, FUNCTION = ("INT",), "go"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"x": ("INT", {"forceInput": True})}}
+
+        def go(self, x):
+            calls.append(f"Double({x})")
+            return (2 * x,)
+
+    class Collect:
+        RETURN_TYPES, FUNCTION, OUTPUT_NODE, INPUT_IS_LIST = (), "go", True, True
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"values": ("INT", {"forceInput": True})}}
+
+        def go(self, values):
+            calls.append("Collect")
+            return {"ui": {"values": values}}
+
+    executor = Executor({"Numbers": Numbers, "Double": Double, "Collect": Collect})
+    prompt = {"9": {"class_type": "Collect", "inputs": {"values": ["2", 0]}},
+              "2": {"class_type": "Double", "inputs": {"x": ["1", 0]}},
+              "1": {"class_type": "Numbers", "inputs": {"count": 3}},
+              "5": {"class_type": "Double", "inputs": {"x": ["1", 0]}}}  # not an ancestor of an output: never runs
+    result = executor.run(prompt)
+    assert result.ui["9"]["values"] == [0, 2, 4]
+    assert calls == ["Numbers", "Double(0)", "Double(1)", "Double(2)", "Collect"]
+    calls.clear()
+    assert executor.run(prompt).cached == ["1", "2"] and calls == ["Collect"]  # unchanged nodes are not re-run
+    prompt["1"]["inputs"]["count"] = 11
+    with pytest.raises(WorkflowError, match="above its maximum 10"):
+        executor.run(prompt)
+    prompt["1"]["inputs"]["count"] = 2
+    prompt["1"]["inputs"]["extra"] = ["2", 0]  # a cycle
+    prompt["1"]["class_type"] = "Numbers"
+    Numbers.INPUT_TYPES = classmethod(lambda cls: {"required": {"count": ("INT", {"min": 1, "max": 10})},
+                                                   "optional": {"extra": ("INT", {"forceInput": True})}})
+    with pytest.raises(WorkflowError, match="cycle"):
+        executor.run(prompt)
