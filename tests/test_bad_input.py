@@ -74,11 +74,15 @@ def test_checkpoint_of_no_known_family(nodes, models_root):
 
 
 def test_folder_of_unsupported_family(nodes, models_root):
-    folder = os.path.join(models_root["root"], "diffusers", "some-xl")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "model_index.json"), "w") as f:
-        json.dump({"_class_name": "StableDiffusionXLPipeline"}, f)
-    refused(load(nodes, model="diffusers/some-xl"), "Load Diffusers Model", "model", "StableDiffusionXLPipeline")
+    for name, index, words in (
+            ("some-kandinsky", {"_class_name": "KandinskyV22Pipeline"}, ("KandinskyV22Pipeline", "cannot run")),
+            ("some-xl-refiner", {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None]},
+             ("refiner",))):
+        folder = os.path.join(models_root["root"], "diffusers", name)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "model_index.json"), "w") as f:
+            json.dump(index, f)
+        refused(load(nodes, model=f"diffusers/{name}"), "Load Diffusers Model", "model", *words)
 
 
 def test_pickle_only_diffusers_folder(nodes, models_root):
@@ -128,7 +132,7 @@ def test_invalid_sampler_schedule_combination(nodes, sd1_graph):
 
 
 def test_clip_skip_out_of_range(nodes, sd1_graph):
-    refused(lambda: sd1_graph.encode("a cat", clip_skip=4), "Text Encode (Diffusers)", "clip_skip", "0 (last layer)")
+    refused(lambda: sd1_graph.encode("a cat", clip_skip=4), "Text Encode (Diffusers)", "clip_skip", "0 (no skip) to 3")
 
 
 def test_guider_interval_backwards(nodes, sd1_graph):

@@ -194,8 +194,10 @@ def test_repo_id_loads_from_the_local_cache_offline(nodes, models_root, tmp_path
     denoiser, text_encoder, vae, scheduler = nodes["DS_LoadModel"].execute(
         model="", repo_id="tiny-org/tiny-sd15", dtype="fp32")
     folder = Graph(nodes, "diffusers/tiny-sd15")
-    for a, b in ((denoiser, folder.denoiser), (text_encoder, folder.text_encoder), (vae, folder.vae)):
-        sa, sb = a.module.state_dict(), b.module.state_dict()
+    pairs = ((denoiser.module, folder.denoiser.module), (vae.module, folder.vae.module),
+             (text_encoder.modules[0], folder.text_encoder.modules[0]))
+    for a, b in pairs:
+        sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert scheduler == folder.default_scheduler
 

@@ -101,22 +101,23 @@ _DEVICES = {  # component kind -> (load device, offload device) in ComfyUI
 class Residency:
     """Where a module lives and who moves it. Inside ComfyUI: a ModelPatcher around a plain holder module."""
 
-    module: Any
+    modules: list[Any]
     patcher: Any = None
 
 
-def manage(module: torch.nn.Module, kind: str) -> Residency:
-    """Register a loaded module with the host. Headless, it simply moves to the compute device once."""
+def manage(modules: list[torch.nn.Module], kind: str) -> Residency:
+    """Register loaded modules (moved as one) with the host. Headless, they simply move to the compute device once."""
     if not IN_COMFYUI:
-        return Residency(module.to(compute_device()))
+        return Residency([module.to(compute_device()) for module in modules])
     load_name, offload_name = _DEVICES[kind]
     # ModelPatcher sets `.device` on the model it wraps; diffusers models make that a read-only
     # property, so the patcher wraps a plain holder module instead.
     holder = torch.nn.Module()
-    holder.wrapped = module
+    for index, module in enumerate(modules):
+        holder.add_module(f"wrapped_{index}", module)
     patcher = _patcher.ModelPatcher(holder, load_device=getattr(_mm, load_name)(),
                                     offload_device=getattr(_mm, offload_name)())
-    return Residency(module, patcher)
+    return Residency(modules, patcher)
 
 
 def ensure_loaded(*residencies: Residency) -> None:

@@ -31,13 +31,24 @@ class Denoiser:
         return self.module.dtype
 
 
+@dataclass(frozen=True)
+class TextPart:
+    """One tokenizer + text encoder pair (SDXL has two, SD3 three)."""
+
+    tokenizer: Any
+    module: Any  # a transformers text model (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel)
+
+
 @dataclass(frozen=True, eq=False)
 class TextEncoder:
     family: Family
-    tokenizer: Any
-    module: Any  # transformers CLIPTextModel
+    parts: tuple[TextPart, ...]
     source: str
     residency: Any = None
+
+    @property
+    def modules(self) -> list[Any]:
+        return [part.module for part in self.parts]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,6 +90,8 @@ class Conditioning:
     pooled: torch.Tensor | None = None
     text: str = ""
     encoder_source: str = ""
+    # SDXL micro-conditioning: (original h, w, crop top, left, target h, w); None = the generated size, no crop
+    size: tuple[int, int, int, int, int, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)

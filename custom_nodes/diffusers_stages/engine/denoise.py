@@ -21,6 +21,7 @@ import torch
 
 from .components import Denoiser, Guider, SchedulerSpec
 from .errors import InputError
+from .families import ModelInputs
 from .schedulers import build_scheduler, uses_generator
 
 StepCallback = Callable[[int, int, "torch.Tensor | None"], None]  # (step index, total, x0 prediction or None)
@@ -49,27 +50,14 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
                          "model family does not fit).")
 
 
-def _batch(embeds: torch.Tensor, batch: int) -> torch.Tensor:
-    return embeds.repeat(batch, 1, 1) if batch > 1 else embeds
-
-
-def _same_length(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts of different window counts are repeated to a common length (as ComfyUI does)."""
-    la, lb = a.shape[1], b.shape[1]
-    if la == lb:
-        return a, b
-    import math
-
-    common = math.lcm(la, lb)
-    return a.repeat(1, common // la, 1), b.repeat(1, common // lb, 1)
-
-
 def plan_run(scheduler, samples_model: torch.Tensor, steps: int, strength: float, generator: torch.Generator,
-             txt2img: bool) -> Plan:
+             txt2img: bool, begin_index_on_full_run: bool = False) -> Plan:
     from diffusers.utils.torch_utils import randn_tensor
 
     scheduler.set_timesteps(steps, device=samples_model.device)
     if txt2img:
+        if begin_index_on_full_run and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
         noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
                              dtype=samples_model.dtype)
         return Plan(scheduler.timesteps, noise * scheduler.init_noise_sigma, None)
@@ -87,13 +75,11 @@ def plan_run(scheduler, samples_model: torch.Tensor, steps: int, strength: float
 
 
 def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: torch.Tensor, t, use_cfg: bool,
-                      embeds: tuple[torch.Tensor, torch.Tensor], guidance_embedding) -> torch.Tensor:
+                      inputs: ModelInputs) -> torch.Tensor:
     """One denoiser evaluation with classifier-free guidance, batched [uncond, cond] as diffusers does."""
-    negative, positive = embeds
     model_input = torch.cat([latents] * 2) if use_cfg else latents
     model_input = scheduler.scale_model_input(model_input, t)
-    context = torch.cat([negative, positive]) if use_cfg else positive
-    prediction = denoiser.family.predict(denoiser, model_input, t, context, None, guidance_embedding)
+    prediction = denoiser.family.predict(denoiser, model_input, t, inputs.cfg if use_cfg else inputs.cond)
     if not use_cfg:
         return prediction
     uncond, cond = prediction.chunk(2)
@@ -126,11 +112,12 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
 
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler = build_scheduler(spec, seed)
-    plan = plan_run(scheduler, samples_model, steps, strength, generator, txt2img)
+    plan = plan_run(scheduler, samples_model, steps, strength, generator, txt2img,
+                    denoiser.family.begin_index_on_full_run)
 
-    negative, positive = _same_length(guider.negative.embeds, guider.positive.embeds)
-    embeds = (_batch(negative.to(device, module.dtype), batch), _batch(positive.to(device, module.dtype), batch))
-    guidance_embedding = denoiser.family.guidance_embedding(denoiser, guider.scale, batch)
+    factor = denoiser.family.spatial_factor
+    inputs = denoiser.family.model_inputs(denoiser, guider, batch, (samples.shape[2] * factor,
+                                                                   samples.shape[3] * factor))
     step_kwargs = {}
     step_params = inspect.signature(scheduler.step).parameters
     if "eta" in step_params:
@@ -141,8 +128,8 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     latents = plan.start_latents
     total = len(plan.timesteps)
     for i, t in enumerate(plan.timesteps):
-        use_cfg = guidance_embedding is None and guider.active_at(i, total)
-        prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, embeds, guidance_embedding)
+        use_cfg = inputs.cfg is not None and guider.active_at(i, total)
+        prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, inputs)
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample
         if on_step is not None:

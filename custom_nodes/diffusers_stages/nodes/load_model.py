@@ -101,9 +101,10 @@ class LoadModel(StageNode):
                 loaded = loading.load_folder(path, torch_dtype, prediction)
             else:
                 loaded = loading.load_single_file(path, torch_dtype, prediction, host.clip_vocab_dirs())
+        text_encoder = loaded.text_encoder
         return (
-            dataclasses.replace(loaded.denoiser, residency=host.manage(loaded.denoiser.module, "denoiser")),
-            dataclasses.replace(loaded.text_encoder, residency=host.manage(loaded.text_encoder.module, "text_encoder")),
-            dataclasses.replace(loaded.vae, residency=host.manage(loaded.vae.module, "vae")),
+            dataclasses.replace(loaded.denoiser, residency=host.manage([loaded.denoiser.module], "denoiser")),
+            dataclasses.replace(text_encoder, residency=host.manage(text_encoder.modules, "text_encoder")),
+            dataclasses.replace(loaded.vae, residency=host.manage([loaded.vae.module], "vae")),
             loaded.scheduler,
         )

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from ..components import Conditioning, Denoiser, SchedulerSpec, TextEncoder, Vae
+    from ..components import Conditioning, Denoiser, Guider, SchedulerSpec, TextEncoder, Vae
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Per-run keyword arguments for ``Family.predict``: ``cfg`` for the batched [uncond, cond] call
+    (None when the model cannot take CFG, e.g. guidance-distilled), ``cond`` for the positive prompt alone."""
+
+    cfg: dict[str, Any] | None
+    cond: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,7 @@ class Family:
     size_multiple: int  # width/height must be multiples of this
     pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values this family loads
     host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
+    begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
 
     def claims_checkpoint(self, keys: set[str]) -> bool:
         raise NotImplementedError
@@ -53,13 +63,13 @@ class Family:
         """Why ``cond`` cannot drive ``denoiser`` (None if it can)."""
         raise NotImplementedError
 
-    def predict(self, denoiser: Denoiser, model_input: torch.Tensor, timestep: Any, embeds: torch.Tensor,
-                pooled: torch.Tensor | None, guidance_embedding: torch.Tensor | None) -> torch.Tensor:
+    def model_inputs(self, denoiser: Denoiser, guider: Guider, batch: int, image_size: tuple[int, int]) -> ModelInputs:
+        """Everything besides latents and timestep the denoiser needs, for a batch of ``batch`` images of
+        ``image_size`` (height, width) pixels."""
         raise NotImplementedError
 
-    def guidance_embedding(self, denoiser: Denoiser, scale: float, batch: int) -> torch.Tensor | None:
-        """Distilled models that take the guidance scale as an input (no CFG batch); None otherwise."""
-        return None
+    def predict(self, denoiser: Denoiser, model_input: torch.Tensor, timestep: Any, inputs: dict[str, Any]):
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<family {self.id}>"
@@ -67,8 +77,9 @@ class Family:
 
 def all_families() -> list[Family]:
     from .stable_diffusion import STABLE_DIFFUSION
+    from .stable_diffusion_xl import STABLE_DIFFUSION_XL
 
-    return [STABLE_DIFFUSION]
+    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL]
 
 
 def family_for_pipeline_class(class_name: str) -> Family | None:

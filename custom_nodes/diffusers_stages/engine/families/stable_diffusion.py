@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ..components import Conditioning, Denoiser, TextEncoder, Vae
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart, Vae
 from ..errors import InputError
-from ..prompt import token_windows
 from ..schedulers import spec_from_config
-from . import Family, LoadedModel
+from . import Family, LoadedModel, ModelInputs
+from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
 
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 _UNET = "model.diffusion_model."
@@ -176,7 +176,7 @@ class StableDiffusionFamily(Family):
         return LoadedModel(
             denoiser=Denoiser(self, unet, source, latent_scale=vae.config.scaling_factor,
                               latent_shift=vae.config.shift_factor or 0.0),
-            text_encoder=TextEncoder(self, tokenizer, text_encoder, source),
+            text_encoder=TextEncoder(self, (TextPart(tokenizer, text_encoder),), source),
             vae=Vae(self, vae, source),
             scheduler=spec_from_config(scheduler_config),
         )
@@ -240,36 +240,11 @@ class StableDiffusionFamily(Family):
 
     # ---- conditioning ----------------------------------------------------------------------------
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
-        module = text_encoder.module
-        layers = module.config.num_hidden_layers
-        if not 0 <= clip_skip < layers:
-            raise InputError("clip_skip", f"{clip_skip} is out of range for a text encoder with {layers} layers.",
-                             f"use a value from 0 (last layer) to {layers - 1}.")
-        tokenizer = text_encoder.tokenizer
-        windows = token_windows(tokenizer, text)
-        device = module.device
-        # One window per call, so a short prompt is encoded exactly as diffusers' encode_prompt encodes it.
-        embeds = torch.cat([self._run_encoder(module, torch.tensor([ids], device=device), tokenizer, clip_skip)
-                            for ids in windows.ids])
-        if windows.is_weighted:
-            empty_ids = torch.tensor(token_windows(tokenizer, "").ids, device=device)
-            empty = self._run_encoder(module, empty_ids, tokenizer, clip_skip)
-            weights = torch.tensor(windows.weights, device=device, dtype=embeds.dtype)[..., None]
-            embeds = empty + (embeds - empty) * weights
-        embeds = embeds.reshape(1, -1, embeds.shape[-1])
-        return Conditioning(self, embeds, None, text, text_encoder.source)
-
-    @staticmethod
-    def _run_encoder(module, ids: torch.Tensor, tokenizer, clip_skip: int) -> torch.Tensor:
-        mask = None
-        if getattr(module.config, "use_attention_mask", False):
-            eos = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
-            mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] <= eos[:, None]).long()
-        if clip_skip == 0:
-            return module(ids, attention_mask=mask)[0]
-        hidden = module(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
-        final_norm = getattr(module, "final_layer_norm", None) or module.text_model.final_layer_norm
-        return final_norm(hidden)
+        (part,) = text_encoder.parts
+        check_clip_skip(part, clip_skip)
+        # clip_skip k: hidden state k layers before the last, through the final layer norm (as diffusers)
+        out = encode_clip(part, text, None if clip_skip == 0 else -(clip_skip + 1), final_norm=True)
+        return Conditioning(self, out.embeds, None, text, text_encoder.source)
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         if cond.family is not self:
@@ -281,11 +256,12 @@ class StableDiffusionFamily(Family):
         return None
 
     # ---- denoising -------------------------------------------------------------------------------
-    def guidance_embedding(self, denoiser: Denoiser, scale: float, batch: int):
+    @staticmethod
+    def guidance_embedding(denoiser: Denoiser, scale: float, batch: int):
+        """Guidance-distilled (LCM) UNets embed w = scale - 1 like a timestep, as diffusers' pipelines do."""
         dim = denoiser.module.config.time_cond_proj_dim
         if dim is None:
             return None
-        # Guidance-distilled (LCM) UNets embed w = scale - 1 like a timestep, as diffusers' pipelines do.
         w = torch.tensor(scale - 1).repeat(batch) * 1000.0
         half = dim // 2
         freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
@@ -295,9 +271,18 @@ class StableDiffusionFamily(Family):
             emb = torch.nn.functional.pad(emb, (0, 1))
         return emb.to(device=denoiser.module.device, dtype=denoiser.dtype)
 
-    def predict(self, denoiser, model_input, timestep, embeds, pooled, guidance_embedding):
-        return denoiser.module(model_input, timestep, encoder_hidden_states=embeds,
-                               timestep_cond=guidance_embedding, return_dict=False)[0]
+    def model_inputs(self, denoiser, guider, batch, image_size) -> ModelInputs:
+        module = denoiser.module
+        negative, positive = same_length(guider.negative.embeds, guider.positive.embeds)
+        negative, positive = (repeat_batch(e.to(module.device, module.dtype), batch) for e in (negative, positive))
+        timestep_cond = self.guidance_embedding(denoiser, guider.scale, batch)
+        cond = {"encoder_hidden_states": positive, "timestep_cond": timestep_cond}
+        if timestep_cond is not None:
+            return ModelInputs(None, cond)
+        return ModelInputs({"encoder_hidden_states": torch.cat([negative, positive]), "timestep_cond": None}, cond)
+
+    def predict(self, denoiser, model_input, timestep, inputs):
+        return denoiser.module(model_input, timestep, **inputs, return_dict=False)[0]
 
 
 STABLE_DIFFUSION = StableDiffusionFamily()

@@ -1,0 +1,125 @@
+"""Stable Diffusion XL: a UNet2DConditionModel with text-time embedding, two CLIP text encoders, a 4-channel VAE.
+
+The prompt embedding is the penultimate hidden state of both encoders, concatenated; the
+pooled vector comes from the second (projected) encoder. The UNet also takes "time ids":
+original size, crop top-left and target size, each (height, width).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart, Vae
+from ..errors import InputError
+from ..schedulers import spec_from_config
+from . import Family, LoadedModel, ModelInputs
+from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
+from .stable_diffusion import _weights_variant
+
+
+class StableDiffusionXLFamily(Family):
+    id = "sdxl"
+    display_name = "Stable Diffusion XL"
+    latent_channels = 4
+    spatial_factor = 8
+    size_multiple = 8
+    pipeline_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
+                        "StableDiffusionXLInpaintPipeline", "StableDiffusionXLControlNetPipeline")
+    host_latent_format = "SDXL"
+    begin_index_on_full_run = True
+
+    # ---- loading -------------------------------------------------------------------------------
+    def claims_checkpoint(self, keys) -> bool:
+        return "model.diffusion_model.label_emb.0.0.weight" in keys and any(
+            k.startswith("conditioner.embedders.") for k in keys)
+
+    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
+        raise InputError("model", f"'{os.path.basename(path)}' is a single-file SDXL checkpoint, which this version "
+                         "of the pack cannot load yet (SDXL loads from diffusers folders).",
+                         "use the model's diffusers folder in models/diffusers (or its Hugging Face repo id).")
+
+    def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+            index = json.load(f)
+        if not (index.get("text_encoder") or [None])[0]:
+            raise InputError("model", f"'{os.path.basename(path)}' has no first text encoder (an SDXL refiner?), "
+                             "which this version of the pack does not run.", "load an SDXL base model.")
+        common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+
+        def load(cls, sub):
+            return cls.from_pretrained(path, subfolder=sub, variant=_weights_variant(path, sub), **common)
+
+        unet, vae = load(UNet2DConditionModel, "unet"), load(AutoencoderKL, "vae")
+        parts = (TextPart(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
+                          load(CLIPTextModel, "text_encoder")),
+                 TextPart(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True),
+                          load(CLIPTextModelWithProjection, "text_encoder_2")))
+        with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
+            scheduler_config = json.load(f)
+        if prediction != "auto":
+            scheduler_config["prediction_type"] = prediction
+        for module in (unet, vae, *(p.module for p in parts)):
+            module.eval()  # (requires_grad_(False) would change CPU numerics; see stable_diffusion.py)
+        return LoadedModel(
+            denoiser=Denoiser(self, unet, path, latent_scale=vae.config.scaling_factor,
+                              latent_shift=vae.config.shift_factor or 0.0),
+            text_encoder=TextEncoder(self, parts, path),
+            vae=Vae(self, vae, path),
+            scheduler=spec_from_config(scheduler_config),
+        )
+
+    # ---- conditioning ----------------------------------------------------------------------------
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
+        for part in text_encoder.parts:
+            check_clip_skip(part, clip_skip, reserved=1)
+        # SDXL takes the penultimate layer without the final norm; clip_skip k goes k layers further back
+        outs = [encode_clip(part, text, -(clip_skip + 2), final_norm=False) for part in text_encoder.parts]
+        embeds = torch.cat([out.embeds for out in outs], dim=-1)
+        return Conditioning(self, embeds, outs[-1].pooled, text, text_encoder.source)
+
+    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
+        if cond.family is not self:
+            return f"the prompt was encoded by a {cond.family.display_name} text encoder"
+        config = denoiser.module.config
+        if cond.embeds.shape[-1] != config.cross_attention_dim:
+            return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this UNet expects "
+                    f"{config.cross_attention_dim} (text encoders and UNet come from different models)")
+        expected = denoiser.module.add_embedding.linear_1.in_features - 6 * config.addition_time_embed_dim
+        if cond.pooled is None or cond.pooled.shape[-1] != expected:
+            return "the pooled prompt embedding does not fit this UNet (text encoders from another model)"
+        return None
+
+    # ---- denoising -------------------------------------------------------------------------------
+    @staticmethod
+    def time_ids(cond: Conditioning, image_size: tuple[int, int]) -> torch.Tensor:
+        height, width = image_size
+        size = cond.size or (height, width, 0, 0, height, width)
+        return torch.tensor([list(size)], dtype=cond.embeds.dtype)
+
+    def model_inputs(self, denoiser, guider, batch, image_size) -> ModelInputs:
+        module = denoiser.module
+        device, dtype = module.device, module.dtype
+        negative, positive = same_length(guider.negative.embeds, guider.positive.embeds)
+
+        def prepared(cond: Conditioning, embeds: torch.Tensor):
+            return (repeat_batch(embeds.to(device, dtype), batch), repeat_batch(cond.pooled.to(device, dtype), batch),
+                    self.time_ids(cond, image_size).to(device).repeat(batch, 1))
+
+        neg, pos = prepared(guider.negative, negative), prepared(guider.positive, positive)
+        cond = {"encoder_hidden_states": pos[0], "added_cond_kwargs": {"text_embeds": pos[1], "time_ids": pos[2]}}
+        cfg = {"encoder_hidden_states": torch.cat([neg[0], pos[0]]),
+               "added_cond_kwargs": {"text_embeds": torch.cat([neg[1], pos[1]]),
+                                     "time_ids": torch.cat([neg[2], pos[2]])}}
+        return ModelInputs(cfg, cond)
+
+    def predict(self, denoiser, model_input, timestep, inputs):
+        return denoiser.module(model_input, timestep, **inputs, return_dict=False)[0]
+
+
+STABLE_DIFFUSION_XL = StableDiffusionXLFamily()
