@@ -14,7 +14,7 @@ import re
 import torch
 
 from .errors import InputError
-from .families import LoadedModel, family_for_checkpoint, family_for_pipeline_class
+from .families import LoadedModel, all_families, family_for_checkpoint, family_for_pipeline_class
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -67,6 +67,10 @@ def refuse_pickle(path: str, input_name: str = "model") -> None:
         )
 
 
+def supported_families() -> str:
+    return ", ".join(family.display_name for family in all_families())
+
+
 def load_single_file(path: str, dtype: torch.dtype, prediction: str = "auto",
                      vocab_dirs: tuple[str, ...] = ()) -> LoadedModel:
     refuse_pickle(path)
@@ -80,7 +84,7 @@ def load_single_file(path: str, dtype: torch.dtype, prediction: str = "auto",
     family = family_for_checkpoint(set(shapes))
     if family is None:
         raise InputError("model", f"'{os.path.basename(path)}' is not a checkpoint of a supported model family "
-                         f"(supported: Stable Diffusion 1.x/2.x).",
+                         f"(supported: {supported_families()}).",
                          "check that the file is a full checkpoint (UNet + text encoder + VAE), not a LoRA, "
                          "VAE or ControlNet file.")
     return family.load_single_file(path, shapes, dtype, prediction, vocab_dirs)
@@ -96,8 +100,8 @@ def load_folder(path: str, dtype: torch.dtype, prediction: str = "auto") -> Load
     family = family_for_pipeline_class(class_name)
     if family is None:
         raise InputError("model", f"'{os.path.basename(path)}' is a {class_name or 'unknown'} model, a family this "
-                         "version of the pack cannot run (supported: Stable Diffusion 1.x/2.x).",
-                         "load a Stable Diffusion 1.x/2.x model.")
+                         f"version of the pack cannot run (supported: {supported_families()}).",
+                         f"load a model of a supported family ({supported_families()}).")
     return family.load_folder(path, dtype, prediction)
 
 

@@ -69,6 +69,50 @@ def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), samp
     )
 
 
+SDXL_SCHEDULER = dict(  # the Euler config shipped with SDXL base 1.0
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    interpolation_type="linear", prediction_type="epsilon", sample_max_value=1.0, set_alpha_to_one=False,
+    skip_prk_steps=True, steps_offset=1, timestep_spacing="leading", trained_betas=None, use_karras_sigmas=False,
+)
+
+
+def build_sdxl_pipeline(sample_size: int = 8):
+    """A StableDiffusionXLPipeline with random weights (text encoders 32 and 48 wide, as CLIP-L and -G differ)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def clip_config(hidden, layers, act):
+        return CLIPTextConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=37, num_attention_heads=1,
+                              num_hidden_layers=layers, max_position_embeddings=77, bos_token_id=998,
+                              eos_token_id=999, pad_token_id=999, hidden_act=act, projection_dim=32)
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 2, 2), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=32 + 48, norm_num_groups=16,
+    )
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=sample_size * 8, scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(clip_config(32, 4, "quick_gelu"))
+    torch.manual_seed(3)
+    text_encoder_2 = CLIPTextModelWithProjection(clip_config(48, 10, "gelu"))
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=_tokenizer(1000, "<|endoftext|>"),
+        tokenizer_2=_tokenizer(1000, "!"), unet=unet, scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+        force_zeros_for_empty_prompt=True,
+    )
+
+
 def write_models(root: str) -> dict[str, str]:
     """Populate a ComfyUI-style models folder; return the paths written."""
     paths = {}
@@ -83,4 +127,6 @@ def write_models(root: str) -> dict[str, str]:
     sd2.save_pretrained(paths["sd2_folder"], safe_serialization=True)
     paths["sd2_single"] = os.path.join(root, "checkpoints", "tiny-sd2-v.safetensors")
     save_ldm_checkpoint(sd2, paths["sd2_single"], open_clip=True)
+    paths["sdxl_folder"] = os.path.join(root, "diffusers", "tiny-sdxl")
+    build_sdxl_pipeline().save_pretrained(paths["sdxl_folder"], safe_serialization=True)
     return paths

@@ -97,21 +97,25 @@ class StableDiffusionXLFamily(Family):
 
     # ---- denoising -------------------------------------------------------------------------------
     @staticmethod
-    def time_ids(cond: Conditioning, image_size: tuple[int, int]) -> torch.Tensor:
+    def time_ids(size: tuple[int, ...] | None, image_size: tuple[int, int], dtype) -> torch.Tensor:
+        """[original h, w, crop top, left, target h, w]; sizes of 0 (or no size at all) mean the generated size."""
         height, width = image_size
-        size = cond.size or (height, width, 0, 0, height, width)
-        return torch.tensor([list(size)], dtype=cond.embeds.dtype)
+        oh, ow, top, left, th, tw = size or (0, 0, 0, 0, 0, 0)
+        return torch.tensor([[oh or height, ow or width, top, left, th or height, tw or width]], dtype=dtype)
 
     def model_inputs(self, denoiser, guider, batch, image_size) -> ModelInputs:
         module = denoiser.module
         device, dtype = module.device, module.dtype
         negative, positive = same_length(guider.negative.embeds, guider.positive.embeds)
 
-        def prepared(cond: Conditioning, embeds: torch.Tensor):
+        def prepared(cond: Conditioning, embeds: torch.Tensor, size):
+            time_ids = self.time_ids(size, image_size, cond.embeds.dtype).to(device)
             return (repeat_batch(embeds.to(device, dtype), batch), repeat_batch(cond.pooled.to(device, dtype), batch),
-                    self.time_ids(cond, image_size).to(device).repeat(batch, 1))
+                    time_ids.repeat(batch, 1))
 
-        neg, pos = prepared(guider.negative, negative), prepared(guider.positive, positive)
+        # As the pipeline: a negative prompt without size conditioning of its own takes the positive's.
+        pos = prepared(guider.positive, positive, guider.positive.size)
+        neg = prepared(guider.negative, negative, guider.negative.size or guider.positive.size)
         cond = {"encoder_hidden_states": pos[0], "added_cond_kwargs": {"text_embeds": pos[1], "time_ids": pos[2]}}
         cfg = {"encoder_hidden_states": torch.cat([neg[0], pos[0]]),
                "added_cond_kwargs": {"text_embeds": torch.cat([neg[1], pos[1]]),
