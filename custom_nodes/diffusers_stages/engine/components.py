@@ -92,6 +92,8 @@ class Conditioning:
     encoder_source: str = ""
     # SDXL micro-conditioning: (original h, w, crop top, left, target h, w); None = the generated size, no crop
     size: tuple[int, int, int, int, int, int] | None = None
+    # guidance-distilled models (Flux dev): the guidance value the transformer is told; None = the family default
+    guidance: float | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -41,7 +41,7 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
         if problem:
             raise InputError(name, f"{problem}.",
                              "encode both prompts with the text encoder of the model you denoise with.")
-    channels = denoiser.module.config.in_channels
+    channels = family.latent_channels_of(denoiser)
     if samples.ndim != 4 or samples.shape[1] != channels:
         shape = "x".join(str(s) for s in samples.shape)
         raise InputError("latent", f"the latent has shape {shape}, but this {family.display_name} denoiser works on "
@@ -50,17 +50,19 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
                          "model family does not fit).")
 
 
-def plan_run(scheduler, samples_model: torch.Tensor, steps: int, strength: float, generator: torch.Generator,
-             txt2img: bool, begin_index_on_full_run: bool = False) -> Plan:
+def plan_run(family, scheduler, samples_model: torch.Tensor, steps: int, strength: float,
+             generator: torch.Generator, txt2img: bool) -> Plan:
+    """Timesteps and starting latents (model space, [B, C, h, w]); noise is drawn in that shape, as the pipelines do."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    scheduler.set_timesteps(steps, device=samples_model.device)
+    family.set_timesteps(scheduler, steps, samples_model)
     if txt2img:
-        if begin_index_on_full_run and hasattr(scheduler, "set_begin_index"):
+        if family.begin_index_on_full_run and hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
         noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
                              dtype=samples_model.dtype)
-        return Plan(scheduler.timesteps, noise * scheduler.init_noise_sigma, None)
+        sigma = getattr(scheduler, "init_noise_sigma", None)  # flow-matching schedulers start at unit noise
+        return Plan(scheduler.timesteps, noise if sigma is None else noise * sigma, None)
     run_steps = min(int(steps * strength), steps)
     begin = max(steps - run_steps, 0) * scheduler.order
     timesteps = scheduler.timesteps[begin:]
@@ -70,19 +72,29 @@ def plan_run(scheduler, samples_model: torch.Tensor, steps: int, strength: float
         return Plan(timesteps, samples_model, begin)
     noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
                          dtype=samples_model.dtype)
-    start = scheduler.add_noise(samples_model, noise, timesteps[:1].repeat(samples_model.shape[0]))
+    first = timesteps[:1].repeat(samples_model.shape[0])
+    if hasattr(scheduler, "scale_noise"):  # flow matching: sigma * noise + (1 - sigma) * sample
+        start = scheduler.scale_noise(samples_model, first, noise)
+    else:
+        start = scheduler.add_noise(samples_model, noise, first)
     return Plan(timesteps, start, begin)
 
 
 def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: torch.Tensor, t, use_cfg: bool,
                       inputs: ModelInputs) -> torch.Tensor:
-    """One denoiser evaluation with classifier-free guidance, batched [uncond, cond] as diffusers does."""
-    model_input = torch.cat([latents] * 2) if use_cfg else latents
-    model_input = scheduler.scale_model_input(model_input, t)
-    prediction = denoiser.family.predict(denoiser, model_input, t, inputs.cfg if use_cfg else inputs.cond)
+    """One step's prediction with classifier-free guidance, batched or in two calls as the family's pipeline does."""
+    family = denoiser.family
+    batched = use_cfg and inputs.cfg is not None
+    model_input = torch.cat([latents] * 2) if batched else latents
+    if hasattr(scheduler, "scale_model_input"):
+        model_input = scheduler.scale_model_input(model_input, t)
     if not use_cfg:
-        return prediction
-    uncond, cond = prediction.chunk(2)
+        return family.predict(denoiser, model_input, t, inputs.cond)
+    if batched:
+        uncond, cond = family.predict(denoiser, model_input, t, inputs.cfg).chunk(2)
+    else:  # two calls, positive first
+        cond = family.predict(denoiser, model_input, t, inputs.cond)
+        uncond = family.predict(denoiser, model_input, t, inputs.uncond)
     guided = uncond + guider.scale * (cond - uncond)
     if guider.rescale > 0.0:
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
@@ -112,8 +124,7 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
 
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler = build_scheduler(spec, seed)
-    plan = plan_run(scheduler, samples_model, steps, strength, generator, txt2img,
-                    denoiser.family.begin_index_on_full_run)
+    plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img)
 
     factor = denoiser.family.spatial_factor
     inputs = denoiser.family.model_inputs(denoiser, guider, batch, (samples.shape[2] * factor,
@@ -125,16 +136,18 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     if uses_generator(scheduler):
         step_kwargs["generator"] = generator
 
-    latents = plan.start_latents
+    latents = denoiser.family.to_model_layout(plan.start_latents)
     total = len(plan.timesteps)
     for i, t in enumerate(plan.timesteps):
-        use_cfg = inputs.cfg is not None and guider.active_at(i, total)
+        use_cfg = (inputs.cfg is not None or inputs.uncond is not None) and guider.active_at(i, total)
         prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, inputs)
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample
         if on_step is not None:
-            on_step(i, total, getattr(output, "pred_original_sample", None))
+            x0 = getattr(output, "pred_original_sample", None)  # flow schedulers have none: preview the latents
+            on_step(i, total, denoiser.family.from_model_layout(latents if x0 is None else x0, samples_model.shape))
 
+    latents = denoiser.family.from_model_layout(latents, samples_model.shape)
     raw = latents / denoiser.latent_scale
     if denoiser.latent_shift:
         raw = raw + denoiser.latent_shift

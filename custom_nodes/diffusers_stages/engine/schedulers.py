@@ -52,6 +52,15 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "ddim_uniform": {"timestep_spacing": "leading", "steps_offset": 1},
 }
 
+# Flow-matching models (Flux, SD3) take their shifted sigma schedule from the family; these samplers follow it.
+FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "euler_ancestral": ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
+    "heun": ("FlowMatchHeunDiscreteScheduler", {}),
+    "lcm": ("FlowMatchLCMScheduler", {}),
+}
+FLOW_SCHEDULES = (MODEL_DEFAULT, "normal", "simple")
+
 SAMPLER_NAMES = [MODEL_DEFAULT, *SAMPLERS]
 SCHEDULE_NAMES = [MODEL_DEFAULT, *SCHEDULES]
 
@@ -98,8 +107,27 @@ def check_combination(sampler: str, schedule: str) -> str | None:
     return None
 
 
+def is_flow(spec: SchedulerSpec) -> bool:
+    return spec.class_name.startswith("FlowMatch")
+
+
+def _derive_flow_spec(base: SchedulerSpec, sampler: str, schedule: str) -> SchedulerSpec:
+    if sampler != MODEL_DEFAULT and sampler not in FLOW_SAMPLERS:
+        raise InputError("sampler_name", f"'{sampler}' is not available for flow-matching models (Flux, SD3) in "
+                         "this version of the pack.", f"use one of: {', '.join([MODEL_DEFAULT, *FLOW_SAMPLERS])}.")
+    if schedule not in FLOW_SCHEDULES:
+        raise InputError("schedule", f"'{schedule}' is not available for flow-matching models (Flux, SD3): their "
+                         "shifted schedule comes from the model.", f"use one of: {', '.join(FLOW_SCHEDULES)}.")
+    class_name, settings = (base.class_name, {}) if sampler == MODEL_DEFAULT else FLOW_SAMPLERS[sampler]
+    config = {k: v for k, v in base.config_dict.items() if k != "stochastic_sampling"}
+    config.update(settings)
+    return SchedulerSpec(class_name, _freeze(config), sampler, schedule)
+
+
 def derive_spec(base: SchedulerSpec, sampler: str, schedule: str) -> SchedulerSpec:
     """The model's scheduler with a ComfyUI sampler and schedule applied."""
+    if is_flow(base):
+        return _derive_flow_spec(base, sampler, schedule)
     if sampler == MODEL_DEFAULT:
         class_name, sampler_settings = base.class_name, {}
     else:

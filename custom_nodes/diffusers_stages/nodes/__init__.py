@@ -3,6 +3,7 @@
 from .cfg_guider import CFGGuider
 from .denoise import Denoise
 from .empty_latent import EmptyLatent
+from .flux_guidance import FluxGuidance
 from .load_model import LoadModel
 from .scheduler import Scheduler
 from .size_conditioning import SizeConditioning
@@ -10,8 +11,8 @@ from .text_encode import TextEncode
 from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
-ALL_NODES = (LoadModel, TextEncode, SizeConditioning, Scheduler, CFGGuider, EmptyLatent, Denoise, VAEDecode,
-             VAEEncode)
+ALL_NODES = (LoadModel, TextEncode, SizeConditioning, FluxGuidance, Scheduler, CFGGuider, EmptyLatent, Denoise,
+             VAEDecode, VAEEncode)
 
 NODE_CLASS_MAPPINGS = {node.NODE_ID: node for node in ALL_NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.NODE_ID: node.DISPLAY_NAME for node in ALL_NODES}

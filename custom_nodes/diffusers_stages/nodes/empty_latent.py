@@ -48,6 +48,6 @@ class EmptyLatent(StageNode):
             error = size_problem(name, value, family.size_multiple)
             if error:
                 raise error
-        channels = denoiser.module.config.in_channels
+        channels = family.latent_channels_of(denoiser)
         shape = (batch_size, channels, height // family.spatial_factor, width // family.spatial_factor)
         return ({"samples": torch.zeros(shape, device=host.intermediate_device())},)

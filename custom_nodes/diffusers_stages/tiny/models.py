@@ -113,6 +113,54 @@ def build_sdxl_pipeline(sample_size: int = 8):
     )
 
 
+def t5_tokenizer():
+    """A small Unigram T5 tokenizer built in memory (pads with 0, ends with </s> = 1, as T5's)."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    words = ("a the photo of cat dog on mat red blue green bird fox detail details many painting light house cliff "
+             "sunset warm watercolor blurry low quality").split()
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -8.0)]
+    pieces += [("▁" + w, -5.0) for w in words]
+    pieces += [(c, -10.0) for c in string.ascii_lowercase + string.digits + ",.:()!?'-"]
+    pieces += [("▁" + c, -9.0) for c in string.ascii_lowercase]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def build_flux_pipeline(guidance_embeds: bool = True):
+    """A FluxPipeline with random weights (dev-like with guidance_embeds, schnell-like without)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer_2 = t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6))
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.3611, shift_factor=0.1159,
+        use_quant_conv=False, use_post_quant_conv=False)
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=37, num_attention_heads=1, num_hidden_layers=4,
+        max_position_embeddings=77, bos_token_id=998, eos_token_id=999, pad_token_id=999, projection_dim=32))
+    torch.manual_seed(3)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=64, d_kv=16, d_ff=64, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                        tokenizer=_tokenizer(1000, "<|endoftext|>"), text_encoder_2=text_encoder_2,
+                        tokenizer_2=tokenizer_2, transformer=transformer)
+
+
 def write_models(root: str) -> dict[str, str]:
     """Populate a ComfyUI-style models folder; return the paths written."""
     paths = {}
@@ -129,4 +177,6 @@ def write_models(root: str) -> dict[str, str]:
     save_ldm_checkpoint(sd2, paths["sd2_single"], open_clip=True)
     paths["sdxl_folder"] = os.path.join(root, "diffusers", "tiny-sdxl")
     build_sdxl_pipeline().save_pretrained(paths["sdxl_folder"], safe_serialization=True)
+    paths["flux_folder"] = os.path.join(root, "diffusers", "tiny-flux")
+    build_flux_pipeline().save_pretrained(paths["flux_folder"], safe_serialization=True)
     return paths

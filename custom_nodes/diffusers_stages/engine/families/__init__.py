@@ -19,11 +19,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """Per-run keyword arguments for ``Family.predict``: ``cfg`` for the batched [uncond, cond] call
-    (None when the model cannot take CFG, e.g. guidance-distilled), ``cond`` for the positive prompt alone."""
+    """Per-run keyword arguments for ``Family.predict``.
+
+    ``cond``: the positive prompt alone. ``cfg``: one batched [uncond, cond] call (SD, SDXL, SD3).
+    ``uncond``: the negative prompt alone, for families whose pipeline runs CFG as two calls, cond
+    first (Flux true CFG). Neither ``cfg`` nor ``uncond``: the model cannot take CFG (guidance-distilled).
+    """
 
     cfg: dict[str, Any] | None
     cond: dict[str, Any]
+    uncond: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,15 +76,31 @@ class Family:
     def predict(self, denoiser: Denoiser, model_input: torch.Tensor, timestep: Any, inputs: dict[str, Any]):
         raise NotImplementedError
 
+    def latent_channels_of(self, denoiser: Denoiser) -> int:
+        """Channels of the LATENT this denoiser works on."""
+        return denoiser.module.config.in_channels
+
+    def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
+        """Timesteps for a run on ``latents`` (model space, unpacked); families with shifted schedules override."""
+        scheduler.set_timesteps(steps, device=latents.device)
+
+    def to_model_layout(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] -> the layout the denoiser and scheduler work on (Flux packs 2x2 patches)."""
+        return latents
+
+    def from_model_layout(self, latents: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return latents
+
     def __repr__(self) -> str:
         return f"<family {self.id}>"
 
 
 def all_families() -> list[Family]:
+    from .flux import FLUX
     from .stable_diffusion import STABLE_DIFFUSION
     from .stable_diffusion_xl import STABLE_DIFFUSION_XL
 
-    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL]
+    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL, FLUX]
 
 
 def family_for_pipeline_class(class_name: str) -> Family | None:

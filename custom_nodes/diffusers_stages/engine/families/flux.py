@@ -1,0 +1,167 @@
+"""Flux.1 (dev and schnell): a FluxTransformer2DModel, CLIP-L (pooled) + T5 (sequence), a 16-channel VAE.
+
+Latents are packed into 2x2 patches inside the engine only; LATENT stays [B, 16, h, w] as in
+core ComfyUI. The schedule is FlowMatchEuler over sigmas linspace(1, 1/N, N) shifted by mu,
+which grows with the image's token count (dynamic shifting). The "guidance" value of
+guidance-distilled models (dev) is a model input, not CFG; true CFG with a negative prompt is
+two transformer calls, positive first, as FluxPipeline does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+
+import numpy as np
+import torch
+
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart, Vae
+from ..errors import InputError
+from ..schedulers import spec_from_config
+from . import Family, LoadedModel, ModelInputs
+from .clip_text import encode_clip, repeat_batch
+from .stable_diffusion import _weights_variant
+from .t5_text import encode_t5
+
+DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
+T5_MAX_LENGTH = 512
+
+
+def calculate_shift(seq_len: int, base_seq: int, max_seq: int, base_shift: float, max_shift: float) -> float:
+    slope = (max_shift - base_shift) / (max_seq - base_seq)
+    return seq_len * slope + (base_shift - slope * base_seq)
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = latents.shape
+    latents = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(latents: torch.Tensor, shape) -> torch.Tensor:
+    b, c, h, w = shape
+    latents = latents.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(b, c, h, w)
+
+
+def image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
+    """Row/column position of each packed patch (height, width in patches)."""
+    ids = torch.zeros(height, width, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(height)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(width)[None, :]
+    return ids.reshape(height * width, 3).to(device=device, dtype=dtype)
+
+
+class FluxFamily(Family):
+    id = "flux"
+    display_name = "Flux.1"
+    latent_channels = 16
+    spatial_factor = 8
+    size_multiple = 16
+    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlNetPipeline")
+    host_latent_format = "Flux"
+    begin_index_on_full_run = True
+
+    # ---- loading -------------------------------------------------------------------------------
+    def claims_checkpoint(self, keys) -> bool:
+        return any(".double_blocks." in k or k.startswith("double_blocks.") for k in keys)
+
+    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
+        raise InputError("model", f"'{os.path.basename(path)}' is a single-file Flux model, which this version of "
+                         "the pack cannot load yet (Flux loads from diffusers folders).",
+                         "use the model's diffusers folder in models/diffusers (or its Hugging Face repo id).")
+
+    def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+
+        common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+
+        def load(cls, sub):
+            return cls.from_pretrained(path, subfolder=sub, variant=_weights_variant(path, sub), **common)
+
+        transformer, vae = load(FluxTransformer2DModel, "transformer"), load(AutoencoderKL, "vae")
+        parts = (TextPart(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
+                          load(CLIPTextModel, "text_encoder")),
+                 TextPart(T5Tokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True),
+                          load(T5EncoderModel, "text_encoder_2")))
+        with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
+            scheduler_config = json.load(f)
+        for module in (transformer, vae, *(p.module for p in parts)):
+            module.eval()
+        return LoadedModel(
+            denoiser=Denoiser(self, transformer, path, latent_scale=vae.config.scaling_factor,
+                              latent_shift=vae.config.shift_factor or 0.0),
+            text_encoder=TextEncoder(self, parts, path),
+            vae=Vae(self, vae, path),
+            scheduler=spec_from_config(scheduler_config),
+        )
+
+    # ---- conditioning ----------------------------------------------------------------------------
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
+        if clip_skip:
+            raise InputError("clip_skip", "Flux uses the CLIP encoder's pooled output only; clip_skip does not apply.",
+                             "set clip_skip to 0.")
+        clip, t5 = text_encoder.parts
+        pooled = encode_clip(clip, text, None, final_norm=False).pooled
+        embeds = encode_t5(t5, text, T5_MAX_LENGTH)
+        return Conditioning(self, embeds, pooled, text, text_encoder.source)
+
+    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
+        if cond.family is not self:
+            return f"the prompt was encoded by a {cond.family.display_name} text encoder"
+        config = denoiser.module.config
+        if cond.embeds.shape[-1] != config.joint_attention_dim or cond.pooled.shape[-1] != config.pooled_projection_dim:
+            return "the prompt embeddings do not fit this transformer (text encoders from another model)"
+        return None
+
+    # ---- denoising -------------------------------------------------------------------------------
+    def latent_channels_of(self, denoiser: Denoiser) -> int:
+        return denoiser.module.config.in_channels // 4  # the transformer sees 2x2 patches
+
+    def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
+        config = scheduler.config
+        sigmas = None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / steps, steps)
+        seq_len = (latents.shape[2] // 2) * (latents.shape[3] // 2)
+        mu = calculate_shift(seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        accepted = inspect.signature(scheduler.set_timesteps).parameters
+        if "sigmas" not in accepted:  # FlowMatchHeun: its own (statically shifted) schedule
+            scheduler.set_timesteps(steps, device=latents.device)
+            return
+        kwargs = {"mu": mu} if config.get("use_dynamic_shifting") else {}
+        if sigmas is None:
+            scheduler.set_timesteps(steps, device=latents.device, **kwargs)
+        else:
+            scheduler.set_timesteps(sigmas=sigmas, device=latents.device, **kwargs)
+
+    def to_model_layout(self, latents):
+        return pack(latents)
+
+    def from_model_layout(self, latents, shape):
+        return unpack(latents, shape)
+
+    def model_inputs(self, denoiser, guider, batch, image_size) -> ModelInputs:
+        module = denoiser.module
+        device, dtype = module.device, module.dtype
+        height, width = image_size[0] // 16, image_size[1] // 16
+        img_ids = image_ids(height, width, device, dtype)
+        guidance_value = guider.positive.guidance if guider.positive.guidance is not None else DEFAULT_GUIDANCE
+        guidance = (torch.full([1], guidance_value, device=device, dtype=torch.float32).expand(batch)
+                    if module.config.guidance_embeds else None)
+
+        def inputs(cond: Conditioning):
+            return {"encoder_hidden_states": repeat_batch(cond.embeds.to(device, dtype), batch),
+                    "pooled_projections": repeat_batch(cond.pooled.to(device, dtype), batch),
+                    "txt_ids": torch.zeros(cond.embeds.shape[1], 3, device=device, dtype=dtype),
+                    "img_ids": img_ids, "guidance": guidance}
+
+        return ModelInputs(cfg=None, cond=inputs(guider.positive), uncond=inputs(guider.negative))
+
+    def predict(self, denoiser, model_input, timestep, inputs):
+        timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)
+        return denoiser.module(hidden_states=model_input, timestep=timestep / 1000, **inputs, return_dict=False)[0]
+
+
+FLUX = FluxFamily()

@@ -1,0 +1,99 @@
+"""Flux: our node graph against FluxPipeline / FluxImg2ImgPipeline (torch.equal)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import Graph, bchw
+
+from diffusers_stages.engine.errors import StageError
+
+SEED = 21
+PROMPT = "a watercolor painting of a red fox"
+
+
+@pytest.fixture(scope="module")
+def flux_graph(nodes):
+    return Graph(nodes, "diffusers/tiny-flux")
+
+
+@pytest.fixture(scope="module")
+def flux_pipe(models_root):
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(models_root["flux_folder"], local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_guider(graph, guidance=3.5, negative="", cfg=1.0):
+    positive = graph.nodes["DS_FluxGuidance"].execute(conditioning=graph.encode(PROMPT), guidance=guidance)[0]
+    return graph.nodes["DS_CFGGuider"].execute(positive=positive, negative=graph.encode(negative), cfg=cfg)[0]
+
+
+def run_pipe(pipe, output_type, width=64, height=64, batch=1, guidance=3.5, **kwargs):
+    return pipe(PROMPT, num_inference_steps=4, width=width, height=height, num_images_per_prompt=batch,
+                guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(SEED),
+                output_type=output_type, **kwargs).images
+
+
+def test_flux_encode_matches_pipeline(flux_graph, flux_pipe):
+    cond = flux_graph.encode(PROMPT)
+    with torch.no_grad():  # as inside the pipeline call (autograd changes CPU kernels slightly)
+        embeds, pooled, _ = flux_pipe.encode_prompt(PROMPT, PROMPT, device="cpu")
+    assert torch.equal(cond.embeds, embeds) and torch.equal(cond.pooled, pooled)
+
+
+@pytest.mark.parametrize("width, height, batch, guidance", [(64, 64, 1, 3.5), (96, 64, 2, 5.0)])
+def test_flux_txt2img_matches_pipeline(flux_graph, flux_pipe, width, height, batch, guidance):
+    latent = flux_graph.denoise(flux_guider(flux_graph, guidance), flux_graph.default_scheduler,
+                                flux_graph.empty(width, height, batch), seed=SEED)
+    image = flux_graph.decode(latent)
+    assert latent["samples"].shape == (batch, 16, height // 8, width // 8)  # core LATENT layout, unpacked
+    ref = run_pipe(flux_pipe, "pt", width, height, batch, guidance)
+    assert torch.equal(bchw(image), ref)
+
+
+def test_flux_true_cfg_matches_pipeline(flux_graph, flux_pipe):
+    latent = flux_graph.denoise(flux_guider(flux_graph, negative="blurry", cfg=4.0), flux_graph.default_scheduler,
+                                flux_graph.empty(), seed=SEED)
+    ref = run_pipe(flux_pipe, "pt", negative_prompt="blurry", true_cfg_scale=4.0)
+    assert torch.equal(bchw(flux_graph.decode(latent)), ref)
+
+
+def test_flux_euler_ancestral_and_heun_run(flux_graph):
+    for sampler in ("euler_ancestral", "heun"):
+        latent = flux_graph.denoise(flux_guider(flux_graph), flux_graph.scheduler(sampler, "normal"),
+                                    flux_graph.empty(), seed=SEED, steps=3)
+        assert torch.isfinite(latent["samples"]).all()
+
+
+def test_flux_img2img_matches_pipeline(flux_graph, flux_pipe):
+    from diffusers import FluxImg2ImgPipeline
+
+    torch.manual_seed(4)
+    image = torch.rand(1, 64, 64, 3)
+    raw = flux_graph.encode_image(image)
+    latent = flux_graph.denoise(flux_guider(flux_graph), flux_graph.default_scheduler, raw, seed=SEED, steps=5,
+                                denoise=0.6)
+    pipe = FluxImg2ImgPipeline(**flux_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    # Our VAE Encode gives the posterior's mode (as core ComfyUI); the pipeline would sample it with the seed,
+    # so it is given our encoded latents, scaled and shifted as it does itself.
+    denoiser = flux_graph.denoiser
+    scaled = (raw["samples"] - denoiser.latent_shift) * denoiser.latent_scale
+    ref = pipe(PROMPT, image=scaled, strength=0.6, num_inference_steps=5, guidance_scale=3.5, height=64, width=64,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(flux_graph.decode(latent)), ref)
+
+
+def test_flux_sizes_and_wiring_refused(flux_graph, sd1_graph, nodes):
+    with pytest.raises(StageError, match="not a multiple of 16"):
+        nodes["DS_EmptyLatent"].execute(denoiser=flux_graph.denoiser, width=72, height=64, batch_size=1)
+    with pytest.raises(StageError, match="encoded by a Flux.1 text encoder"):
+        sd1_graph.denoise(flux_guider(flux_graph), sd1_graph.default_scheduler, sd1_graph.empty())
+    with pytest.raises(StageError, match="16-channel latents"):
+        flux_graph.denoise(flux_guider(flux_graph), flux_graph.default_scheduler, sd1_graph.empty())
+    with pytest.raises(StageError, match="not available for flow-matching"):
+        nodes["DS_Scheduler"].execute(scheduler=flux_graph.default_scheduler, sampler_name="dpmpp_2m",
+                                      schedule="karras")
