@@ -97,3 +97,15 @@ def test_flux_sizes_and_wiring_refused(flux_graph, sd1_graph, nodes):
     with pytest.raises(StageError, match="not available for flow-matching"):
         nodes["DS_Scheduler"].execute(scheduler=flux_graph.default_scheduler, sampler_name="dpmpp_2m",
                                       schedule="karras")
+
+
+def test_flux_without_t5_is_refused(nodes, models_root):
+    import os
+    import shutil
+
+    folder = os.path.join(models_root["root"], "diffusers", "tiny-flux-no-t5")
+    if not os.path.isdir(folder):
+        shutil.copytree(models_root["flux_folder"], folder,
+                        ignore=shutil.ignore_patterns("text_encoder_2", "tokenizer_2"))
+    with pytest.raises(StageError, match="no T5 text encoder"):
+        nodes["DS_LoadModel"].execute(model="diffusers/tiny-flux-no-t5", repo_id="", dtype="fp32")

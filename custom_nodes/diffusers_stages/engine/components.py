@@ -94,6 +94,9 @@ class Conditioning:
     size: tuple[int, int, int, int, int, int] | None = None
     # guidance-distilled models (Flux dev): the guidance value the transformer is told; None = the family default
     guidance: float | None = None
+    # SD3: the T5 sequence kept apart from the CLIP embeddings (None: no T5 encoder, zeros of t5_length are used)
+    t5: torch.Tensor | None = None
+    t5_length: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +109,15 @@ class Guider:
     rescale: float = 0.0
     start_percent: float = 0.0
     end_percent: float = 1.0
+    # skip-layer guidance (SD3.5): an extra prediction without these transformer layers, pushed away from
+    skip_layers: tuple[int, ...] = ()
+    skip_scale: float = 2.8
+    skip_start: float = 0.01
+    skip_stop: float = 0.2
+
+    def skip_active_at(self, step: int, steps: int) -> bool:
+        """The pipeline's window: strictly between steps*start and steps*stop (so never at step 0)."""
+        return bool(self.skip_layers) and steps * self.skip_start < step < steps * self.skip_stop
 
     def active_at(self, step: int, steps: int) -> bool:
         """CFG applies at this step: scale above 1 (as diffusers decides) and step inside [start, end)."""

@@ -41,6 +41,9 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
         if problem:
             raise InputError(name, f"{problem}.",
                              "encode both prompts with the text encoder of the model you denoise with.")
+    if guider.skip_layers and not family.supports_skip_layers:
+        raise InputError("guider", f"skip-layer guidance is an SD3 feature; {family.display_name} does not take it.",
+                         "remove the Skip Layer Guidance node, or use it with an SD3/SD3.5 model.")
     channels = family.latent_channels_of(denoiser)
     if samples.ndim != 4 or samples.shape[1] != channels:
         shape = "x".join(str(s) for s in samples.shape)
@@ -81,7 +84,7 @@ def plan_run(family, scheduler, samples_model: torch.Tensor, steps: int, strengt
 
 
 def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: torch.Tensor, t, use_cfg: bool,
-                      inputs: ModelInputs) -> torch.Tensor:
+                      inputs: ModelInputs, skip_layers: bool = False) -> torch.Tensor:
     """One step's prediction with classifier-free guidance, batched or in two calls as the family's pipeline does."""
     family = denoiser.family
     batched = use_cfg and inputs.cfg is not None
@@ -96,6 +99,9 @@ def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: to
         cond = family.predict(denoiser, model_input, t, inputs.cond)
         uncond = family.predict(denoiser, model_input, t, inputs.uncond)
     guided = uncond + guider.scale * (cond - uncond)
+    if skip_layers and inputs.skip is not None:  # skip-layer guidance, as StableDiffusion3Pipeline applies it
+        skipped = family.predict(denoiser, latents, t, inputs.skip)
+        guided = guided + (cond - skipped) * guider.skip_scale
     if guider.rescale > 0.0:
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
@@ -140,7 +146,8 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     total = len(plan.timesteps)
     for i, t in enumerate(plan.timesteps):
         use_cfg = (inputs.cfg is not None or inputs.uncond is not None) and guider.active_at(i, total)
-        prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, inputs)
+        prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, inputs,
+                                       guider.skip_active_at(i, total))
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample
         if on_step is not None:

@@ -7,12 +7,13 @@ from .flux_guidance import FluxGuidance
 from .load_model import LoadModel
 from .scheduler import Scheduler
 from .size_conditioning import SizeConditioning
+from .skip_layer_guidance import SkipLayerGuidance
 from .text_encode import TextEncode
 from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
-ALL_NODES = (LoadModel, TextEncode, SizeConditioning, FluxGuidance, Scheduler, CFGGuider, EmptyLatent, Denoise,
-             VAEDecode, VAEEncode)
+ALL_NODES = (LoadModel, TextEncode, SizeConditioning, FluxGuidance, Scheduler, CFGGuider, SkipLayerGuidance,
+             EmptyLatent, Denoise, VAEDecode, VAEEncode)
 
 NODE_CLASS_MAPPINGS = {node.NODE_ID: node for node in ALL_NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.NODE_ID: node.DISPLAY_NAME for node in ALL_NODES}

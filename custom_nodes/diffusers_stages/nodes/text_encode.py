@@ -9,7 +9,7 @@ from .base import CONDITIONING, TEXT_ENCODER, StageNode, category
 class TextEncode(StageNode):
     NODE_ID = "DS_TextEncode"
     DISPLAY_NAME = "Text Encode (Diffusers)"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"  # 1.1.0: optional t5_max_length
     CATEGORY = category("conditioning")
     DESCRIPTION = ("Encodes a prompt with the model's text encoder. Understands ComfyUI's prompt syntax: "
                    "(word:1.2) to weight, (word) for x1.1, and prompts longer than 75 tokens. A short prompt "
@@ -30,10 +30,15 @@ class TextEncode(StageNode):
                                       "tooltip": "Layers to skip at the end of the text encoder, as diffusers' "
                                                  "clip_skip: 1 = penultimate layer (A1111 'Clip skip 2', ComfyUI "
                                                  "CLIPSetLastLayer -2). 0 = use the last layer."}),
-            }
+            },
+            "optional": {
+                "t5_max_length": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 1, "advanced": True,
+                                          "tooltip": "Tokens of the T5 sequence for models with a T5 encoder (SD3: "
+                                                     "256, Flux: 512 by default). 0 = the model's default."}),
+            },
         }
 
-    def run(self, text_encoder, text, clip_skip=0):
+    def run(self, text_encoder, text, clip_skip=0, t5_max_length=0):
         host.ensure_loaded(text_encoder.residency)
         with torch.inference_mode():
-            return (text_encoder.family.encode_prompt(text_encoder, text, clip_skip),)
+            return (text_encoder.family.encode_prompt(text_encoder, text, clip_skip, t5_max_length),)

@@ -161,6 +161,48 @@ def build_flux_pipeline(guidance_embeds: bool = True):
                         tokenizer_2=tokenizer_2, transformer=transformer)
 
 
+def build_sd3_pipeline(with_t5: bool = True):
+    """A StableDiffusion3Pipeline with random weights: CLIP-L 32 and CLIP-G 48 wide, T5 96 (>= 32 + 48)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    def clip(hidden, layers, seed):
+        torch.manual_seed(seed)
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=1000, hidden_size=hidden, intermediate_size=37, num_attention_heads=1, num_hidden_layers=layers,
+            max_position_embeddings=77, bos_token_id=998, eos_token_id=999, pad_token_id=999, projection_dim=32,
+            hidden_act="gelu"))
+
+    tokenizer_3 = t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=4, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=32)
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=1.5305, shift_factor=0.0609,
+        use_quant_conv=False, use_post_quant_conv=False)
+    text_encoder_3 = None
+    if with_t5:
+        torch.manual_seed(4)
+        text_encoder_3 = T5EncoderModel(T5Config(
+            vocab_size=len(tokenizer_3), d_model=96, d_kv=16, d_ff=64, num_layers=2, num_heads=4,
+            feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=vae, text_encoder=clip(32, 4, 2), tokenizer=_tokenizer(1000, "<|endoftext|>"),
+        text_encoder_2=clip(48, 4, 3), tokenizer_2=_tokenizer(1000, "!"), text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3 if with_t5 else None)
+
+
 def write_models(root: str) -> dict[str, str]:
     """Populate a ComfyUI-style models folder; return the paths written."""
     paths = {}
@@ -179,4 +221,6 @@ def write_models(root: str) -> dict[str, str]:
     build_sdxl_pipeline().save_pretrained(paths["sdxl_folder"], safe_serialization=True)
     paths["flux_folder"] = os.path.join(root, "diffusers", "tiny-flux")
     build_flux_pipeline().save_pretrained(paths["flux_folder"], safe_serialization=True)
+    paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
+    build_sd3_pipeline().save_pretrained(paths["sd3_folder"], safe_serialization=True)
     return paths

@@ -29,6 +29,7 @@ class ModelInputs:
     cfg: dict[str, Any] | None
     cond: dict[str, Any]
     uncond: dict[str, Any] | None = None
+    skip: dict[str, Any] | None = None  # positive prompt with some layers skipped (skip-layer guidance)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Family:
     spatial_factor: int  # pixels per latent cell
     size_multiple: int  # width/height must be multiples of this
     pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values this family loads
+    supports_skip_layers = False  # skip-layer guidance (SD3)
     host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
     begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
 
@@ -61,7 +63,9 @@ class Family:
                          vocab_dirs: tuple[str, ...]) -> LoadedModel:
         raise NotImplementedError
 
-    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int,
+                      t5_max_length: int = 0) -> Conditioning:
+        """``t5_max_length``: tokens of the T5 sequence for families with a T5 encoder (0 = the pipeline default)."""
         raise NotImplementedError
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
@@ -97,10 +101,11 @@ class Family:
 
 def all_families() -> list[Family]:
     from .flux import FLUX
+    from .sd3 import STABLE_DIFFUSION_3
     from .stable_diffusion import STABLE_DIFFUSION
     from .stable_diffusion_xl import STABLE_DIFFUSION_XL
 
-    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL, FLUX]
+    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL, STABLE_DIFFUSION_3, FLUX]
 
 
 def family_for_pipeline_class(class_name: str) -> Family | None:

@@ -76,6 +76,10 @@ class FluxFamily(Family):
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
+        if not os.path.isdir(os.path.join(path, "text_encoder_2")):
+            raise InputError("model", f"'{os.path.basename(path)}' has no T5 text encoder (text_encoder_2); Flux "
+                             "cannot run without it.", "use the complete diffusers folder of the model (with "
+                             "text_encoder_2 and tokenizer_2).")
         common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
 
         def load(cls, sub):
@@ -99,13 +103,13 @@ class FluxFamily(Family):
         )
 
     # ---- conditioning ----------------------------------------------------------------------------
-    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
         if clip_skip:
             raise InputError("clip_skip", "Flux uses the CLIP encoder's pooled output only; clip_skip does not apply.",
                              "set clip_skip to 0.")
         clip, t5 = text_encoder.parts
         pooled = encode_clip(clip, text, None, final_norm=False).pooled
-        embeds = encode_t5(t5, text, T5_MAX_LENGTH)
+        embeds = encode_t5(t5, text, t5_max_length or T5_MAX_LENGTH)
         return Conditioning(self, embeds, pooled, text, text_encoder.source)
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:

@@ -239,7 +239,7 @@ class StableDiffusionFamily(Family):
         return self._make(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, dict(pipe.scheduler.config), path)
 
     # ---- conditioning ----------------------------------------------------------------------------
-    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
         (part,) = text_encoder.parts
         check_clip_skip(part, clip_skip)
         # clip_skip k: hidden state k layers before the last, through the final layer norm (as diffusers)

@@ -75,7 +75,7 @@ class StableDiffusionXLFamily(Family):
         )
 
     # ---- conditioning ----------------------------------------------------------------------------
-    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int) -> Conditioning:
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
         for part in text_encoder.parts:
             check_clip_skip(part, clip_skip, reserved=1)
         # SDXL takes the penultimate layer without the final norm; clip_skip k goes k layers further back

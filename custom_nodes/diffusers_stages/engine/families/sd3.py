@@ -1,0 +1,150 @@
+"""Stable Diffusion 3 / 3.5: an SD3Transformer2DModel, CLIP-L + CLIP-G (+ optional T5), a 16-channel VAE.
+
+The prompt sequence is the two CLIPs' penultimate hidden states side by side, zero-padded to the
+T5 width, followed by the T5 sequence (zeros when the T5 encoder is left out). The pooled vector
+is both CLIPs' projected outputs side by side. Flow matching with a shifted schedule; CFG is
+batched [uncond, cond]; skip-layer guidance (SD3.5) adds one more call without some layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart, Vae
+from ..errors import InputError
+from ..schedulers import spec_from_config
+from . import Family, LoadedModel, ModelInputs
+from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
+from .flux import calculate_shift
+from .stable_diffusion import _weights_variant
+from .t5_text import encode_t5
+
+T5_MAX_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
+
+
+class StableDiffusion3Family(Family):
+    id = "sd3"
+    display_name = "Stable Diffusion 3"
+    latent_channels = 16
+    spatial_factor = 8
+    size_multiple = 16  # 8 px per latent cell x 2x2 transformer patches
+    pipeline_classes = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
+                        "StableDiffusion3InpaintPipeline", "StableDiffusion3ControlNetPipeline")
+    host_latent_format = "SD3"
+    supports_skip_layers = True
+
+    # ---- loading -------------------------------------------------------------------------------
+    def claims_checkpoint(self, keys) -> bool:
+        return any(".joint_blocks." in k or k.startswith("joint_blocks.") for k in keys)
+
+    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
+        raise InputError("model", f"'{os.path.basename(path)}' is a single-file SD3 model, which this version of "
+                         "the pack cannot load yet (SD3 loads from diffusers folders).",
+                         "use the model's diffusers folder in models/diffusers (or its Hugging Face repo id).")
+
+    def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
+        from diffusers import AutoencoderKL, SD3Transformer2DModel
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+
+        with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+            index = json.load(f)
+        common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+
+        def load(cls, sub):
+            return cls.from_pretrained(path, subfolder=sub, variant=_weights_variant(path, sub), **common)
+
+        def tokenizer(cls, sub):
+            return cls.from_pretrained(path, subfolder=sub, local_files_only=True)
+
+        transformer, vae = load(SD3Transformer2DModel, "transformer"), load(AutoencoderKL, "vae")
+        parts = [TextPart(tokenizer(CLIPTokenizer, "tokenizer"), load(CLIPTextModelWithProjection, "text_encoder")),
+                 TextPart(tokenizer(CLIPTokenizer, "tokenizer_2"),
+                          load(CLIPTextModelWithProjection, "text_encoder_2"))]
+        has_t5 = (index.get("text_encoder_3") or [None])[0] and os.path.isdir(os.path.join(path, "text_encoder_3"))
+        if has_t5:  # optional: SD3 runs without T5 (zeros in its place), as diffusers allows
+            parts.append(TextPart(tokenizer(T5Tokenizer, "tokenizer_3"), load(T5EncoderModel, "text_encoder_3")))
+        with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
+            scheduler_config = json.load(f)
+        for module in (transformer, vae, *(p.module for p in parts)):
+            module.eval()
+        return LoadedModel(
+            denoiser=Denoiser(self, transformer, path, latent_scale=vae.config.scaling_factor,
+                              latent_shift=vae.config.shift_factor or 0.0),
+            text_encoder=TextEncoder(self, tuple(parts), path),
+            vae=Vae(self, vae, path),
+            scheduler=spec_from_config(scheduler_config),
+        )
+
+    # ---- conditioning ----------------------------------------------------------------------------
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
+        clip_l, clip_g, *t5 = text_encoder.parts
+        for part in (clip_l, clip_g):
+            check_clip_skip(part, clip_skip, reserved=1)
+        outs = [encode_clip(part, text, -(clip_skip + 2), final_norm=False) for part in (clip_l, clip_g)]
+        clip_embeds = torch.cat([out.embeds for out in outs], dim=-1)
+        pooled = torch.cat([out.pooled for out in outs], dim=-1)
+        length = t5_max_length or T5_MAX_LENGTH
+        if t5:
+            t5_embeds = encode_t5(t5[0], text, length)
+        else:  # no T5: the pipeline puts zeros of the transformer's joint width in its place
+            t5_embeds = None
+        return Conditioning(self, clip_embeds, pooled, text, text_encoder.source,
+                            t5=t5_embeds, t5_length=length)
+
+    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
+        if cond.family is not self:
+            return f"the prompt was encoded by a {cond.family.display_name} text encoder"
+        config = denoiser.module.config
+        width = config.joint_attention_dim
+        if cond.t5 is not None and cond.t5.shape[-1] != width:
+            return f"the T5 embedding is {cond.t5.shape[-1]} wide but this transformer expects {width}"
+        if cond.embeds.shape[-1] > width or cond.pooled.shape[-1] != config.pooled_projection_dim:
+            return "the CLIP embeddings do not fit this transformer (text encoders from another model)"
+        return None
+
+    def sequence(self, denoiser: Denoiser, cond: Conditioning, clip_embeds: torch.Tensor) -> torch.Tensor:
+        """CLIP embeddings zero-padded to the joint width, then the T5 sequence (or zeros)."""
+        width = denoiser.module.config.joint_attention_dim
+        t5 = cond.t5 if cond.t5 is not None else torch.zeros(1, cond.t5_length, width, dtype=clip_embeds.dtype,
+                                                             device=clip_embeds.device)
+        padded = F.pad(clip_embeds, (0, width - clip_embeds.shape[-1]))
+        return torch.cat([padded, t5.to(padded.device, padded.dtype)], dim=-2)
+
+    # ---- denoising -------------------------------------------------------------------------------
+    def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
+        config = scheduler.config
+        if not config.get("use_dynamic_shifting"):
+            scheduler.set_timesteps(steps, device=latents.device)
+            return
+        patch = 2
+        seq_len = (latents.shape[2] // patch) * (latents.shape[3] // patch)
+        mu = calculate_shift(seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.16))
+        scheduler.set_timesteps(steps, device=latents.device, mu=mu)
+
+    def model_inputs(self, denoiser, guider, batch, image_size) -> ModelInputs:
+        module = denoiser.module
+        device, dtype = module.device, module.dtype
+        neg_clip, pos_clip = same_length(guider.negative.embeds, guider.positive.embeds)
+        negative = self.sequence(denoiser, guider.negative, neg_clip.to(device, dtype))
+        positive = self.sequence(denoiser, guider.positive, pos_clip.to(device, dtype))
+        negative, positive = same_length(negative, positive)
+        neg_seq, pos_seq = repeat_batch(negative, batch), repeat_batch(positive, batch)
+        neg_pool, pos_pool = (repeat_batch(c.pooled.to(device, dtype), batch) for c in (guider.negative,
+                                                                                         guider.positive))
+        cond = {"encoder_hidden_states": pos_seq, "pooled_projections": pos_pool}
+        cfg = {"encoder_hidden_states": torch.cat([neg_seq, pos_seq]),
+               "pooled_projections": torch.cat([neg_pool, pos_pool])}
+        skip = dict(cond, skip_layers=list(guider.skip_layers)) if guider.skip_layers else None
+        return ModelInputs(cfg, cond, skip=skip)
+
+    def predict(self, denoiser, model_input, timestep, inputs):
+        timestep = timestep.expand(model_input.shape[0])
+        return denoiser.module(hidden_states=model_input, timestep=timestep, **inputs, return_dict=False)[0]
+
+
+STABLE_DIFFUSION_3 = StableDiffusion3Family()
