@@ -219,11 +219,12 @@ def test_progress_and_previews_every_step(server):
     assert previews == 6
 
 
-@pytest.mark.parametrize("name", ["sd15_txt2img.json", "sd15_img2img.json"])
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json")))
 def test_shipped_workflows_through_post_prompt(server, name):
     """Our converter's API prompt for each shipped workflow is accepted and run by the real server."""
     import numpy as np
     from PIL import Image
+    from test_workflows import tiny_sets
 
     from diffusers_stages.runner.api import Runner
     from diffusers_stages.runner.batch import plan_runs, resolve_sets
@@ -234,9 +235,7 @@ def test_shipped_workflows_through_post_prompt(server, name):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(os.path.join(base, "input", "picture.png"))
     runner = Runner(os.path.join(base, "models"), os.path.join(base, "input"), os.path.join(base, "headless"))
     workflow = runner.load(os.path.join(REPO, "workflows", name))
-    sets = ["Load Diffusers Model.model=diffusers/tiny-sd15", "Denoise (Diffusers).steps=3"]
-    sets += ["Load Image.image=picture.png"] if "img2img" in name else [
-        "Empty Latent (Diffusers).width=64", "Empty Latent (Diffusers).height=64"]
+    sets = tiny_sets(os.path.join(REPO, "workflows", name))
     prompt = plan_runs(workflow, resolve_sets(workflow, [parse_set(s) for s in sets]), 1, runner.input_options)[0]
     entry = server.run(prompt, extra_data={"extra_pnginfo": {"workflow": workflow.ui_for(prompt)}})
     assert entry["status"]["status_str"] == "success", entry["status"]
