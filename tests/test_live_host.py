@@ -191,16 +191,23 @@ def test_interrupt_stops_the_denoise_loop(server):
 
 def test_progress_and_previews_every_step(server):
     """With previews on (per prompt), every denoise step sends a progress event and a preview image frame."""
+    outcome, previews, progress = _watch(server, txt2img(steps=6, seed=11), "ds-test")
+    assert outcome == "execution_success"
+    assert progress == [1, 2, 3, 4, 5, 6]
+    assert previews == 6
+
+
+def _watch(server, prompt, client_id):
+    """Queue with previews on; collect progress values of node 7 (Denoise) and binary preview frames."""
     import asyncio
 
     aiohttp = pytest.importorskip("aiohttp")
 
     async def run():
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(server.url.replace("http", "ws") + "/ws?clientId=ds-test") as ws:
+            async with session.ws_connect(server.url.replace("http", "ws") + f"/ws?clientId={client_id}") as ws:
                 response = await session.post(server.url + "/prompt", json={
-                    "prompt": txt2img(steps=6, seed=11), "client_id": "ds-test",
-                    "extra_data": {"preview_method": "latent2rgb"}})
+                    "prompt": prompt, "client_id": client_id, "extra_data": {"preview_method": "latent2rgb"}})
                 assert response.status == 200
                 previews, progress = 0, []
                 async for message in ws:
@@ -213,15 +220,14 @@ def test_progress_and_previews_every_step(server):
                     if event["type"] in ("execution_success", "execution_error"):
                         return event["type"], previews, progress
 
-    outcome, previews, progress = asyncio.run(asyncio.wait_for(run(), 120))
-    assert outcome == "execution_success"
-    assert progress == [1, 2, 3, 4, 5, 6]
-    assert previews == 6
+    return asyncio.run(asyncio.wait_for(run(), 120))
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json")))
-def test_shipped_workflows_through_post_prompt(server, name):
-    """Our converter's API prompt for each shipped workflow is accepted and run by the real server."""
+WORKFLOW_NAMES = sorted(f for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json"))
+
+
+def converted(server, name):
+    """(API prompt, UI workflow) of a shipped workflow, set to run on the tiny model of its family."""
     import numpy as np
     from PIL import Image
     from test_workflows import tiny_sets
@@ -237,6 +243,22 @@ def test_shipped_workflows_through_post_prompt(server, name):
     workflow = runner.load(os.path.join(REPO, "workflows", name))
     sets = tiny_sets(os.path.join(REPO, "workflows", name))
     prompt = plan_runs(workflow, resolve_sets(workflow, [parse_set(s) for s in sets]), 1, runner.input_options)[0]
-    entry = server.run(prompt, extra_data={"extra_pnginfo": {"workflow": workflow.ui_for(prompt)}})
+    return prompt, workflow.ui_for(prompt)
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_shipped_workflows_through_post_prompt(server, name):
+    """Our converter's API prompt for each shipped workflow is accepted and run by the real server."""
+    prompt, ui = converted(server, name)
+    entry = server.run(prompt, extra_data={"extra_pnginfo": {"workflow": ui}})
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert len(entry["outputs"]["9"]["images"]) == 1
+
+
+@pytest.mark.parametrize("name", [n for n in WORKFLOW_NAMES if "txt2img" in n])
+def test_previews_for_every_family(server, name):
+    """Each family's denoise loop sends one progress event and one preview frame per step (previews on)."""
+    prompt, _ = converted(server, name)
+    outcome, previews, progress = _watch(server, prompt, "ds-" + name)
+    assert outcome == "execution_success"
+    assert progress == [1, 2, 3] and previews == 3
