@@ -109,3 +109,27 @@ def test_flux_without_t5_is_refused(nodes, models_root):
                         ignore=shutil.ignore_patterns("text_encoder_2", "tokenizer_2"))
     with pytest.raises(StageError, match="no T5 text encoder"):
         nodes["DS_LoadModel"].execute(model="diffusers/tiny-flux-no-t5", repo_id="", dtype="fp32")
+
+
+def test_vae_files_swap_in_exactly(nodes, flux_graph, sd1_graph, models_root):
+    """Load VAE: an LDM-layout SD1.5 VAE and a diffusers-layout Flux VAE decode exactly as the models' own."""
+    load = nodes["DS_LoadVAE"]
+    sd1_vae = load.execute(vae_name="tiny-sd15-vae.safetensors", dtype="fp32")[0]
+    flux_vae = load.execute(vae_name="tiny-flux-vae-diffusers.safetensors", dtype="fp32")[0]
+    decode = nodes["DS_VAEDecode"]
+    torch.manual_seed(2)
+    sd1_latent, flux_latent = {"samples": torch.randn(1, 4, 8, 8)}, {"samples": torch.randn(1, 16, 8, 8)}
+    assert torch.equal(decode.execute(vae=sd1_vae, samples=sd1_latent)[0], sd1_graph.decode(sd1_latent))
+    assert torch.equal(decode.execute(vae=flux_vae, samples=flux_latent)[0], flux_graph.decode(flux_latent))
+    with pytest.raises(StageError, match="4-channel"):
+        decode.execute(vae=sd1_vae, samples=flux_latent)
+    with pytest.raises(StageError, match="outside the model folder"):
+        load.execute(vae_name="../checkpoints/tiny-sd15.safetensors", dtype="fp32")
+    import os
+
+    from safetensors.torch import save_file
+
+    not_a_vae = os.path.join(models_root["root"], "vae", "x.safetensors")
+    save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, not_a_vae)
+    with pytest.raises(StageError, match="not a VAE"):
+        load.execute(vae_name="x.safetensors", dtype="fp32")

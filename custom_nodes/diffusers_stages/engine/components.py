@@ -53,7 +53,7 @@ class TextEncoder:
 
 @dataclass(frozen=True, eq=False)
 class Vae:
-    family: Family
+    family: Family | None  # None for a VAE loaded on its own (its latent channels are still checked)
     module: Any  # diffusers AutoencoderKL
     source: str
     residency: Any = None

@@ -5,6 +5,7 @@ from .denoise import Denoise
 from .empty_latent import EmptyLatent
 from .flux_guidance import FluxGuidance
 from .load_model import LoadModel
+from .load_vae import LoadVAE
 from .scheduler import Scheduler
 from .size_conditioning import SizeConditioning
 from .skip_layer_guidance import SkipLayerGuidance
@@ -12,7 +13,7 @@ from .text_encode import TextEncode
 from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
-ALL_NODES = (LoadModel, TextEncode, SizeConditioning, FluxGuidance, Scheduler, CFGGuider, SkipLayerGuidance,
+ALL_NODES = (LoadModel, LoadVAE, TextEncode, SizeConditioning, FluxGuidance, Scheduler, CFGGuider, SkipLayerGuidance,
              EmptyLatent, Denoise, VAEDecode, VAEEncode)
 
 NODE_CLASS_MAPPINGS = {node.NODE_ID: node for node in ALL_NODES}

@@ -219,8 +219,20 @@ def write_models(root: str) -> dict[str, str]:
     save_ldm_checkpoint(sd2, paths["sd2_single"], open_clip=True)
     paths["sdxl_folder"] = os.path.join(root, "diffusers", "tiny-sdxl")
     build_sdxl_pipeline().save_pretrained(paths["sdxl_folder"], safe_serialization=True)
+    flux = build_flux_pipeline()
     paths["flux_folder"] = os.path.join(root, "diffusers", "tiny-flux")
-    build_flux_pipeline().save_pretrained(paths["flux_folder"], safe_serialization=True)
+    flux.save_pretrained(paths["flux_folder"], safe_serialization=True)
+    # VAEs on their own, as in ComfyUI's models/vae: original (LDM) layout and diffusers layout
+    from safetensors.torch import save_file
+
+    from .ldm_export import vae_to_ldm
+
+    os.makedirs(os.path.join(root, "vae"), exist_ok=True)
+    paths["sd1_vae"] = os.path.join(root, "vae", "tiny-sd15-vae.safetensors")
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(sd1.vae).items()},
+              paths["sd1_vae"])
+    paths["flux_vae"] = os.path.join(root, "vae", "tiny-flux-vae-diffusers.safetensors")
+    save_file({k: v.contiguous() for k, v in flux.vae.state_dict().items()}, paths["flux_vae"])
     paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
     build_sd3_pipeline().save_pretrained(paths["sd3_folder"], safe_serialization=True)
     return paths

@@ -1,0 +1,77 @@
+"""A VAE on its own (ComfyUI's models/vae): single safetensors files in the original (LDM) or diffusers layout.
+
+The architecture is read from the tensors' names and shapes (any family: SD1/2, SDXL, SD3, Flux).
+A VAE alone has no family: decoding checks that the latent has the channels the VAE decodes, and
+the denoiser keeps its own latent scaling, so swapping the VAE only changes how latents become pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from .components import Vae
+from .errors import InputError
+from .loading import read_checkpoint_shapes, refuse_pickle
+
+_BASE = {"act_fn": "silu", "in_channels": 3, "out_channels": 3, "norm_num_groups": 32, "sample_size": 512}
+
+
+def _norm_groups(channels: list[int]) -> int:
+    groups = 32
+    while any(c % groups for c in channels):
+        groups //= 2
+    return groups
+
+
+def _indices(keys, pattern: str) -> list[int]:
+    regex = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in keys if (m := regex.match(k))})
+
+
+def vae_config(shapes: dict[str, tuple[int, ...]]) -> tuple[dict, str, str]:
+    """(AutoencoderKL config, layout 'ldm'|'diffusers', key prefix) read from a VAE file's tensor shapes."""
+    for prefix in ("", "first_stage_model.", "vae."):
+        if f"{prefix}encoder.down.0.block.0.conv1.weight" in shapes:
+            layout, down, block, conv2 = "ldm", "encoder.down.{}", "block", "conv2"
+            break
+        if f"{prefix}encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:
+            layout, down, block, conv2 = "diffusers", "encoder.down_blocks.{}", "resnets", "conv2"
+            break
+    else:
+        raise InputError("vae_name", "the file is not a VAE (no AutoencoderKL encoder/decoder tensors).",
+                         "choose a VAE file (e.g. sdxl_vae.safetensors, ae.safetensors) from models/vae.")
+    levels = _indices(shapes, re.escape(prefix + down.split("{}")[0]) + r"(\d+)\.")
+    channels = [shapes[f"{prefix}{down.format(i)}.{block}.0.{conv2}.weight"][0] for i in levels]
+    layers = _indices(shapes, re.escape(f"{prefix}{down.format(0)}.{block}.") + r"(\d+)\.")
+    config = dict(_BASE, block_out_channels=channels, layers_per_block=len(layers),
+                  latent_channels=shapes[f"{prefix}encoder.conv_out.weight"][0] // 2,
+                  down_block_types=["DownEncoderBlock2D"] * len(channels),
+                  up_block_types=["UpDecoderBlock2D"] * len(channels), norm_num_groups=_norm_groups(channels),
+                  use_quant_conv=f"{prefix}quant_conv.weight" in shapes,
+                  use_post_quant_conv=f"{prefix}post_quant_conv.weight" in shapes)
+    return config, layout, prefix
+
+
+def load_vae_file(path: str, dtype: torch.dtype) -> Vae:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from safetensors.torch import load_file
+
+    refuse_pickle(path, "vae_name")
+    if not os.path.isfile(path):
+        raise InputError("vae_name", f"'{path}' does not exist.", "put the VAE file in models/vae.")
+    config, layout, prefix = vae_config(read_checkpoint_shapes(path, "vae_name"))
+    tensors = load_file(path)
+    if layout == "ldm":
+        state = convert_ldm_vae_checkpoint(tensors, config)
+    else:
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    vae = AutoencoderKL(**config)
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing:
+        raise InputError("vae_name", f"'{os.path.basename(path)}' lacks {len(missing)} VAE tensors "
+                         f"(e.g. {missing[0]}).", "the file is incomplete or not an AutoencoderKL VAE.")
+    return Vae(None, vae.to(dtype).eval(), path)

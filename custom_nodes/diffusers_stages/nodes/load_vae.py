@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .. import host
+from ..engine import loading
+from ..engine.errors import InputError
+from ..engine.vae_loading import load_vae_file
+from .base import VAE, StageNode, category
+
+FOLDER = "vae"
+
+
+class LoadVAE(StageNode):
+    NODE_ID = "DS_LoadVAE"
+    DISPLAY_NAME = "Load VAE (Diffusers)"
+    VERSION = "1.0.0"
+    CATEGORY = category("loaders")
+    DESCRIPTION = ("Loads a VAE file from models/vae (original or diffusers layout, any family), to use instead of "
+                   "the model's own VAE in VAE Decode / VAE Encode. The denoiser keeps its own latent scaling.")
+    RETURN_TYPES = (VAE,)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The VAE; connect to VAE Decode / VAE Encode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vae_name": (host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES),
+                             {"tooltip": "A .safetensors VAE in models/vae."}),
+                "dtype": (["auto", *loading.DTYPES], {"default": "auto",
+                                                      "tooltip": "Weight precision. auto: the host's choice."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, vae_name):
+        try:
+            cls.resolve(vae_name)
+        except InputError as error:
+            return cls.check(error)
+        return True
+
+    @staticmethod
+    def resolve(name: str) -> str:
+        loading.refuse_pickle(name, "vae_name")
+        for root in host.model_roots(FOLDER):
+            path = loading.safe_join(root, name, "vae_name")
+            if os.path.isfile(path):
+                return path
+        raise InputError("vae_name", f"'{name}' was not found in models/vae.",
+                         "put the VAE file in models/vae and refresh the node list.")
+
+    def run(self, vae_name, dtype="auto"):
+        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        vae = load_vae_file(self.resolve(vae_name), torch_dtype)
+        return (dataclasses.replace(vae, residency=host.manage([vae.module], "vae")),)
