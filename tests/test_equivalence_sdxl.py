@@ -102,3 +102,14 @@ def test_sdxl_prompt_into_sd15_unet_is_refused(sdxl_graph, sd1_graph):
         sd1_graph.denoise(guider, sd1_graph.default_scheduler, sd1_graph.empty())
     with pytest.raises(StageError, match="size conditioning is an SDXL input"):
         sdxl_graph.nodes["DS_SizeConditioning"].execute(conditioning=sd1_graph.encode("a cat"))
+
+
+def test_sdxl_single_file_matches_its_folder(nodes, sdxl_graph):
+    """SDXL LDM checkpoint (conditioner.embedders.0 CLIP-L, .1 OpenCLIP-G) loads offline and matches the folder."""
+    single = Graph(nodes, "checkpoints/tiny-sdxl.safetensors")
+    assert single.default_scheduler == sdxl_graph.default_scheduler
+    for sampler, schedule in (("model default", "model default"), ("dpmpp_2m", "karras")):
+        folder_latent, folder_image = sdxl_graph.txt2img(sampler=sampler, schedule=schedule, seed=3, cfg=6.0)
+        file_latent, file_image = single.txt2img(sampler=sampler, schedule=schedule, seed=3, cfg=6.0)
+        assert torch.equal(folder_latent["samples"], file_latent["samples"])
+        assert torch.equal(folder_image, file_image)

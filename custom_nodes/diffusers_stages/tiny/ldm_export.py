@@ -28,7 +28,11 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in unet.state_dict().items():
         parts = key.split(".")
-        if parts[0] == "time_embedding":
+        if parts[0] == "add_time_proj":
+            continue  # sinusoidal, no weights
+        if parts[0] == "add_embedding":  # SDXL text-time embedding
+            new = f"label_emb.0.{0 if parts[1] == 'linear_1' else 2}.{parts[2]}"
+        elif parts[0] == "time_embedding":
             new = f"time_embed.{0 if parts[1] == 'linear_1' else 2}.{parts[2]}"
         elif parts[0] == "conv_in":
             new = f"input_blocks.0.0.{parts[1]}"
@@ -103,22 +107,24 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
     return out
 
 
-def clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
-    prefix = "cond_stage_model.transformer.text_model."
-    return {prefix + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+def clip_to_ldm(text_encoder, prefix: str = "cond_stage_model.transformer.text_model.") -> dict[str, torch.Tensor]:
+    return {prefix + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()
+            if not k.startswith("text_projection")}
 
 
-def clip_to_open_clip_ldm(text_encoder) -> dict[str, torch.Tensor]:
-    """SD2 layout (OpenCLIP): fused q/k/v, and one more block than diffusers uses (SD2 takes the penultimate)."""
-    prefix = "cond_stage_model.model."
+def clip_to_open_clip_ldm(text_encoder, prefix: str = "cond_stage_model.model.",
+                          extra_block: bool = True) -> dict[str, torch.Tensor]:
+    """OpenCLIP layout: fused q/k/v. SD2 checkpoints hold one more block than diffusers uses (``extra_block``)."""
     state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
     layers = text_encoder.config.num_hidden_layers
+    projection = state.get("text_projection.weight")  # [proj, hidden] in transformers; OpenCLIP stores its transpose
     out = {prefix + "token_embedding.weight": state["embeddings.token_embedding.weight"],
            prefix + "positional_embedding": state["embeddings.position_embedding.weight"],
            prefix + "ln_final.weight": state["final_layer_norm.weight"],
            prefix + "ln_final.bias": state["final_layer_norm.bias"],
-           prefix + "text_projection": torch.eye(text_encoder.config.hidden_size)}
-    for i in range(layers + 1):
+           prefix + "text_projection": (projection.T if projection is not None
+                                        else torch.eye(text_encoder.config.hidden_size))}
+    for i in range(layers + int(extra_block)):
         source = min(i, layers - 1)  # the extra last block: any weights, diffusers drops it
         layer, block = f"encoder.layers.{source}.", f"{prefix}transformer.resblocks.{i}."
         for kind in ("weight", "bias"):
@@ -130,6 +136,14 @@ def clip_to_open_clip_ldm(text_encoder) -> dict[str, torch.Tensor]:
             out[block + f"mlp.c_fc.{kind}"] = state[layer + f"mlp.fc1.{kind}"]
             out[block + f"mlp.c_proj.{kind}"] = state[layer + f"mlp.fc2.{kind}"]
     return out
+
+
+def save_sdxl_checkpoint(pipe, path: str) -> None:
+    """Save a StableDiffusionXLPipeline as an SDXL single file (conditioner.embedders.0/1)."""
+    tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae),
+               **clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer.text_model."),
+               **clip_to_open_clip_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model.", extra_block=False)}
+    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path)
 
 
 def save_ldm_checkpoint(pipe, path: str, open_clip: bool = False) -> None:

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .ldm_export import save_ldm_checkpoint
+from .ldm_export import save_ldm_checkpoint, save_sdxl_checkpoint
 
 SD1_SCHEDULER = dict(  # the PNDM config shipped with Stable Diffusion v1.5
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -91,7 +91,8 @@ def build_sdxl_pipeline(sample_size: int = 8):
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 2, 2), use_linear_projection=True,
+        # heads follow SDXL's 64-wide rule (at least 1), which the single-file loader assumes
+        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 1, 1), use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
         cross_attention_dim=32 + 48, norm_num_groups=16,
     )
@@ -217,8 +218,11 @@ def write_models(root: str) -> dict[str, str]:
     sd2.save_pretrained(paths["sd2_folder"], safe_serialization=True)
     paths["sd2_single"] = os.path.join(root, "checkpoints", "tiny-sd2-v.safetensors")
     save_ldm_checkpoint(sd2, paths["sd2_single"], open_clip=True)
+    sdxl = build_sdxl_pipeline()
     paths["sdxl_folder"] = os.path.join(root, "diffusers", "tiny-sdxl")
-    build_sdxl_pipeline().save_pretrained(paths["sdxl_folder"], safe_serialization=True)
+    sdxl.save_pretrained(paths["sdxl_folder"], safe_serialization=True)
+    paths["sdxl_single"] = os.path.join(root, "checkpoints", "tiny-sdxl.safetensors")
+    save_sdxl_checkpoint(sdxl, paths["sdxl_single"])
     flux = build_flux_pipeline()
     paths["flux_folder"] = os.path.join(root, "diffusers", "tiny-flux")
     flux.save_pretrained(paths["flux_folder"], safe_serialization=True)

@@ -46,8 +46,11 @@ def _count(keys, pattern: str) -> int:
     return len({m.group(1) for k in keys if (m := regex.match(k))})
 
 
-def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], variant: str) -> dict[str, Any]:
-    """The bundled UNet config with every size the checkpoint's tensors reveal taken from the tensors."""
+def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], heads: str) -> dict[str, Any]:
+    """The bundled UNet config with every size the checkpoint's tensors reveal taken from the tensors.
+
+    ``heads``: "fixed" keeps the bundled head count (SD1: 8 heads); "per64" uses 64-wide heads, as SD2 and SDXL.
+    """
     levels, current, k = [], [], 1
     while True:
         prefix = f"{_UNET}input_blocks.{k}.0."
@@ -64,6 +67,8 @@ def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], 
     attention = [f"{_UNET}input_blocks.{level[0]}.1.proj_in.weight" in shapes for level in levels]
     first = next(level[0] for level, has in zip(levels, attention) if has)
     attn = f"{_UNET}input_blocks.{first}.1."
+    depths = [_count(shapes, re.escape(f"{_UNET}input_blocks.{level[0]}.1.") + r"transformer_blocks\.(\d+)\.")
+              if has else 1 for level, has in zip(levels, attention)]
     config = dict(base)
     config.update(
         in_channels=shapes[f"{_UNET}input_blocks.0.0.weight"][1],
@@ -74,11 +79,14 @@ def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], 
         up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
         cross_attention_dim=shapes[attn + "transformer_blocks.0.attn2.to_k.weight"][1],
         use_linear_projection=len(shapes[attn + "proj_in.weight"]) == 2,
-        transformer_layers_per_block=_count(shapes, re.escape(attn) + r"transformer_blocks\.(\d+)\."),
+        transformer_layers_per_block=depths,
         norm_num_groups=_norm_groups(channels),
     )
-    if variant == "sd2":  # OpenCLIP-era UNets use 64-wide attention heads
+    if heads == "per64":
         config["attention_head_dim"] = [max(1, c // 64) for c in channels]
+    label = f"{_UNET}label_emb.0.0.weight"
+    if label in shapes:  # SDXL's text-time embedding: 6 time ids of addition_time_embed_dim + the pooled prompt
+        config["projection_class_embeddings_input_dim"] = shapes[label][1]
     return config
 
 
@@ -101,24 +109,38 @@ def infer_vae_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -
     return config
 
 
-def infer_text_encoder_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], variant: str):
-    if variant == "sd1":
-        vocab, hidden = shapes[_CLIP + "embeddings.token_embedding.weight"]
-        positions = shapes[_CLIP + "embeddings.position_embedding.weight"][0]
-        layers = _count(shapes, re.escape(_CLIP) + r"encoder\.layers\.(\d+)\.")
-        intermediate = shapes[_CLIP + "encoder.layers.0.mlp.fc1.weight"][0]
+def infer_text_encoder_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], layout: str, prefix: str,
+                               drop_last: bool = False) -> dict[str, Any]:
+    """A CLIP text encoder's config from its tensors. ``layout``: "clip" (OpenAI/transformers key names) or
+    "open_clip" (OpenCLIP); ``drop_last``: SD2 uses the penultimate OpenCLIP layer, so diffusers keeps one fewer."""
+    if layout == "clip":
+        vocab, hidden = shapes[prefix + "embeddings.token_embedding.weight"]
+        positions = shapes[prefix + "embeddings.position_embedding.weight"][0]
+        layers = _count(shapes, re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+        intermediate = shapes[prefix + "encoder.layers.0.mlp.fc1.weight"][0]
         projection = base["projection_dim"]
-    else:  # SD2 uses the penultimate OpenCLIP layer, so diffusers keeps one layer fewer
-        vocab, hidden = shapes[_OPEN_CLIP + "token_embedding.weight"]
-        positions = shapes[_OPEN_CLIP + "positional_embedding"][0]
-        layers = _count(shapes, re.escape(_OPEN_CLIP) + r"transformer\.resblocks\.(\d+)\.") - 1
-        intermediate = shapes[_OPEN_CLIP + "transformer.resblocks.0.mlp.c_fc.weight"][0]
-        projection = shapes.get(_OPEN_CLIP + "text_projection", (hidden, base["projection_dim"]))[1]
+    else:
+        vocab, hidden = shapes[prefix + "token_embedding.weight"]
+        positions = shapes[prefix + "positional_embedding"][0]
+        layers = _count(shapes, re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.") - int(drop_last)
+        intermediate = shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0]
+        projection = shapes.get(prefix + "text_projection", (hidden, base["projection_dim"]))[1]
     config = dict(base)
     config.update(vocab_size=vocab, hidden_size=hidden, max_position_embeddings=positions, num_hidden_layers=layers,
                   intermediate_size=intermediate, num_attention_heads=max(1, hidden // 64), projection_dim=projection,
                   bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
     return config
+
+
+def write_skeleton(directory: str, configs: dict[str, dict[str, Any]], tokenizers: dict[str, Any]) -> None:
+    """A config-only diffusers folder (configs + tokenizers, no weights) for ``from_single_file(config=...)``."""
+    for name, config in configs.items():
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f)
+    for subfolder, tokenizer in tokenizers.items():
+        tokenizer.save_pretrained(os.path.join(directory, subfolder))
 
 
 def _safetensors_files(folder: str) -> list[str]:
@@ -201,15 +223,17 @@ class StableDiffusionFamily(Family):
         """Write a config-only diffusers folder describing the checkpoint (no weights, no network)."""
         from ..clip_vocab import build_clip_tokenizer
 
-        variant = "sd2" if any(k.startswith(_OPEN_CLIP) for k in shapes) else "sd1"
-        base = _bundled_config(variant)
+        sd2 = any(k.startswith(_OPEN_CLIP) for k in shapes)
+        base = _bundled_config("sd2" if sd2 else "sd1")
         scheduler = dict(base["scheduler"])
         if prediction == "auto" and "v_pred" in shapes:  # the marker some v-prediction checkpoints carry
             prediction = "v_prediction"
+        text = (infer_text_encoder_config(base["text_encoder"], shapes, "open_clip", _OPEN_CLIP, drop_last=True)
+                if sd2 else infer_text_encoder_config(base["text_encoder"], shapes, "clip", _CLIP))
         configs = {
-            "unet/config.json": infer_unet_config(base["unet"], shapes, variant),
+            "unet/config.json": infer_unet_config(base["unet"], shapes, "per64" if sd2 else "fixed"),
             "vae/config.json": infer_vae_config(base["vae"], shapes),
-            "text_encoder/config.json": infer_text_encoder_config(base["text_encoder"], shapes, variant),
+            "text_encoder/config.json": text,
             "scheduler/scheduler_config.json": _apply_prediction(scheduler, prediction),
             "model_index.json": {
                 "_class_name": base["pipeline"], "unet": ["diffusers", "UNet2DConditionModel"],
@@ -219,13 +243,9 @@ class StableDiffusionFamily(Family):
                 "requires_safety_checker": False,
             },
         }
-        for name, config in configs.items():
-            os.makedirs(os.path.dirname(os.path.join(directory, name)) or directory, exist_ok=True)
-            with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
-                json.dump(config, f)
-        vocab_size = configs["text_encoder/config.json"]["vocab_size"]
-        tokenizer = build_clip_tokenizer(vocab_size, pad_token=base["tokenizer_pad_token"], extra_dirs=vocab_dirs)
-        tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
+        tokenizer = build_clip_tokenizer(text["vocab_size"], pad_token=base["tokenizer_pad_token"],
+                                         extra_dirs=vocab_dirs)
+        write_skeleton(directory, configs, {"tokenizer": tokenizer})
 
     def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
         from diffusers import StableDiffusionPipeline

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import torch
 
@@ -17,7 +18,17 @@ from ..errors import InputError
 from ..schedulers import spec_from_config
 from . import Family, LoadedModel, ModelInputs
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
-from .stable_diffusion import _weights_variant
+from .stable_diffusion import (
+    _bundled_config,
+    _weights_variant,
+    infer_text_encoder_config,
+    infer_unet_config,
+    infer_vae_config,
+    write_skeleton,
+)
+
+_TE1 = "conditioner.embedders.0.transformer.text_model."
+_TE2 = "conditioner.embedders.1.model."
 
 
 class StableDiffusionXLFamily(Family):
@@ -36,10 +47,53 @@ class StableDiffusionXLFamily(Family):
         return "model.diffusion_model.label_emb.0.0.weight" in keys and any(
             k.startswith("conditioner.embedders.") for k in keys)
 
+    def single_file_skeleton(self, shapes, prediction: str, vocab_dirs: tuple[str, ...], directory: str) -> None:
+        """A config-only diffusers folder for an SDXL checkpoint: bundled SDXL configs, sizes from the tensors."""
+        from ..clip_vocab import build_clip_tokenizer
+
+        base = _bundled_config("sdxl")
+        scheduler = dict(base["scheduler"])
+        if prediction != "auto":
+            scheduler["prediction_type"] = prediction
+        text = infer_text_encoder_config(base["text_encoder"], shapes, "clip", _TE1)
+        text_2 = infer_text_encoder_config(base["text_encoder_2"], shapes, "open_clip", _TE2)
+        unet = infer_unet_config(base["unet"], shapes, "per64")
+        # the text-time embedding takes 6 time ids of addition_time_embed_dim each plus the pooled prompt
+        pooled = text_2["projection_dim"]
+        unet["addition_time_embed_dim"] = (unet["projection_class_embeddings_input_dim"] - pooled) // 6
+        configs = {
+            "unet/config.json": unet,
+            "vae/config.json": infer_vae_config(base["vae"], shapes),
+            "text_encoder/config.json": text,
+            "text_encoder_2/config.json": text_2,
+            "scheduler/scheduler_config.json": scheduler,
+            "model_index.json": {
+                "_class_name": base["pipeline"], "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+                "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                "scheduler": ["diffusers", scheduler["_class_name"]],
+                "force_zeros_for_empty_prompt": base["force_zeros_for_empty_prompt"],
+            },
+        }
+        tokenizers = {
+            "tokenizer": build_clip_tokenizer(text["vocab_size"], base["tokenizer_pad_token"], vocab_dirs),
+            "tokenizer_2": build_clip_tokenizer(text_2["vocab_size"], base["tokenizer_2_pad_token"], vocab_dirs),
+        }
+        write_skeleton(directory, configs, tokenizers)
+
     def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
-        raise InputError("model", f"'{os.path.basename(path)}' is a single-file SDXL checkpoint, which this version "
-                         "of the pack cannot load yet (SDXL loads from diffusers folders).",
-                         "use the model's diffusers folder in models/diffusers (or its Hugging Face repo id).")
+        from diffusers import StableDiffusionXLPipeline
+
+        if not any(k.startswith(_TE1) for k in keys):
+            raise InputError("model", f"'{os.path.basename(path)}' has no first text encoder (an SDXL refiner?), "
+                             "which this version of the pack does not run.", "load an SDXL base checkpoint.")
+        with tempfile.TemporaryDirectory(prefix="ds-config-") as skeleton:
+            self.single_file_skeleton(keys, prediction, vocab_dirs, skeleton)
+            pipe = StableDiffusionXLPipeline.from_single_file(path, config=skeleton, local_files_only=True,
+                                                              torch_dtype=dtype)
+        parts = (TextPart(pipe.tokenizer, pipe.text_encoder), TextPart(pipe.tokenizer_2, pipe.text_encoder_2))
+        return self._make(pipe.unet, parts, pipe.vae, dict(pipe.scheduler.config), path)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -64,13 +118,16 @@ class StableDiffusionXLFamily(Family):
             scheduler_config = json.load(f)
         if prediction != "auto":
             scheduler_config["prediction_type"] = prediction
+        return self._make(unet, parts, vae, scheduler_config, path)
+
+    def _make(self, unet, parts, vae, scheduler_config, source: str) -> LoadedModel:
         for module in (unet, vae, *(p.module for p in parts)):
             module.eval()  # (requires_grad_(False) would change CPU numerics; see stable_diffusion.py)
         return LoadedModel(
-            denoiser=Denoiser(self, unet, path, latent_scale=vae.config.scaling_factor,
+            denoiser=Denoiser(self, unet, source, latent_scale=vae.config.scaling_factor,
                               latent_shift=vae.config.shift_factor or 0.0),
-            text_encoder=TextEncoder(self, parts, path),
-            vae=Vae(self, vae, path),
+            text_encoder=TextEncoder(self, parts, source),
+            vae=Vae(self, vae, source),
             scheduler=spec_from_config(scheduler_config),
         )
 
