@@ -143,3 +143,14 @@ def test_inpainting_mask_not_silently_ignored(nodes, sd1_graph):
     latent = dict(sd1_graph.empty(), noise_mask=torch.ones(1, 64, 64))
     refused(lambda: sd1_graph.denoise(sd1_graph.guider("a", ""), sd1_graph.default_scheduler, latent),
             "Denoise (Diffusers)", "latent", "noise mask")
+
+
+def test_guider_without_negative(nodes, sd1_graph):
+    guider_node = nodes["DS_CFGGuider"]
+    refused(lambda: guider_node.execute(positive=sd1_graph.encode("a cat"), cfg=7.0), "CFG Guider (Diffusers)",
+            "negative", "needs a negative prompt", "set cfg to 1")
+    unguided = guider_node.execute(positive=sd1_graph.encode("a cat"), cfg=1.0)[0]
+    with_negative = guider_node.execute(positive=sd1_graph.encode("a cat"), negative=sd1_graph.encode("x"), cfg=1.0)[0]
+    a = sd1_graph.denoise(unguided, sd1_graph.default_scheduler, sd1_graph.empty(), steps=2)
+    b = sd1_graph.denoise(with_negative, sd1_graph.default_scheduler, sd1_graph.empty(), steps=2)
+    assert torch.equal(a["samples"], b["samples"])  # cfg 1: the negative is never used

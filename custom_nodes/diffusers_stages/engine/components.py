@@ -104,7 +104,7 @@ class Guider:
     """Classifier-free guidance: positive, negative, scale, rescale and the step interval where it applies."""
 
     positive: Conditioning
-    negative: Conditioning
+    negative: Conditioning | None  # None: no guidance (the positive prompt alone drives every step)
     scale: float = 7.5
     rescale: float = 0.0
     start_percent: float = 0.0
@@ -121,7 +121,7 @@ class Guider:
 
     def active_at(self, step: int, steps: int) -> bool:
         """CFG applies at this step: scale above 1 (as diffusers decides) and step inside [start, end)."""
-        if self.scale <= 1.0:
+        if self.scale <= 1.0 or self.negative is None:
             return False
         position = step / steps
         return self.start_percent <= position and (position < self.end_percent or self.end_percent >= 1.0)

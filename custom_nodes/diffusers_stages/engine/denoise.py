@@ -5,14 +5,17 @@ seed and settings, it produces the same latents bit for bit on the CPU:
 * a fresh scheduler per run, timesteps from ``set_timesteps``;
 * the initial noise from a CPU generator seeded by the node; the same generator
   then feeds the scheduler's step noise (ancestral/SDE samplers);
-* txt2img (an all-zero latent at denoise 1.0) starts from noise × ``init_noise_sigma``;
-  anything else is img2img: the last ``int(steps × denoise)`` steps, noise added at
-  the first of them, as the img2img pipelines do with ``strength``;
-* CFG batched as [uncond, cond] in one call, rescale as in diffusers.
+* txt2img (an all-zero latent at denoise 1.0) starts from noise × ``init_noise_sigma``
+  (unit noise for flow matching); anything else is img2img: the last ``int(steps × denoise)``
+  steps, noise added at the first of them, as the img2img pipelines do with ``strength``;
+* CFG as the family's pipeline runs it: one batched [uncond, cond] call (SD, SDXL, SD3) or
+  two calls, positive first (Flux); rescale and skip-layer guidance as in diffusers.
+The family adapter supplies the schedule, the model inputs and the latent layout (Flux packing).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ import torch
 
 from .components import Denoiser, Guider, SchedulerSpec
 from .errors import InputError
-from .families import ModelInputs
+from .families import Family, ModelInputs
 from .schedulers import build_scheduler, uses_generator
 
 StepCallback = Callable[[int, int, "torch.Tensor | None"], None]  # (step index, total, x0 prediction or None)
@@ -31,12 +34,13 @@ StepCallback = Callable[[int, int, "torch.Tensor | None"], None]  # (step index,
 class Plan:
     timesteps: torch.Tensor
     start_latents: torch.Tensor
-    begin_index: int | None
 
 
 def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> None:
     family = denoiser.family
     for name, cond in (("guider", guider.positive), ("guider", guider.negative)):
+        if cond is None:
+            continue
         problem = family.conditioning_problem(denoiser, cond)
         if problem:
             raise InputError(name, f"{problem}.",
@@ -53,7 +57,7 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
                          "model family does not fit).")
 
 
-def plan_run(family, scheduler, samples_model: torch.Tensor, steps: int, strength: float,
+def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int, strength: float,
              generator: torch.Generator, txt2img: bool) -> Plan:
     """Timesteps and starting latents (model space, [B, C, h, w]); noise is drawn in that shape, as the pipelines do."""
     from diffusers.utils.torch_utils import randn_tensor
@@ -65,14 +69,14 @@ def plan_run(family, scheduler, samples_model: torch.Tensor, steps: int, strengt
         noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
                              dtype=samples_model.dtype)
         sigma = getattr(scheduler, "init_noise_sigma", None)  # flow-matching schedulers start at unit noise
-        return Plan(scheduler.timesteps, noise if sigma is None else noise * sigma, None)
+        return Plan(scheduler.timesteps, noise if sigma is None else noise * sigma)
     run_steps = min(int(steps * strength), steps)
     begin = max(steps - run_steps, 0) * scheduler.order
     timesteps = scheduler.timesteps[begin:]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
     if len(timesteps) == 0:
-        return Plan(timesteps, samples_model, begin)
+        return Plan(timesteps, samples_model)
     noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
                          dtype=samples_model.dtype)
     first = timesteps[:1].repeat(samples_model.shape[0])
@@ -80,7 +84,7 @@ def plan_run(family, scheduler, samples_model: torch.Tensor, steps: int, strengt
         start = scheduler.scale_noise(samples_model, first, noise)
     else:
         start = scheduler.add_noise(samples_model, noise, first)
-    return Plan(timesteps, start, begin)
+    return Plan(timesteps, start)
 
 
 def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: torch.Tensor, t, use_cfg: bool,
@@ -133,8 +137,10 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img)
 
     factor = denoiser.family.spatial_factor
-    inputs = denoiser.family.model_inputs(denoiser, guider, batch, (samples.shape[2] * factor,
-                                                                   samples.shape[3] * factor))
+    # without a negative prompt CFG never runs; the positive stands in so families build their inputs as usual
+    complete = guider if guider.negative is not None else dataclasses.replace(guider, negative=guider.positive)
+    inputs = denoiser.family.model_inputs(denoiser, complete, batch, (samples.shape[2] * factor,
+                                                                     samples.shape[3] * factor))
     step_kwargs = {}
     step_params = inspect.signature(scheduler.step).parameters
     if "eta" in step_params:

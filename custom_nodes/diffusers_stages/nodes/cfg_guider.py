@@ -8,11 +8,12 @@ from .base import CONDITIONING, GUIDER, StageNode, category
 class CFGGuider(StageNode):
     NODE_ID = "DS_CFGGuider"
     DISPLAY_NAME = "CFG Guider (Diffusers)"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"  # 1.1.0: negative is optional
     CATEGORY = category("guidance")
     DESCRIPTION = ("Classifier-free guidance: steers the denoiser towards the positive prompt and away from the "
-                   "negative. As in diffusers, guidance is applied when cfg is above 1; with cfg 1 or below only "
-                   "the positive prompt is used (one denoiser call per step).")
+                   "negative. As in diffusers, guidance is applied when cfg is above 1; with cfg 1 or below, or "
+                   "without a negative prompt (Flux usually has none), only the positive prompt is used (one "
+                   "denoiser call per step).")
     RETURN_TYPES = (GUIDER,)
     RETURN_NAMES = ("guider",)
     OUTPUT_TOOLTIPS = ("The guidance settings with both prompts; connect to Denoise.",)
@@ -22,7 +23,6 @@ class CFGGuider(StageNode):
         return {
             "required": {
                 "positive": (CONDITIONING, {"tooltip": "What the image should show."}),
-                "negative": (CONDITIONING, {"tooltip": "What the image should avoid (an empty prompt is common)."}),
                 "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Guidance scale. Higher follows the prompt more closely; 5-9 is usual "
                                              "for SD1.5. 1 or less turns guidance off."}),
@@ -36,7 +36,11 @@ class CFGGuider(StageNode):
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
                                           "tooltip": "Guidance stops at this fraction of the steps; outside the "
                                                      "interval only the positive prompt is used."}),
-            }
+            },
+            "optional": {
+                "negative": (CONDITIONING, {"tooltip": "What the image should avoid (an empty prompt is common). "
+                                                       "Needed when cfg is above 1; Flux usually has none."}),
+            },
         }
 
     @classmethod
@@ -49,8 +53,11 @@ class CFGGuider(StageNode):
                                         "make start_percent less than or equal to end_percent."))
         return True
 
-    def run(self, positive, negative, cfg, guidance_rescale=0.0, start_percent=0.0, end_percent=1.0):
-        if positive.family is not negative.family:
+    def run(self, positive, cfg, guidance_rescale=0.0, start_percent=0.0, end_percent=1.0, negative=None):
+        if negative is None and cfg > 1.0:
+            raise InputError("negative", f"cfg {cfg} needs a negative prompt to guide away from.",
+                             "connect a Text Encode (an empty prompt is common) as negative, or set cfg to 1.")
+        if negative is not None and positive.family is not negative.family:
             raise InputError("negative", f"the negative prompt was encoded for {negative.family.display_name} but "
                              f"the positive for {positive.family.display_name}.",
                              "encode both prompts with the same model's text encoder.")
