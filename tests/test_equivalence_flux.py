@@ -90,7 +90,8 @@ def test_flux_img2img_matches_pipeline(flux_graph, flux_pipe):
 def test_flux_sizes_and_wiring_refused(flux_graph, sd1_graph, nodes):
     with pytest.raises(StageError, match="not a multiple of 16"):
         nodes["DS_EmptyLatent"].execute(denoiser=flux_graph.denoiser, width=72, height=64, batch_size=1)
-    with pytest.raises(StageError, match="encoded by a Flux.1 text encoder"):
+    with pytest.raises(StageError, match="encoded by a Flux.1 text encoder, "
+                                           "but the denoiser is Stable Diffusion 1.x/2.x"):
         sd1_graph.denoise(flux_guider(flux_graph), sd1_graph.default_scheduler, sd1_graph.empty())
     with pytest.raises(StageError, match="16-channel latents"):
         flux_graph.denoise(flux_guider(flux_graph), flux_graph.default_scheduler, sd1_graph.empty())

@@ -105,5 +105,6 @@ def test_sd3_refusals(sd3_graph, sd1_graph, nodes):
         nodes["DS_SkipLayerGuidance"].execute(guider=sd1_graph.guider("a", ""), layers="1", scale=2.8)
     with pytest.raises(StageError, match="layers"):
         nodes["DS_SkipLayerGuidance"].execute(guider=sd3_graph.guider("a", ""), layers="seven", scale=2.8)
-    with pytest.raises(StageError, match="encoded by a Stable Diffusion 3 text encoder"):
+    with pytest.raises(StageError, match="encoded by a Stable Diffusion 3 text encoder, "
+                                           "but the denoiser is Stable Diffusion 1.x/2.x"):
         sd1_graph.denoise(sd3_graph.guider("a", ""), sd1_graph.default_scheduler, sd1_graph.empty())

@@ -114,7 +114,8 @@ class FluxFamily(Family):
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         if cond.family is not self:
-            return f"the prompt was encoded by a {cond.family.display_name} text encoder"
+            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
+                    f"{self.display_name}")
         config = denoiser.module.config
         if cond.embeds.shape[-1] != config.joint_attention_dim or cond.pooled.shape[-1] != config.pooled_projection_dim:
             return "the prompt embeddings do not fit this transformer (text encoders from another model)"

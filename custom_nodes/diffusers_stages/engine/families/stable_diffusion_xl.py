@@ -142,7 +142,8 @@ class StableDiffusionXLFamily(Family):
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         if cond.family is not self:
-            return f"the prompt was encoded by a {cond.family.display_name} text encoder"
+            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
+                    f"{self.display_name}")
         config = denoiser.module.config
         if cond.embeds.shape[-1] != config.cross_attention_dim:
             return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this UNet expects "
