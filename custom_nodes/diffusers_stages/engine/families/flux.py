@@ -10,18 +10,16 @@ two transformer calls, positive first, as FluxPipeline does.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 
 import numpy as np
 import torch
 
-from ..components import Conditioning, Denoiser, TextEncoder, TextPart, Vae
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..errors import InputError
-from ..schedulers import spec_from_config
 from . import Family, LoadedModel, ModelInputs
 from .clip_text import encode_clip, repeat_batch
-from .stable_diffusion import _weights_variant
+from .folders import assemble, load_component, load_tokenizer, scheduler_config, single_file_not_supported
 from .t5_text import encode_t5
 
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
@@ -68,9 +66,7 @@ class FluxFamily(Family):
         return any(".double_blocks." in k or k.startswith("double_blocks.") for k in keys)
 
     def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
-        raise InputError("model", f"'{os.path.basename(path)}' is a single-file Flux model, which this version of "
-                         "the pack cannot load yet (Flux loads from diffusers folders).",
-                         "use the model's diffusers folder in models/diffusers (or its Hugging Face repo id).")
+        raise single_file_not_supported(self, path)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
@@ -80,27 +76,12 @@ class FluxFamily(Family):
             raise InputError("model", f"'{os.path.basename(path)}' has no T5 text encoder (text_encoder_2); Flux "
                              "cannot run without it.", "use the complete diffusers folder of the model (with "
                              "text_encoder_2 and tokenizer_2).")
-        common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
-
-        def load(cls, sub):
-            return cls.from_pretrained(path, subfolder=sub, variant=_weights_variant(path, sub), **common)
-
-        transformer, vae = load(FluxTransformer2DModel, "transformer"), load(AutoencoderKL, "vae")
-        parts = (TextPart(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
-                          load(CLIPTextModel, "text_encoder")),
-                 TextPart(T5Tokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True),
-                          load(T5EncoderModel, "text_encoder_2")))
-        with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
-            scheduler_config = json.load(f)
-        for module in (transformer, vae, *(p.module for p in parts)):
-            module.eval()
-        return LoadedModel(
-            denoiser=Denoiser(self, transformer, path, latent_scale=vae.config.scaling_factor,
-                              latent_shift=vae.config.shift_factor or 0.0),
-            text_encoder=TextEncoder(self, parts, path),
-            vae=Vae(self, vae, path),
-            scheduler=spec_from_config(scheduler_config),
-        )
+        parts = (TextPart(load_tokenizer(path, CLIPTokenizer, "tokenizer"),
+                          load_component(path, CLIPTextModel, "text_encoder", dtype)),
+                 TextPart(load_tokenizer(path, T5Tokenizer, "tokenizer_2"),
+                          load_component(path, T5EncoderModel, "text_encoder_2", dtype)))
+        return assemble(self, load_component(path, FluxTransformer2DModel, "transformer", dtype), parts,
+                        load_component(path, AutoencoderKL, "vae", dtype), scheduler_config(path), path)
 
     # ---- conditioning ----------------------------------------------------------------------------
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):

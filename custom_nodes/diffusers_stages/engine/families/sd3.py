@@ -14,13 +14,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ..components import Conditioning, Denoiser, TextEncoder, TextPart, Vae
-from ..errors import InputError
-from ..schedulers import spec_from_config
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from . import Family, LoadedModel, ModelInputs
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
 from .flux import calculate_shift
-from .stable_diffusion import _weights_variant
+from .folders import assemble, load_component, load_tokenizer, scheduler_config, single_file_not_supported
 from .t5_text import encode_t5
 
 T5_MAX_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
@@ -42,9 +40,7 @@ class StableDiffusion3Family(Family):
         return any(".joint_blocks." in k or k.startswith("joint_blocks.") for k in keys)
 
     def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
-        raise InputError("model", f"'{os.path.basename(path)}' is a single-file SD3 model, which this version of "
-                         "the pack cannot load yet (SD3 loads from diffusers folders).",
-                         "use the model's diffusers folder in models/diffusers (or its Hugging Face repo id).")
+        raise single_file_not_supported(self, path)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, SD3Transformer2DModel
@@ -52,32 +48,15 @@ class StableDiffusion3Family(Family):
 
         with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
             index = json.load(f)
-        common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
-
-        def load(cls, sub):
-            return cls.from_pretrained(path, subfolder=sub, variant=_weights_variant(path, sub), **common)
-
-        def tokenizer(cls, sub):
-            return cls.from_pretrained(path, subfolder=sub, local_files_only=True)
-
-        transformer, vae = load(SD3Transformer2DModel, "transformer"), load(AutoencoderKL, "vae")
-        parts = [TextPart(tokenizer(CLIPTokenizer, "tokenizer"), load(CLIPTextModelWithProjection, "text_encoder")),
-                 TextPart(tokenizer(CLIPTokenizer, "tokenizer_2"),
-                          load(CLIPTextModelWithProjection, "text_encoder_2"))]
+        parts = [TextPart(load_tokenizer(path, CLIPTokenizer, f"tokenizer{suffix}"),
+                          load_component(path, CLIPTextModelWithProjection, f"text_encoder{suffix}", dtype))
+                 for suffix in ("", "_2")]
         has_t5 = (index.get("text_encoder_3") or [None])[0] and os.path.isdir(os.path.join(path, "text_encoder_3"))
         if has_t5:  # optional: SD3 runs without T5 (zeros in its place), as diffusers allows
-            parts.append(TextPart(tokenizer(T5Tokenizer, "tokenizer_3"), load(T5EncoderModel, "text_encoder_3")))
-        with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
-            scheduler_config = json.load(f)
-        for module in (transformer, vae, *(p.module for p in parts)):
-            module.eval()
-        return LoadedModel(
-            denoiser=Denoiser(self, transformer, path, latent_scale=vae.config.scaling_factor,
-                              latent_shift=vae.config.shift_factor or 0.0),
-            text_encoder=TextEncoder(self, tuple(parts), path),
-            vae=Vae(self, vae, path),
-            scheduler=spec_from_config(scheduler_config),
-        )
+            parts.append(TextPart(load_tokenizer(path, T5Tokenizer, "tokenizer_3"),
+                                  load_component(path, T5EncoderModel, "text_encoder_3", dtype)))
+        return assemble(self, load_component(path, SD3Transformer2DModel, "transformer", dtype), tuple(parts),
+                        load_component(path, AutoencoderKL, "vae", dtype), scheduler_config(path), path)
 
     # ---- conditioning ----------------------------------------------------------------------------
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):

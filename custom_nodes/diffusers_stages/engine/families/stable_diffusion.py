@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
-from ..components import Conditioning, Denoiser, TextEncoder, TextPart, Vae
-from ..errors import InputError
-from ..schedulers import spec_from_config
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from . import Family, LoadedModel, ModelInputs
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
+from .folders import assemble, load_component, load_tokenizer, scheduler_config
 
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 _UNET = "model.diffusion_model."
@@ -143,31 +142,6 @@ def write_skeleton(directory: str, configs: dict[str, dict[str, Any]], tokenizer
         tokenizer.save_pretrained(os.path.join(directory, subfolder))
 
 
-def _safetensors_files(folder: str) -> list[str]:
-    return [f for f in os.listdir(folder) if f.endswith(".safetensors")] if os.path.isdir(folder) else []
-
-
-def _weights_variant(folder: str, component: str) -> str | None:
-    """None for plain weights, "fp16" when only fp16-variant files exist; refuses pickle-only folders."""
-    sub = os.path.join(folder, component)
-    files = _safetensors_files(sub)
-    if any(f.count(".") == 1 for f in files):
-        return None
-    for variant in ("fp16", "bf16"):
-        if any(f".{variant}." in f for f in files):
-            return variant
-    if os.path.isdir(sub) and any(f.endswith((".bin", ".ckpt", ".pt", ".pth")) for f in os.listdir(sub)):
-        raise InputError(
-            "model",
-            f"'{component}' in {folder} has only pickle weights (.bin/.ckpt), which can run code when loaded.",
-            "convert the folder to safetensors (diffusers: `pipe.save_pretrained(dir, safe_serialization=True)`).",
-        )
-    if not files:
-        raise InputError("model", f"the diffusers folder {folder} has no weights for '{component}'.",
-                         "re-download the model folder; each component needs its .safetensors file.")
-    return None
-
-
 def _apply_prediction(scheduler_config: dict[str, Any], prediction: str) -> dict[str, Any]:
     if prediction != "auto":
         scheduler_config = dict(scheduler_config, prediction_type=prediction)
@@ -190,33 +164,14 @@ class StableDiffusionFamily(Family):
         has_text = any(k.startswith((_CLIP, _OPEN_CLIP)) for k in keys)
         return has_unet and has_text
 
-    def _make(self, unet, text_encoder, tokenizer, vae, scheduler_config, source: str) -> LoadedModel:
-        # eval() only: requires_grad_(False) would change CPU numerics (about 7e-7 on SD2's linear projections,
-        # measured), so the parameters keep the flag they have in a diffusers pipeline.
-        for module in (unet, text_encoder, vae):
-            module.eval()
-        return LoadedModel(
-            denoiser=Denoiser(self, unet, source, latent_scale=vae.config.scaling_factor,
-                              latent_shift=vae.config.shift_factor or 0.0),
-            text_encoder=TextEncoder(self, (TextPart(tokenizer, text_encoder),), source),
-            vae=Vae(self, vae, source),
-            scheduler=spec_from_config(scheduler_config),
-        )
-
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet",
-                                                    variant=_weights_variant(path, "unet"), **common)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=_weights_variant(path, "vae"), **common)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
-                                                     variant=_weights_variant(path, "text_encoder"), **common)
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
-        with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
-            scheduler_config = json.load(f)
-        return self._make(unet, text_encoder, tokenizer, vae, _apply_prediction(scheduler_config, prediction), path)
+        parts = (TextPart(load_tokenizer(path, CLIPTokenizer, "tokenizer"),
+                          load_component(path, CLIPTextModel, "text_encoder", dtype)),)
+        return assemble(self, load_component(path, UNet2DConditionModel, "unet", dtype), parts,
+                        load_component(path, AutoencoderKL, "vae", dtype), scheduler_config(path, prediction), path)
 
     def single_file_skeleton(self, shapes: dict[str, tuple[int, ...]], prediction: str,
                              vocab_dirs: tuple[str, ...], directory: str) -> None:
@@ -256,7 +211,8 @@ class StableDiffusionFamily(Family):
                 path, config=skeleton, local_files_only=True, torch_dtype=dtype,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             )
-        return self._make(pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, dict(pipe.scheduler.config), path)
+        return assemble(self, pipe.unet, (TextPart(pipe.tokenizer, pipe.text_encoder),), pipe.vae,
+                        dict(pipe.scheduler.config), path)
 
     # ---- conditioning ----------------------------------------------------------------------------
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):

@@ -13,14 +13,13 @@ import tempfile
 
 import torch
 
-from ..components import Conditioning, Denoiser, TextEncoder, TextPart, Vae
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..errors import InputError
-from ..schedulers import spec_from_config
 from . import Family, LoadedModel, ModelInputs
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
+from .folders import assemble, load_component, load_tokenizer, scheduler_config
 from .stable_diffusion import (
     _bundled_config,
-    _weights_variant,
     infer_text_encoder_config,
     infer_unet_config,
     infer_vae_config,
@@ -93,7 +92,7 @@ class StableDiffusionXLFamily(Family):
             pipe = StableDiffusionXLPipeline.from_single_file(path, config=skeleton, local_files_only=True,
                                                               torch_dtype=dtype)
         parts = (TextPart(pipe.tokenizer, pipe.text_encoder), TextPart(pipe.tokenizer_2, pipe.text_encoder_2))
-        return self._make(pipe.unet, parts, pipe.vae, dict(pipe.scheduler.config), path)
+        return assemble(self, pipe.unet, parts, pipe.vae, dict(pipe.scheduler.config), path)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -104,32 +103,12 @@ class StableDiffusionXLFamily(Family):
         if not (index.get("text_encoder") or [None])[0]:
             raise InputError("model", f"'{os.path.basename(path)}' has no first text encoder (an SDXL refiner?), "
                              "which this version of the pack does not run.", "load an SDXL base model.")
-        common = dict(torch_dtype=dtype, local_files_only=True, use_safetensors=True)
-
-        def load(cls, sub):
-            return cls.from_pretrained(path, subfolder=sub, variant=_weights_variant(path, sub), **common)
-
-        unet, vae = load(UNet2DConditionModel, "unet"), load(AutoencoderKL, "vae")
-        parts = (TextPart(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
-                          load(CLIPTextModel, "text_encoder")),
-                 TextPart(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True),
-                          load(CLIPTextModelWithProjection, "text_encoder_2")))
-        with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
-            scheduler_config = json.load(f)
-        if prediction != "auto":
-            scheduler_config["prediction_type"] = prediction
-        return self._make(unet, parts, vae, scheduler_config, path)
-
-    def _make(self, unet, parts, vae, scheduler_config, source: str) -> LoadedModel:
-        for module in (unet, vae, *(p.module for p in parts)):
-            module.eval()  # (requires_grad_(False) would change CPU numerics; see stable_diffusion.py)
-        return LoadedModel(
-            denoiser=Denoiser(self, unet, source, latent_scale=vae.config.scaling_factor,
-                              latent_shift=vae.config.shift_factor or 0.0),
-            text_encoder=TextEncoder(self, parts, source),
-            vae=Vae(self, vae, source),
-            scheduler=spec_from_config(scheduler_config),
-        )
+        parts = (TextPart(load_tokenizer(path, CLIPTokenizer, "tokenizer"),
+                          load_component(path, CLIPTextModel, "text_encoder", dtype)),
+                 TextPart(load_tokenizer(path, CLIPTokenizer, "tokenizer_2"),
+                          load_component(path, CLIPTextModelWithProjection, "text_encoder_2", dtype)))
+        return assemble(self, load_component(path, UNet2DConditionModel, "unet", dtype), parts,
+                        load_component(path, AutoencoderKL, "vae", dtype), scheduler_config(path, prediction), path)
 
     # ---- conditioning ----------------------------------------------------------------------------
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
