@@ -134,3 +134,18 @@ def test_vae_files_swap_in_exactly(nodes, flux_graph, sd1_graph, models_root):
     save_file({"lora_unet_x.lora_up.weight": torch.zeros(2, 2)}, not_a_vae)
     with pytest.raises(StageError, match="not a VAE"):
         load.execute(vae_name="x.safetensors", dtype="fp32")
+
+
+def test_flow_preview_estimates_the_clean_latent(flux_graph):
+    """Flow schedulers return no x0; previews get x0 = x_t - sigma_t * v, which at the last step is the result."""
+    from diffusers_stages.engine import denoise as engine
+
+    seen = []
+    guider = flux_guider(flux_graph)
+    with torch.inference_mode():  # as the Denoise node runs it
+        raw = engine.denoise(flux_graph.denoiser, guider, flux_graph.default_scheduler,
+                             flux_graph.empty()["samples"], SEED, 4, on_step=lambda i, n, x0: seen.append(x0))
+    assert len(seen) == 4 and all(x.shape == (1, 16, 8, 8) for x in seen)
+    denoiser = flux_graph.denoiser
+    final = (raw - denoiser.latent_shift) * denoiser.latent_scale
+    assert torch.allclose(seen[-1], final, atol=1e-5)  # the last sigma steps to 0: x0 is the output

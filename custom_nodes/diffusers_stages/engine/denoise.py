@@ -113,6 +113,18 @@ def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: to
     return guided
 
 
+def preview_x0(scheduler, output, latents: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor | None:
+    """The clean-image estimate a live preview shows: the scheduler's own, or for flow matching
+    x0 = x_t - sigma_t * v (its step output has none)."""
+    x0 = getattr(output, "pred_original_sample", None)
+    if x0 is not None or not type(scheduler).__name__.startswith("FlowMatch"):
+        return x0
+    index = getattr(scheduler, "step_index", None)
+    if index is None or index < 1:
+        return None
+    return latents - scheduler.sigmas[index - 1].to(latents.dtype) * prediction
+
+
 def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.Tensor, seed: int, steps: int,
             strength: float = 1.0, on_step: StepCallback | None = None, eta: float = 0.0) -> torch.Tensor:
     """Run the sampler on a raw-VAE-space latent batch and return the denoised raw latents."""
@@ -154,10 +166,11 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
         use_cfg = (inputs.cfg is not None or inputs.uncond is not None) and guider.active_at(i, total)
         prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, inputs,
                                        guider.skip_active_at(i, total))
+        before = latents
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample
         if on_step is not None:
-            x0 = getattr(output, "pred_original_sample", None)  # flow schedulers have none: preview the latents
+            x0 = preview_x0(scheduler, output, before, prediction)
             on_step(i, total, denoiser.family.from_model_layout(latents if x0 is None else x0, samples_model.shape))
 
     latents = denoiser.family.from_model_layout(latents, samples_model.shape)
