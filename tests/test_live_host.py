@@ -262,3 +262,29 @@ def test_previews_for_every_family(server, name):
     outcome, previews, progress = _watch(server, prompt, "ds-" + name)
     assert outcome == "execution_success"
     assert progress == [1, 2, 3] and previews == 3
+
+
+def test_real_frontend_loads_workflows_and_agrees_with_our_converter(server):
+    """The ComfyUI frontend (headless Chromium) loads every shipped workflow with no missing node, and its own
+    UI->API conversion (app.graphToPrompt) equals ours. Needs PLAYWRIGHT_DIR (a folder whose node_modules has
+    playwright-core) and Chromium (CHROMIUM, default /usr/bin/chromium)."""
+    import shutil
+
+    from diffusers_stages.runner.api import Runner
+
+    playwright_dir = os.environ.get("PLAYWRIGHT_DIR")
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    if not playwright_dir or not os.path.isfile(chromium) or not shutil.which("node"):
+        pytest.skip("set PLAYWRIGHT_DIR (node_modules with playwright-core) and have Chromium and node")
+    files = [os.path.join(REPO, "workflows", name) for name in WORKFLOW_NAMES]
+    result = subprocess.run(["node", os.path.join(REPO, "tests", "frontend_check.js"), server.url, chromium, *files],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, NODE_PATH=os.path.join(playwright_dir, "node_modules")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["errors"] == []
+    runner = Runner()
+    for path in files:
+        frontend = report["results"][path]
+        assert frontend["missing"] == [], (path, frontend["missing"])
+        assert frontend["output"] == runner.load(path).prompt, path

@@ -141,6 +141,11 @@ class Converter:
                         self.result.widget_slots[(api_id, name)] = index
                 elif role == "control" and value in CONTROL_MODES:
                     self.result.controls[(api_id, name)] = value
+        for name, role in widget_layout(definition):  # saved before the widget existed: the frontend's default
+            if role == "value" and name not in inputs:
+                default = (input_spec(definition, name) or (None, {}))[1].get("default")
+                if default is not None:
+                    inputs[name] = default
         for (inner_id, name), value in overrides.items():
             if inner_id == node["id"]:
                 inputs[name] = value
