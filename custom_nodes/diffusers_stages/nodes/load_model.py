@@ -8,6 +8,7 @@ from ..engine import loading
 from ..engine.errors import InputError
 from ..engine.families.stable_diffusion import PREDICTIONS
 from .base import DENOISER, SCHEDULER, TEXT_ENCODER, VAE, StageNode, category
+from .model_files import locate
 
 FOLDER = "diffusers"
 CHECKPOINTS = "checkpoints"
@@ -26,17 +27,9 @@ def resolve_model(name: str) -> tuple[str, str]:
     if kind not in (FOLDER, CHECKPOINTS) or not relative:
         raise InputError("model", f"'{name}' is not an entry of the model list.",
                          "pick a model from the list (diffusers/<folder> or checkpoints/<file>), or give a repo_id.")
-    loading.refuse_pickle(relative)
-    for root in host.model_roots(kind):
-        path = loading.safe_join(root, relative)
-        if kind == FOLDER and os.path.isfile(os.path.join(path, "model_index.json")):
-            return "folder", path
-        if kind == CHECKPOINTS and os.path.isfile(path):
-            return "file", path
-    where = ", ".join(host.model_roots(kind)) or f"models/{kind}"
-    raise InputError("model", f"'{relative}' was not found in {where}.",
-                     f"put the model in models/{kind} (a diffusers folder with model_index.json, or a .safetensors "
-                     "checkpoint) and refresh the node list.")
+    if kind == FOLDER:  # a diffusers folder is a directory with a model_index.json
+        return "folder", locate(kind, relative, "model", lambda p: os.path.isfile(os.path.join(p, "model_index.json")))
+    return "file", locate(kind, relative, "model")
 
 
 class LoadModel(StageNode):

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from .. import host
 from ..engine import loading
 from ..engine.errors import InputError
 from ..engine.vae_loading import load_vae_file
 from .base import VAE, StageNode, category
+from .model_files import locate
 
 FOLDER = "vae"
 
@@ -44,13 +44,7 @@ class LoadVAE(StageNode):
 
     @staticmethod
     def resolve(name: str) -> str:
-        loading.refuse_pickle(name, "vae_name")
-        for root in host.model_roots(FOLDER):
-            path = loading.safe_join(root, name, "vae_name")
-            if os.path.isfile(path):
-                return path
-        raise InputError("vae_name", f"'{name}' was not found in models/vae.",
-                         "put the VAE file in models/vae and refresh the node list.")
+        return locate(FOLDER, name, "vae_name")
 
     def run(self, vae_name, dtype="auto"):
         torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]

@@ -20,6 +20,16 @@ SD1_SCHEDULER = dict(  # the PNDM config shipped with Stable Diffusion v1.5
 )
 
 
+def tiny_vae(latent_channels: int, sample_size: int, **family_settings):
+    """The real AutoencoderKL layout (8x downsampling) at tiny widths; scaling/shift/quant convs per family."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=sample_size, **family_settings)
+
+
 def _tokenizer(vocab_size: int, pad_token: str):
     from ..engine.clip_vocab import build_clip_tokenizer
 
@@ -28,7 +38,7 @@ def _tokenizer(vocab_size: int, pad_token: str):
 
 def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), sample_size: int = 8):
     """A StableDiffusionPipeline with random weights. ``variant``: "sd1" (epsilon) or "sd2" (v-prediction)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     sd2 = variant == "sd2"
@@ -45,11 +55,7 @@ def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), samp
         use_linear_projection=sd2,
     )
     torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=sample_size * 8, scaling_factor=0.18215,
-    )
+    vae = tiny_vae(4, sample_size * 8, scaling_factor=0.18215)
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         # SD2 checkpoints hold 24 OpenCLIP blocks of which diffusers uses 23; the single-file loader relies on that
@@ -78,7 +84,7 @@ SDXL_SCHEDULER = dict(  # the Euler config shipped with SDXL base 1.0
 
 def build_sdxl_pipeline(sample_size: int = 8):
     """A StableDiffusionXLPipeline with random weights (text encoders 32 and 48 wide, as CLIP-L and -G differ)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     def clip_config(hidden, layers, act):
@@ -97,12 +103,7 @@ def build_sdxl_pipeline(sample_size: int = 8):
         cross_attention_dim=32 + 48, norm_num_groups=16,
     )
     torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=sample_size * 8, scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = tiny_vae(4, sample_size * 8, scaling_factor=0.13025, force_upcast=True)
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(clip_config(32, 4, "quick_gelu"))
     torch.manual_seed(3)
@@ -131,7 +132,7 @@ def t5_tokenizer():
 
 def build_flux_pipeline(guidance_embeds: bool = True):
     """A FluxPipeline with random weights (dev-like with guidance_embeds, schnell-like without)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer_2 = t5_tokenizer()
@@ -141,11 +142,8 @@ def build_flux_pipeline(guidance_embeds: bool = True):
         num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6))
     torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.3611, shift_factor=0.1159,
-        use_quant_conv=False, use_post_quant_conv=False)
+    vae = tiny_vae(16, 64, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                   use_post_quant_conv=False)
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=1000, hidden_size=32, intermediate_size=37, num_attention_heads=1, num_hidden_layers=4,
@@ -165,7 +163,6 @@ def build_flux_pipeline(guidance_embeds: bool = True):
 def build_sd3_pipeline(with_t5: bool = True):
     """A StableDiffusion3Pipeline with random weights: CLIP-L 32 and CLIP-G 48 wide, T5 96 (>= 32 + 48)."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -186,11 +183,8 @@ def build_sd3_pipeline(with_t5: bool = True):
         num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32, pooled_projection_dim=64,
         pos_embed_max_size=32)
     torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=1.5305, shift_factor=0.0609,
-        use_quant_conv=False, use_post_quant_conv=False)
+    vae = tiny_vae(16, 64, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                   use_post_quant_conv=False)
     text_encoder_3 = None
     if with_t5:
         torch.manual_seed(4)
