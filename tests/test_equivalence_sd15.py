@@ -6,6 +6,8 @@ so these tests check both the loop and the ComfyUI-name -> diffusers mapping.
 
 from __future__ import annotations
 
+import os
+
 import diffusers
 import pytest
 import torch
@@ -214,3 +216,25 @@ def test_tiled_vae_decode(sd1_graph):
     with torch.no_grad():
         expected = sd1_graph.vae.module.tiled_decode(latent["samples"], return_dict=False)[0]
     assert torch.equal(tiled, (expected / 2 + 0.5).clamp(0, 1).movedim(1, -1))
+
+
+def test_guidance_distilled_unet_matches_pipeline(nodes, models_root, tmp_path):
+    """An LCM-distilled UNet (time_cond_proj_dim) takes the guidance scale as an embedding, never a CFG batch."""
+    from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from diffusers_stages.tiny.models import build_sd_pipeline
+
+    pipe = build_sd_pipeline("sd1")
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(**{**pipe.unet.config, "time_cond_proj_dim": 32})
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    folder = os.path.join(models_root["root"], "diffusers", "tiny-sd15-lcm")
+    if not os.path.isdir(folder):
+        pipe.save_pretrained(folder, safe_serialization=True)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    graph = Graph(nodes, "diffusers/tiny-sd15-lcm")
+    latent, image = graph.txt2img(sampler="model default", schedule="model default", seed=SEED, cfg=8.0)
+    ref = pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=4, guidance_scale=8.0, width=64,
+               height=64, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(image), ref)
