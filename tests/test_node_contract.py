@@ -82,6 +82,7 @@ def test_v1_contract(cls, models_root):
     assert callable(getattr(cls(), cls.FUNCTION))
     assert cls.CATEGORY.startswith(PACK + "/")
     assert cls.DESCRIPTION and re.fullmatch(r"\d+\.\d+\.\d+", cls.VERSION)
+    assert cls.DESCRIPTION.endswith(f"[node v{cls.VERSION}]")  # the version users can see
     if hasattr(cls, "VALIDATE_INPUTS"):
         assert isinstance(cls.__dict__["VALIDATE_INPUTS"], classmethod)
     # every input the function takes is declared, and every required input is accepted

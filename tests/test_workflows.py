@@ -88,6 +88,7 @@ def test_png_round_trip(runner, tmp_path):
         ui = json.loads(image.text["workflow"])
         pixels = np.asarray(image).copy()
     assert ui["nodes"] and executed["7"]["inputs"]["seed"] == 4242
+    assert ui["extra"]["diffusers_stages"]["node_versions"]["DS_Denoise"] == "1.0.0"  # for later migrations
     reloaded = runner.load(first)
     assert reloaded.prompt == executed  # the embedded UI workflow holds the values that ran
     again = runner.run(first)[0]  # run the PNG itself: the same picture

@@ -27,7 +27,6 @@ try:  # ComfyUI is present only when the pack runs inside it
 except ImportError:
     IN_COMFYUI = False
 
-MODEL_KINDS = ("diffusers", "checkpoints", "diffusion_models", "text_encoders", "vae", "controlnet", "loras")
 _headless_models_dir = os.environ.get("DIFFUSERS_STAGES_MODELS", os.path.join(os.getcwd(), "models"))
 
 

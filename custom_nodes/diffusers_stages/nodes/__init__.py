@@ -16,5 +16,9 @@ from .vae_encode import VAEEncode
 ALL_NODES = (LoadModel, LoadVAE, TextEncode, SizeConditioning, FluxGuidance, Scheduler, CFGGuider, SkipLayerGuidance,
              EmptyLatent, Denoise, VAEDecode, VAEEncode)
 
+for _node in ALL_NODES:  # the version shows in the node's description (V1 nodes have no field of their own)
+    if "[node v" not in _node.DESCRIPTION:
+        _node.DESCRIPTION = f"{_node.DESCRIPTION} [node v{_node.VERSION}]"
+
 NODE_CLASS_MAPPINGS = {node.NODE_ID: node for node in ALL_NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.NODE_ID: node.DISPLAY_NAME for node in ALL_NODES}

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from ..engine.errors import InputError, StageError
 
-PACK = "Diffusers Stages"
-PREFIX = "DS"  # node ids are "DS_<Name>"; never rename a shipped id
+PACK = "Diffusers Stages"  # node ids are "DS_<Name>"; never rename a shipped id, bump VERSION and migrate
 
 # Custom socket types carrying engine objects between our nodes.
 DENOISER = "DS_DENOISER"

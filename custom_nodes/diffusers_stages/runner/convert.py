@@ -21,7 +21,7 @@ from .node_defs import input_spec, widget_layout
 
 VIRTUAL_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 MUTED, BYPASSED = 2, 4
-SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
+SUBGRAPH_INPUT = -10  # the subgraph's input node in its links (outputs are read from definition['outputs'])
 CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("diffusers_stages.runner")
-HIDDEN_VALUES = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID")
 
 class WorkflowError(ValueError):
     """A workflow that cannot run; ``problems`` lists every reason, each naming node and input."""

@@ -32,7 +32,16 @@ class Workflow:
             values = nodes.get(node_id, {}).get("widgets_values")
             if isinstance(values, list) and index < len(values) and not (isinstance(value, list) and len(value) == 2):
                 values[index] = value
+        ui.setdefault("extra", {})["diffusers_stages"] = {"node_versions": node_versions(prompt)}
         return ui
+
+
+def node_versions(prompt: dict[str, Any]) -> dict[str, str]:
+    """Version of each of our node types the prompt uses, kept in saved workflows for later migrations."""
+    from ..nodes import NODE_CLASS_MAPPINGS
+
+    kinds = {node["class_type"] for node in prompt.values()}
+    return {kind: NODE_CLASS_MAPPINGS[kind].VERSION for kind in sorted(kinds) if kind in NODE_CLASS_MAPPINGS}
 
 
 def read_file(path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
