@@ -17,25 +17,15 @@ from PIL import Image
 from diffusers_stages.runner.api import Runner
 from diffusers_stages.runner.convert import Converter
 from diffusers_stages.runner.execute import WorkflowError
+from diffusers_stages.tiny.demo import tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
 EXPECTED = os.path.join(REPO, "tests", "fixtures", "expected_api")
 OBJECT_INFO = os.path.join(REPO, "..", "shared", "data", "comfyui-0.8.0-object_info.json")
-TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux"}
-
-
 def tiny_sets(workflow_path: str) -> list[str]:
     """Overrides that run a shipped workflow on the tiny model of its family, small and fast."""
-    with open(workflow_path) as f:
-        types = {node["type"] for node in json.load(f)["nodes"]}
-    family = os.path.basename(workflow_path).split("_")[0]
-    sets = [f"Load Diffusers Model.model=diffusers/{TINY_MODELS[family]}", "Denoise (Diffusers).steps=3"]
-    if "DS_EmptyLatent" in types:
-        sets += ["Empty Latent (Diffusers).width=64", "Empty Latent (Diffusers).height=64"]
-    if "LoadImage" in types:
-        sets += ["Load Image.image=picture.png"]
-    return sets
+    return [s.replace("demo_input.png", "picture.png") for s in tiny_overrides(workflow_path, 64, steps=3)]
 
 
 @pytest.fixture()

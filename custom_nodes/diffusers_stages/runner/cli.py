@@ -59,19 +59,23 @@ def _runner(args):
 
 
 def demo(folder: str) -> list[str]:
-    from ..tiny.demo import prepare_demo
+    import glob
+
+    from ..tiny.demo import prepare_demo, tiny_overrides
     from .api import Runner
 
     models, inputs, output = prepare_demo(folder)
     runner = Runner(models, inputs, output)
     print("NOTE: the demo models have random weights: the workflows run end to end, and the images are noise.")
     written = []
-    # 256 px: the tiny U-Net's attention at 512 px costs minutes on a CPU for nothing but noise.
-    small = ["Empty Latent (Diffusers).width=256", "Empty Latent (Diffusers).height=256"]
-    for name, sets in (("sd15_txt2img.json", ["Load Diffusers Model.model=checkpoints/tiny-sd15.safetensors", *small]),
-                       ("sd15_img2img.json", ["Load Diffusers Model.model=diffusers/tiny-sd15",
-                                              "Load Image.image=demo_input.png"])):
-        written += runner.run(os.path.join(WORKFLOWS, name), sets=sets, repeat=2, batch=name[:-5])
+    # 256 px: the tiny U-Nets' attention at 512 px and more costs minutes on a CPU for nothing but noise
+    for path in sorted(glob.glob(os.path.join(WORKFLOWS, "*.json"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        repeat = 2 if name.startswith("sd15") else 1
+        sets = tiny_overrides(path, 256, steps=None if repeat == 2 else 8)
+        if name == "sd15_txt2img":  # the same tiny weights as a single-file checkpoint, as ComfyUI users have them
+            sets.append("Load Diffusers Model.model=checkpoints/tiny-sd15.safetensors")
+        written += runner.run(path, sets=sets, repeat=repeat, batch=name)
     return written
 
 

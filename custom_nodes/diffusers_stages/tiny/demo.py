@@ -7,6 +7,26 @@ import os
 import numpy as np
 from PIL import Image
 
+# shipped workflow (by its name's first word) -> the tiny model of its family
+TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux"}
+
+
+def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> list[str]:
+    """--set overrides that run a shipped workflow on the tiny model of its family, at ``size`` px."""
+    import json
+
+    with open(workflow_path, encoding="utf-8") as f:
+        types = {node["type"] for node in json.load(f)["nodes"]}
+    family = os.path.basename(workflow_path).split("_")[0]
+    sets = [f"Load Diffusers Model.model=diffusers/{TINY_MODELS[family]}"]
+    if steps:
+        sets.append(f"Denoise (Diffusers).steps={steps}")
+    if "DS_EmptyLatent" in types:
+        sets += [f"Empty Latent (Diffusers).width={size}", f"Empty Latent (Diffusers).height={size}"]
+    if "LoadImage" in types:
+        sets.append("Load Image.image=demo_input.png")
+    return sets
+
 
 def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
