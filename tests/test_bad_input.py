@@ -154,3 +154,20 @@ def test_guider_without_negative(nodes, sd1_graph):
     a = sd1_graph.denoise(unguided, sd1_graph.default_scheduler, sd1_graph.empty(), steps=2)
     b = sd1_graph.denoise(with_negative, sd1_graph.default_scheduler, sd1_graph.empty(), steps=2)
     assert torch.equal(a["samples"], b["samples"])  # cfg 1: the negative is never used
+
+
+def test_inpainting_model_refused_at_load(nodes, models_root):
+    import shutil
+
+    folder = os.path.join(models_root["root"], "diffusers", "tiny-sd15-inpaint")
+    if not os.path.isdir(folder):
+        shutil.copytree(models_root["sd1_folder"], folder)
+        config_path = os.path.join(folder, "unet", "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        from diffusers import UNet2DConditionModel
+
+        UNet2DConditionModel(**{**{k: v for k, v in config.items() if not k.startswith("_")},
+                                "in_channels": 9}).save_pretrained(os.path.join(folder, "unet"))
+    refused(load(nodes, model="diffusers/tiny-sd15-inpaint"), "Load Diffusers Model", "model", "9 input channels",
+            "inpainting")
