@@ -9,6 +9,7 @@ One Runner keeps its node cache between calls, so repeated runs do not reload mo
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -26,9 +27,16 @@ log = logging.getLogger("diffusers_stages.runner")
 _CORE_NAMES = os.path.join(os.path.dirname(__file__), "core_node_names.txt")
 
 
-def _core_node_names() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _core_node_names() -> frozenset[str]:
     with open(_CORE_NAMES, encoding="utf-8") as f:
-        return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+        return frozenset(line.strip() for line in f if line.strip() and not line.startswith("#"))
+
+
+def _pack_of(kind: str, named_in_file: str | None) -> str:
+    if kind in _core_node_names():
+        return "ComfyUI core (no headless version in this pack)"
+    return named_in_file or "an unknown custom node pack"
 
 
 class Runner:
@@ -46,15 +54,8 @@ class Runner:
     def load(self, path: str) -> Workflow:
         """Read and convert a workflow; refuse it (before anything runs) if it needs nodes we do not have."""
         workflow = load(path, self.definitions)
-        core = _core_node_names()
-        packs = {kind: ("ComfyUI core (no headless version in this pack)" if kind in core else pack)
-                 for kind, pack in workflow.missing.items()}
-        for node in workflow.prompt.values():
-            kind = node["class_type"]
-            if kind not in self.classes and kind not in packs:
-                packs[kind] = "ComfyUI core (no headless version in this pack)" if kind in core else \
-                    "an unknown custom node pack"
-        self.executor.packs = packs
+        unknown = {node["class_type"] for node in workflow.prompt.values()} - set(self.classes)
+        self.executor.packs = {kind: _pack_of(kind, workflow.missing.get(kind)) for kind in unknown}
         return workflow
 
     def input_options(self, class_type: str, name: str) -> dict[str, Any]:
