@@ -19,6 +19,7 @@ from .families import LoadedModel, all_families, family_for_checkpoint, family_f
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PREDICTIONS = ("auto", "epsilon", "v_prediction")  # "auto": what the model's scheduler config says
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -6,7 +6,6 @@ import os
 from .. import host
 from ..engine import loading
 from ..engine.errors import InputError
-from ..engine.families.stable_diffusion import PREDICTIONS
 from .base import DENOISER, SCHEDULER, TEXT_ENCODER, VAE, StageNode, category
 from .model_files import locate
 
@@ -63,7 +62,7 @@ class LoadModel(StageNode):
                 "dtype": (["auto", *loading.DTYPES], {
                     "default": "auto",
                     "tooltip": "Weight precision. auto: the host's choice (fp16 on most GPUs, fp32 on CPU)."}),
-                "prediction": (list(PREDICTIONS), {
+                "prediction": (list(loading.PREDICTIONS), {
                     "default": "auto", "advanced": True,
                     "tooltip": "What the model predicts. auto: from the model's scheduler config (single files: "
                                "epsilon for SD1, v_prediction for SD2). Set it for v-prediction fine-tunes."}),

@@ -24,7 +24,6 @@ _UNET = "model.diffusion_model."
 _VAE = "first_stage_model."
 _CLIP = "cond_stage_model.transformer.text_model."
 _OPEN_CLIP = "cond_stage_model.model."
-PREDICTIONS = ("auto", "epsilon", "v_prediction")
 
 
 def _bundled_config(variant: str) -> dict[str, Any]:
