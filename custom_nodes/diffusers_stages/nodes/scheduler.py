@@ -11,7 +11,8 @@ class Scheduler(StageNode):
     VERSION = "1.0.0"
     CATEGORY = category("sampling")
     DESCRIPTION = ("Picks the sampler and noise schedule by their ComfyUI names and maps them onto the matching "
-                   "diffusers scheduler, keeping the model's own settings (betas, prediction type).")
+                   "diffusers scheduler, keeping the model's own settings (betas, prediction type). Flow-matching "
+                   "models (SD3, Flux) keep their own shifted schedule and take euler, euler_ancestral, heun or lcm.")
     RETURN_TYPES = (SCHEDULER,)
     RETURN_NAMES = ("scheduler",)
     OUTPUT_TOOLTIPS = ("The scheduler settings; connect to Denoise.",)
