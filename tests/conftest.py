@@ -78,14 +78,19 @@ def sd1_graph(nodes):
     return Graph(nodes, "diffusers/tiny-sd15")
 
 
-@pytest.fixture(scope="session")
-def sd1_pipe(models_root):
-    from diffusers import StableDiffusionPipeline
+def load_pipeline(class_name: str, folder: str, **components):
+    """A diffusers pipeline from a local folder, quiet, remembering the scheduler it ships (tests swap it)."""
+    import diffusers
 
-    pipe = StableDiffusionPipeline.from_pretrained(models_root["sd1_folder"], local_files_only=True)
+    pipe = getattr(diffusers, class_name).from_pretrained(folder, local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
     pipe.shipped_scheduler = pipe.scheduler
     return pipe
+
+
+@pytest.fixture(scope="session")
+def sd1_pipe(models_root):
+    return load_pipeline("StableDiffusionPipeline", models_root["sd1_folder"])
 
 
 def bchw(image: torch.Tensor) -> torch.Tensor:

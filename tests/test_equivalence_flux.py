@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Graph, bchw
+from conftest import Graph, bchw, load_pipeline
 
 from diffusers_stages.engine.errors import StageError
 
@@ -19,11 +19,7 @@ def flux_graph(nodes):
 
 @pytest.fixture(scope="module")
 def flux_pipe(models_root):
-    from diffusers import FluxPipeline
-
-    pipe = FluxPipeline.from_pretrained(models_root["flux_folder"], local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipeline("FluxPipeline", models_root["flux_folder"])
 
 
 def flux_guider(graph, guidance=3.5, negative="", cfg=1.0):

@@ -11,7 +11,7 @@ import os
 import diffusers
 import pytest
 import torch
-from conftest import Graph, bchw
+from conftest import Graph, bchw, load_pipeline
 
 SEED = 1234
 
@@ -91,12 +91,8 @@ def test_no_cfg_at_scale_one(sd1_graph, sd1_pipe):
 
 
 def test_v_prediction_model(nodes, models_root):
-    from diffusers import StableDiffusionPipeline
-
     graph = Graph(nodes, "diffusers/tiny-sd2-v")
-    pipe = StableDiffusionPipeline.from_pretrained(models_root["sd2_folder"], local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.shipped_scheduler = pipe.scheduler
+    pipe = load_pipeline("StableDiffusionPipeline", models_root["sd2_folder"])
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     for sampler, schedule in (("model default", "model default"), ("euler", "karras")):
         assert_same_run(graph, pipe, sampler=sampler, schedule=schedule, rescale=0.7)
@@ -220,7 +216,7 @@ def test_tiled_vae_decode(sd1_graph):
 
 def test_guidance_distilled_unet_matches_pipeline(nodes, models_root, tmp_path):
     """An LCM-distilled UNet (time_cond_proj_dim) takes the guidance scale as an embedding, never a CFG batch."""
-    from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import LCMScheduler, UNet2DConditionModel
 
     from diffusers_stages.tiny.models import build_sd_pipeline
 
@@ -231,8 +227,7 @@ def test_guidance_distilled_unet_matches_pipeline(nodes, models_root, tmp_path):
     folder = os.path.join(models_root["root"], "diffusers", "tiny-sd15-lcm")
     if not os.path.isdir(folder):
         pipe.save_pretrained(folder, safe_serialization=True)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline("StableDiffusionPipeline", folder)
     graph = Graph(nodes, "diffusers/tiny-sd15-lcm")
     latent, image = graph.txt2img(sampler="model default", schedule="model default", seed=SEED, cfg=8.0)
     ref = pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=4, guidance_scale=8.0, width=64,

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import Graph, bchw
+from conftest import Graph, bchw, load_pipeline
 
 from diffusers_stages.engine.errors import StageError
 
@@ -22,11 +22,7 @@ def sd3_graph(nodes):
 
 @pytest.fixture(scope="module")
 def sd3_pipe(models_root):
-    from diffusers import StableDiffusion3Pipeline
-
-    pipe = StableDiffusion3Pipeline.from_pretrained(models_root["sd3_folder"], local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipeline("StableDiffusion3Pipeline", models_root["sd3_folder"])
 
 
 def run_pipe(pipe, output_type="pt", steps=4, batch=1, width=64, height=64, **kwargs):
@@ -82,17 +78,14 @@ def test_sd3_img2img_matches_pipeline(sd3_graph, sd3_pipe):
 
 
 def test_sd3_without_t5_matches_pipeline(nodes, models_root):
-    from diffusers import StableDiffusion3Pipeline
-
     folder = os.path.join(models_root["root"], "diffusers", "tiny-sd3-no-t5")
     if not os.path.isdir(folder):
         shutil.copytree(models_root["sd3_folder"], folder,
                         ignore=shutil.ignore_patterns("text_encoder_3", "tokenizer_3"))
     graph = Graph(nodes, "diffusers/tiny-sd3-no-t5")
     assert len(graph.text_encoder.parts) == 2
-    pipe = StableDiffusion3Pipeline.from_pretrained(models_root["sd3_folder"], local_files_only=True,
-                                                    text_encoder_3=None, tokenizer_3=None)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline("StableDiffusion3Pipeline", models_root["sd3_folder"], text_encoder_3=None,
+                         tokenizer_3=None)
     _, image = graph.txt2img(prompt=PROMPT, negative="blurry", sampler="model default", schedule="model default",
                              seed=SEED, cfg=5.0)
     assert torch.equal(bchw(image), run_pipe(pipe))

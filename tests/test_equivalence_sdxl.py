@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Graph, bchw
+from conftest import Graph, bchw, load_pipeline
 from test_equivalence_sd15 import reference_scheduler
 
 SEED = 77
@@ -17,12 +17,7 @@ def sdxl_graph(nodes):
 
 @pytest.fixture(scope="module")
 def sdxl_pipe(models_root):
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline.from_pretrained(models_root["sdxl_folder"], local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.shipped_scheduler = pipe.scheduler
-    return pipe
+    return load_pipeline("StableDiffusionXLPipeline", models_root["sdxl_folder"])
 
 
 def run_pipe(pipe, sampler, schedule, output_type, batch=1, width=64, height=64, rescale=0.0, **kwargs):

@@ -16,10 +16,12 @@ from .components import Vae
 from .errors import InputError
 from .loading import read_checkpoint_shapes, refuse_pickle
 
-_BASE = {"act_fn": "silu", "in_channels": 3, "out_channels": 3, "norm_num_groups": 32, "sample_size": 512}
+_BASE = {"act_fn": "silu", "norm_num_groups": 32, "sample_size": 512}
 
 
-def _norm_groups(channels: list[int]) -> int:
+def norm_groups(channels: list[int]) -> int:
+    """32 groups as every released SD/SDXL/SD3/Flux model has; fewer only for narrow (test) models whose widths 32
+    does not divide."""
     groups = 32
     while any(c % groups for c in channels):
         groups //= 2
@@ -31,8 +33,10 @@ def _indices(keys, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in keys if (m := regex.match(k))})
 
 
-def vae_config(shapes: dict[str, tuple[int, ...]]) -> tuple[dict, str, str]:
-    """(AutoencoderKL config, layout 'ldm'|'diffusers', key prefix) read from a VAE file's tensor shapes."""
+def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None) -> tuple[dict, str, str]:
+    """(AutoencoderKL config, layout 'ldm'|'diffusers', key prefix) read from tensor shapes: a VAE file, or the
+    ``first_stage_model.`` part of a checkpoint. Values the tensors cannot tell (scaling factor, …) come from
+    ``base``."""
     for prefix in ("", "first_stage_model.", "vae."):
         if f"{prefix}encoder.down.0.block.0.conv1.weight" in shapes:
             layout, down, block, conv2 = "ldm", "encoder.down.{}", "block", "conv2"
@@ -46,10 +50,12 @@ def vae_config(shapes: dict[str, tuple[int, ...]]) -> tuple[dict, str, str]:
     levels = _indices(shapes, re.escape(prefix + down.split("{}")[0]) + r"(\d+)\.")
     channels = [shapes[f"{prefix}{down.format(i)}.{block}.0.{conv2}.weight"][0] for i in levels]
     layers = _indices(shapes, re.escape(f"{prefix}{down.format(0)}.{block}.") + r"(\d+)\.")
-    config = dict(_BASE, block_out_channels=channels, layers_per_block=len(layers),
+    config = dict(base or _BASE, block_out_channels=channels, layers_per_block=len(layers),
+                  in_channels=shapes[f"{prefix}encoder.conv_in.weight"][1],
+                  out_channels=shapes[f"{prefix}decoder.conv_out.weight"][0],
                   latent_channels=shapes[f"{prefix}encoder.conv_out.weight"][0] // 2,
                   down_block_types=["DownEncoderBlock2D"] * len(channels),
-                  up_block_types=["UpDecoderBlock2D"] * len(channels), norm_num_groups=_norm_groups(channels),
+                  up_block_types=["UpDecoderBlock2D"] * len(channels), norm_num_groups=norm_groups(channels),
                   use_quant_conv=f"{prefix}quant_conv.weight" in shapes,
                   use_post_quant_conv=f"{prefix}post_quant_conv.weight" in shapes)
     return config, layout, prefix

@@ -45,12 +45,14 @@ def load_tokenizer(path: str, cls, subfolder: str):
     return cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
 
 
+def with_prediction(config: dict[str, Any], prediction: str) -> dict[str, Any]:
+    """A scheduler config with the user's prediction type ("auto": the config's own)."""
+    return config if prediction == "auto" else dict(config, prediction_type=prediction)
+
+
 def scheduler_config(path: str, prediction: str = "auto") -> dict[str, Any]:
     with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    if prediction != "auto":
-        config["prediction_type"] = prediction
-    return config
+        return with_prediction(json.load(f), prediction)
 
 
 def assemble(family: Family, denoiser, parts: tuple[TextPart, ...], vae, scheduler: dict[str, Any],

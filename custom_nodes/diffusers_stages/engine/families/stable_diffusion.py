@@ -15,13 +15,13 @@ from typing import Any
 import torch
 
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
+from ..vae_loading import norm_groups, vae_config
 from . import Family, LoadedModel, ModelInputs
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
-from .folders import assemble, load_component, load_tokenizer, scheduler_config
+from .folders import assemble, load_component, load_tokenizer, scheduler_config, with_prediction
 
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 _UNET = "model.diffusion_model."
-_VAE = "first_stage_model."
 _CLIP = "cond_stage_model.transformer.text_model."
 _OPEN_CLIP = "cond_stage_model.model."
 
@@ -29,14 +29,6 @@ _OPEN_CLIP = "cond_stage_model.model."
 def _bundled_config(variant: str) -> dict[str, Any]:
     with open(os.path.join(_CONFIG_DIR, f"{variant}.json"), encoding="utf-8") as f:
         return json.load(f)
-
-
-def _norm_groups(channels: list[int]) -> int:
-    """32 groups as every SD model has; fewer only for narrow (test) models whose widths 32 does not divide."""
-    groups = 32
-    while any(c % groups for c in channels):
-        groups //= 2
-    return groups
 
 
 def _count(keys, pattern: str) -> int:
@@ -78,7 +70,7 @@ def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], 
         cross_attention_dim=shapes[attn + "transformer_blocks.0.attn2.to_k.weight"][1],
         use_linear_projection=len(shapes[attn + "proj_in.weight"]) == 2,
         transformer_layers_per_block=depths,
-        norm_num_groups=_norm_groups(channels),
+        norm_num_groups=norm_groups(channels),
     )
     if heads == "per64":
         config["attention_head_dim"] = [max(1, c // 64) for c in channels]
@@ -89,22 +81,7 @@ def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], 
 
 
 def infer_vae_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    levels = _count(shapes, re.escape(_VAE) + r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight")
-    channels = [shapes[f"{_VAE}encoder.down.{i}.block.0.conv2.weight"][0] for i in range(levels)]
-    config = dict(base)
-    config.update(
-        in_channels=shapes[f"{_VAE}encoder.conv_in.weight"][1],
-        out_channels=shapes[f"{_VAE}decoder.conv_out.weight"][0],
-        latent_channels=shapes[f"{_VAE}encoder.conv_out.weight"][0] // 2,
-        block_out_channels=channels,
-        layers_per_block=_count(shapes, re.escape(_VAE) + r"encoder\.down\.0\.block\.(\d+)\.conv1\.weight"),
-        down_block_types=["DownEncoderBlock2D"] * levels,
-        up_block_types=["UpDecoderBlock2D"] * levels,
-        norm_num_groups=_norm_groups(channels),
-        use_quant_conv=f"{_VAE}quant_conv.weight" in shapes,
-        use_post_quant_conv=f"{_VAE}post_quant_conv.weight" in shapes,
-    )
-    return config
+    return vae_config(shapes, base)[0]
 
 
 def infer_text_encoder_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], layout: str, prefix: str,
@@ -139,12 +116,6 @@ def write_skeleton(directory: str, configs: dict[str, dict[str, Any]], tokenizer
             json.dump(config, f)
     for subfolder, tokenizer in tokenizers.items():
         tokenizer.save_pretrained(os.path.join(directory, subfolder))
-
-
-def _apply_prediction(scheduler_config: dict[str, Any], prediction: str) -> dict[str, Any]:
-    if prediction != "auto":
-        scheduler_config = dict(scheduler_config, prediction_type=prediction)
-    return scheduler_config
 
 
 class StableDiffusionFamily(Family):
@@ -188,7 +159,7 @@ class StableDiffusionFamily(Family):
             "unet/config.json": infer_unet_config(base["unet"], shapes, "per64" if sd2 else "fixed"),
             "vae/config.json": infer_vae_config(base["vae"], shapes),
             "text_encoder/config.json": text,
-            "scheduler/scheduler_config.json": _apply_prediction(scheduler, prediction),
+            "scheduler/scheduler_config.json": with_prediction(scheduler, prediction),
             "model_index.json": {
                 "_class_name": base["pipeline"], "unet": ["diffusers", "UNet2DConditionModel"],
                 "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],

@@ -17,7 +17,7 @@ from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..errors import InputError
 from . import Family, LoadedModel, ModelInputs
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
-from .folders import assemble, load_component, load_tokenizer, scheduler_config
+from .folders import assemble, load_component, load_tokenizer, scheduler_config, with_prediction
 from .stable_diffusion import (
     _bundled_config,
     infer_text_encoder_config,
@@ -51,9 +51,7 @@ class StableDiffusionXLFamily(Family):
         from ..clip_vocab import build_clip_tokenizer
 
         base = _bundled_config("sdxl")
-        scheduler = dict(base["scheduler"])
-        if prediction != "auto":
-            scheduler["prediction_type"] = prediction
+        scheduler = with_prediction(base["scheduler"], prediction)
         text = infer_text_encoder_config(base["text_encoder"], shapes, "clip", _TE1)
         text_2 = infer_text_encoder_config(base["text_encoder_2"], shapes, "open_clip", _TE2)
         unet = infer_unet_config(base["unet"], shapes, "per64")
