@@ -68,15 +68,14 @@ class Runner:
         workflow = self.load(path)
         assignments = resolve_sets(workflow, [parse_set(item) for item in sets])
         runs = plan_runs(workflow, assignments, repeat, self.input_options, seed)
-        for prompt in runs:  # refuse before anything runs
-            problems = self.executor.check(prompt)
-            if problems:
-                raise WorkflowError(problems)
+        self._refuse_problems(runs)  # before anything runs or is written
         if len(runs) == 1 and batch is None:
             return self._run_once(runs[0], workflow, Folders.output)
         name = batch or os.path.splitext(os.path.basename(path))[0]
         request = {"workflow": workflow.prompt, "sets": list(sets), "repeat": repeat, "seed": seed}
         plan = Batch(os.path.join(Folders.output, name), runs, request)
+        if plan.runs is not runs:  # a resumed batch runs the prompts it planned then
+            self._refuse_problems(plan.runs)
         done = plan.finished()
         written = [os.path.join(plan.folder, entry["folder"], f) for entry in done.values() for f in entry["files"]]
         if done:
@@ -90,13 +89,20 @@ class Runner:
             written.extend(files)
         return written
 
+    def _refuse_problems(self, prompts: list[dict[str, Any]]) -> None:
+        """Every problem of every prompt, before anything runs."""
+        for prompt in prompts:
+            problems = self.executor.check(prompt)
+            if problems:
+                raise WorkflowError(problems)
+
     def _run_once(self, prompt, workflow: Workflow, output_folder: str, label: str = "run") -> list[str]:
         ui = workflow.ui_for(prompt)
         extra = {"workflow": ui} if ui is not None else {}
         previous, Folders.output = Folders.output, output_folder
         started = time.perf_counter()
         try:
-            result = self.executor.run(prompt, extra)
+            result = self.executor.run(prompt, extra, checked=True)  # run() checked every planned prompt
         finally:
             Folders.output = previous
         self.history.append(result)

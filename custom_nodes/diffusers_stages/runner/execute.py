@@ -81,9 +81,9 @@ class Executor:
         needed = self.needed_nodes(prompt)
         if not needed:
             return ["the workflow has no output node (Save Image, Preview Image, …): nothing would run"]
-        problems = []
+        problems, specs = [], {}  # INPUT_TYPES may scan model folders: once per node type per check
         for nid in needed:
-            problems.extend(self._check_node(prompt, nid))
+            problems.extend(self._check_node(prompt, nid, specs))
         if not problems:
             try:
                 self._order(prompt, needed)
@@ -91,10 +91,12 @@ class Executor:
                 problems.extend(error.problems)
         return problems
 
-    def _check_node(self, prompt, nid: str) -> list[str]:
+    def _check_node(self, prompt, nid: str, specs: dict[str, dict]) -> list[str]:
         node = prompt[nid]
         cls = self.classes[node["class_type"]]
-        spec = cls.INPUT_TYPES()
+        if node["class_type"] not in specs:
+            specs[node["class_type"]] = cls.INPUT_TYPES()
+        spec = specs[node["class_type"]]
         inputs = node.get("inputs", {})
         label = self._label(prompt, nid)
         problems = []
@@ -153,8 +155,10 @@ class Executor:
         return order
 
     # ---- running -----------------------------------------------------------------------------------
-    def run(self, prompt: dict[str, Any], extra_pnginfo: dict[str, Any] | None = None) -> RunResult:
-        problems = self.check(prompt)
+    def run(self, prompt: dict[str, Any], extra_pnginfo: dict[str, Any] | None = None,
+            checked: bool = False) -> RunResult:
+        """Run ``prompt``; ``checked``: the caller has already run ``check`` on it."""
+        problems = [] if checked else self.check(prompt)
         if problems:
             raise WorkflowError(problems)
         needed = self.needed_nodes(prompt)
