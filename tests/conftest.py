@@ -33,9 +33,11 @@ def nodes(models_root):
 class Graph:
     """Runs our nodes the way a txt2img / img2img workflow wires them."""
 
-    def __init__(self, nodes, model: str):
+    def __init__(self, nodes, model: str | None, parts: tuple | None = None):
+        """``model``: a Load Diffusers Model entry; or ``parts`` = (denoiser, text_encoder, vae, scheduler) from
+        component loaders."""
         self.nodes = nodes
-        self.denoiser, self.text_encoder, self.vae, self.default_scheduler = nodes["DS_LoadModel"].execute(
+        self.denoiser, self.text_encoder, self.vae, self.default_scheduler = parts or nodes["DS_LoadModel"].execute(
             model=model, repo_id="", dtype="fp32")
 
     def encode(self, text: str, clip_skip: int = 0):

@@ -65,6 +65,15 @@ def clip_vocab_dirs() -> tuple[str, ...]:
     return (os.path.join(os.path.dirname(comfy.__file__), "sd1_tokenizer"),)
 
 
+def t5_tokenizer_dirs() -> tuple[str, ...]:
+    """Folders with a T5 tokenizer the host ships (ComfyUI: comfy/text_encoders/t5_tokenizer)."""
+    if not IN_COMFYUI:
+        return ()
+    import comfy
+
+    return (os.path.join(os.path.dirname(comfy.__file__), "text_encoders", "t5_tokenizer"),)
+
+
 # ---- devices and dtypes ------------------------------------------------------------------------------
 def compute_device() -> torch.device:
     if IN_COMFYUI:

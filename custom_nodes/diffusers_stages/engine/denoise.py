@@ -136,7 +136,9 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
                          "use 1.0 for text-to-image, less for image-to-image.")
 
     module = denoiser.module
-    device, dtype = module.device, guider.positive.embeds.dtype
+    # the denoiser's precision (the pipelines use the prompt's, which is the same when all parts share one dtype;
+    # a graph may mix, e.g. fp16 text encoders with a bf16 transformer)
+    device, dtype = module.device, module.dtype
     batch = samples.shape[0]
     txt2img = strength >= 1.0 and not bool(samples.any())
     samples_model = samples.to(device=device, dtype=dtype)

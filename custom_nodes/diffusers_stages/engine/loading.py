@@ -73,7 +73,8 @@ def supported_families() -> str:
 
 
 def load_single_file(path: str, dtype: torch.dtype, prediction: str = "auto",
-                     vocab_dirs: tuple[str, ...] = ()) -> LoadedModel:
+                     vocab_dirs: tuple[str, ...] = (), t5_dirs: tuple[str, ...] = ()) -> LoadedModel:
+    """``vocab_dirs``: extra places with CLIP BPE files; ``t5_dirs``: places to look for a T5 tokenizer."""
     refuse_pickle(path)
     if not path.lower().endswith(SAFETENSORS_SUFFIXES):
         raise InputError("model", f"'{os.path.basename(path)}' is not a .safetensors checkpoint.",
@@ -86,9 +87,10 @@ def load_single_file(path: str, dtype: torch.dtype, prediction: str = "auto",
     if family is None:
         raise InputError("model", f"'{os.path.basename(path)}' is not a checkpoint of a supported model family "
                          f"(supported: {supported_families()}).",
-                         "check that the file is a full checkpoint (UNet + text encoder + VAE), not a LoRA, "
-                         "VAE or ControlNet file.")
-    return family.load_single_file(path, shapes, dtype, prediction, vocab_dirs)
+                         "check that the file is a full checkpoint (denoiser + VAE, usually with text encoders), not a "
+                         "LoRA, VAE or ControlNet file; a denoiser alone goes in models/diffusion_models and loads "
+                         "with 'Load Diffusion Model (Diffusers)'.")
+    return family.load_single_file(path, shapes, dtype, prediction, vocab_dirs, t5_dirs)
 
 
 def load_folder(path: str, dtype: torch.dtype, prediction: str = "auto") -> LoadedModel:

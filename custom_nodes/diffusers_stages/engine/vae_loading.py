@@ -7,14 +7,12 @@ the denoiser keeps its own latent scaling, so swapping the VAE only changes how 
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
 
 from .components import Vae
 from .errors import InputError
-from .loading import read_checkpoint_shapes, refuse_pickle
 
 _BASE = {"act_fn": "silu", "norm_num_groups": 32, "sample_size": 512}
 
@@ -33,7 +31,8 @@ def _indices(keys, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in keys if (m := regex.match(k))})
 
 
-def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None) -> tuple[dict, str, str]:
+def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None,
+               input_name: str = "vae_name") -> tuple[dict, str, str]:
     """(AutoencoderKL config, layout 'ldm'|'diffusers', key prefix) read from tensor shapes: a VAE file, or the
     ``first_stage_model.`` part of a checkpoint. Values the tensors cannot tell (scaling factor, …) come from
     ``base``."""
@@ -45,7 +44,7 @@ def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None) -> 
             layout, down, block, conv2 = "diffusers", "encoder.down_blocks.{}", "resnets", "conv2"
             break
     else:
-        raise InputError("vae_name", "the file is not a VAE (no AutoencoderKL encoder/decoder tensors).",
+        raise InputError(input_name, "the file is not a VAE (no AutoencoderKL encoder/decoder tensors).",
                          "choose a VAE file (e.g. sdxl_vae.safetensors, ae.safetensors) from models/vae.")
     levels = _indices(shapes, re.escape(prefix + down.split("{}")[0]) + r"(\d+)\.")
     channels = [shapes[f"{prefix}{down.format(i)}.{block}.0.{conv2}.weight"][0] for i in levels]
@@ -62,22 +61,7 @@ def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None) -> 
 
 
 def load_vae_file(path: str, dtype: torch.dtype) -> Vae:
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-    from safetensors.torch import load_file
+    from .component_files import open_file, read_tensors, vae_from_tensors
 
-    refuse_pickle(path, "vae_name")
-    if not os.path.isfile(path):
-        raise InputError("vae_name", f"'{path}' does not exist.", "put the VAE file in models/vae.")
-    config, layout, prefix = vae_config(read_checkpoint_shapes(path, "vae_name"))
-    tensors = load_file(path)
-    if layout == "ldm":
-        state = convert_ldm_vae_checkpoint(tensors, config)
-    else:
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    vae = AutoencoderKL(**config)
-    missing, unexpected = vae.load_state_dict(state, strict=False)
-    if missing:
-        raise InputError("vae_name", f"'{os.path.basename(path)}' lacks {len(missing)} VAE tensors "
-                         f"(e.g. {missing[0]}).", "the file is incomplete or not an AutoencoderKL VAE.")
-    return Vae(None, vae.to(dtype).eval(), path)
+    _, _, prefix = vae_config(open_file(path, "vae_name"))
+    return vae_from_tensors(read_tensors(path, prefix), None, dtype, path, "vae_name")

@@ -7,7 +7,7 @@ from .. import host
 from ..engine import loading
 from ..engine.errors import InputError
 from .base import DENOISER, SCHEDULER, TEXT_ENCODER, VAE, StageNode, category
-from .model_files import locate
+from .model_files import locate, t5_tokenizer_dirs
 
 FOLDER = "diffusers"
 CHECKPOINTS = "checkpoints"
@@ -92,7 +92,8 @@ class LoadModel(StageNode):
             if kind == "folder":
                 loaded = loading.load_folder(path, torch_dtype, prediction)
             else:
-                loaded = loading.load_single_file(path, torch_dtype, prediction, host.clip_vocab_dirs())
+                loaded = loading.load_single_file(path, torch_dtype, prediction, host.clip_vocab_dirs(),
+                                                  t5_tokenizer_dirs())
         text_encoder = loaded.text_encoder
         return (
             dataclasses.replace(loaded.denoiser, residency=host.manage([loaded.denoiser.module], "denoiser")),

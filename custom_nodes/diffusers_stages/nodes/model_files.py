@@ -9,6 +9,8 @@ from .. import host
 from ..engine import loading
 from ..engine.errors import InputError
 
+T5_TOKENIZER_REPO = "google/t5-v1_1-xxl"  # the tokenizer SD3's and Flux's T5-XXL were trained with
+
 
 def locate(kind: str, relative: str, input_name: str, is_model: Callable[[str], bool] = os.path.isfile) -> str:
     """The first ``<root>/<relative>`` of the ``kind`` folders that ``is_model`` accepts; pickle files and names
@@ -21,3 +23,21 @@ def locate(kind: str, relative: str, input_name: str, is_model: Callable[[str], 
     where = ", ".join(host.model_roots(kind)) or f"models/{kind}"
     raise InputError(input_name, f"'{relative}' was not found in {where}.",
                      f"put it in models/{kind} and refresh the node list.")
+
+
+def t5_tokenizer_dirs() -> tuple[str, ...]:
+    """Where a T5 tokenizer may be, in order: models/text_encoders/t5_tokenizer, the host's own, the Hugging Face
+    cache of google/t5-v1_1-xxl, then the T5 tokenizers of SD3/Flux diffusers folders in models/diffusers."""
+    dirs = [os.path.join(root, "t5_tokenizer") for root in host.model_roots("text_encoders")]
+    dirs += host.t5_tokenizer_dirs()
+    try:
+        from huggingface_hub import snapshot_download
+
+        dirs.append(snapshot_download(T5_TOKENIZER_REPO, allow_patterns=["*.json", "spiece.model"],
+                                      local_files_only=True))
+    except Exception:  # not cached: nothing to add
+        pass
+    for root in host.model_roots("diffusers"):
+        for folder in loading.list_diffusers_folders([root]):
+            dirs += [os.path.join(root, folder, sub) for sub in ("tokenizer_3", "tokenizer_2")]
+    return tuple(dirs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 from .. import host
+from ..engine.component_files import missing_text_encoders
 from .base import CONDITIONING, TEXT_ENCODER, StageNode, category
 
 
@@ -22,7 +23,8 @@ class TextEncode(StageNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "text_encoder": (TEXT_ENCODER, {"tooltip": "The text encoder from Load Diffusers Model."}),
+                "text_encoder": (TEXT_ENCODER, {"tooltip": "The text encoder from Load Diffusers Model or Load Text "
+                                                                 "Encoders."}),
                 "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
                                     "tooltip": "The prompt. (word:1.2) weights a part, (word) weights it x1.1, "
                                                "\\( and \\) are literal parentheses."}),
@@ -39,6 +41,9 @@ class TextEncode(StageNode):
         }
 
     def run(self, text_encoder, text, clip_skip=0, t5_max_length=0):
+        problem = missing_text_encoders(text_encoder)
+        if problem:
+            raise problem
         host.ensure_loaded(text_encoder.residency)
         with torch.inference_mode():
             return (text_encoder.family.encode_prompt(text_encoder, text, clip_skip, t5_max_length),)

@@ -151,3 +151,36 @@ def save_ldm_checkpoint(pipe, path: str, open_clip: bool = False) -> None:
     text = clip_to_open_clip_ldm(pipe.text_encoder) if open_clip else clip_to_ldm(pipe.text_encoder)
     tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text}
     save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path)
+
+
+# ---- SD3 / Flux: the files ComfyUI users have (diffusion_models, text_encoders, whole checkpoints) --------------
+def dit_to_original(transformer) -> dict[str, torch.Tensor]:
+    """An SD3 or Flux transformer in its original release layout (no prefix, as in models/diffusion_models)."""
+    from ..engine.families import dit_keys
+
+    rules = (dit_keys.flux_rules if "num_single_layers" in transformer.config else dit_keys.sd3_rules)
+    return dit_keys.to_original(transformer.state_dict(), rules(dict(transformer.config)))
+
+
+def text_encoder_file(text_encoder) -> dict[str, torch.Tensor]:
+    """A transformers text encoder as in models/text_encoders: CLIP keys under ``text_model.`` (plus
+    ``text_projection``), T5 encoder keys with the embedding once as ``shared.weight``."""
+    state = text_encoder.state_dict()
+    if "shared.weight" in state:
+        return {k: v for k, v in state.items() if k != "encoder.embed_tokens.weight"}
+    return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
+            for k, v in state.items() if not k.endswith("position_ids")}
+
+
+def save_dit_checkpoint(pipe, path: str, text_encoders: dict[str, object], vae_prefix: str) -> None:
+    """A whole SD3/Flux checkpoint as ComfyUI saves one: ``model.diffusion_model.``, the VAE under ``vae_prefix``
+    (SD3 ``first_stage_model.``, Flux ``vae.``) and ``text_encoders.<clip_l|clip_g|t5xxl>.transformer.``."""
+    tensors = {"model.diffusion_model." + k: v for k, v in dit_to_original(pipe.transformer).items()}
+    tensors.update({vae_prefix + k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(pipe.vae).items()})
+    for name, module in text_encoders.items():
+        tensors.update({f"text_encoders.{name}.transformer.{k}": v for k, v in text_encoder_file(module).items()})
+    save(tensors, path)
+
+
+def save(tensors: dict[str, torch.Tensor], path: str) -> None:
+    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path)

@@ -169,19 +169,19 @@ def build_sd3_pipeline(with_t5: bool = True):
     )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    def clip(hidden, layers, seed):
+    def clip(hidden, layers, seed, act):
         torch.manual_seed(seed)
         return CLIPTextModelWithProjection(CLIPTextConfig(
             vocab_size=1000, hidden_size=hidden, intermediate_size=37, num_attention_heads=1, num_hidden_layers=layers,
             max_position_embeddings=77, bos_token_id=998, eos_token_id=999, pad_token_id=999, projection_dim=32,
-            hidden_act="gelu"))
+            hidden_act=act))
 
     tokenizer_3 = t5_tokenizer()
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=4, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32, pooled_projection_dim=64,
-        pos_embed_max_size=32)
+        pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,))  # SD3.5 medium's layout
     torch.manual_seed(1)
     vae = tiny_vae(16, 64, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
                    use_post_quant_conv=False)
@@ -193,8 +193,8 @@ def build_sd3_pipeline(with_t5: bool = True):
             feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
-        vae=vae, text_encoder=clip(32, 4, 2), tokenizer=_tokenizer(1000, "<|endoftext|>"),
-        text_encoder_2=clip(48, 4, 3), tokenizer_2=_tokenizer(1000, "!"), text_encoder_3=text_encoder_3,
+        vae=vae, text_encoder=clip(32, 4, 2, "quick_gelu"), tokenizer=_tokenizer(1000, "<|endoftext|>"),
+        text_encoder_2=clip(48, 4, 3, "gelu"), tokenizer_2=_tokenizer(1000, "!"), text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3 if with_t5 else None)
 
 
@@ -220,6 +220,10 @@ def write_models(root: str) -> dict[str, str]:
     flux = build_flux_pipeline()
     paths["flux_folder"] = os.path.join(root, "diffusers", "tiny-flux")
     flux.save_pretrained(paths["flux_folder"], safe_serialization=True)
+    sd3 = build_sd3_pipeline()
+    paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
+    sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
+    paths.update(write_split_files(root, flux, sd3))
     # VAEs on their own, as in ComfyUI's models/vae: original (LDM) layout and diffusers layout
     from safetensors.torch import save_file
 
@@ -231,6 +235,36 @@ def write_models(root: str) -> dict[str, str]:
               paths["sd1_vae"])
     paths["flux_vae"] = os.path.join(root, "vae", "tiny-flux-vae-diffusers.safetensors")
     save_file({k: v.contiguous() for k, v in flux.vae.state_dict().items()}, paths["flux_vae"])
-    paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
-    build_sd3_pipeline().save_pretrained(paths["sd3_folder"], safe_serialization=True)
+    return paths
+
+
+def write_split_files(root: str, flux, sd3) -> dict[str, str]:
+    """The Flux and SD3 models as ComfyUI users have them: denoisers in diffusion_models (original layout), text
+    encoders in text_encoders, and whole checkpoints (Flux without T5, as some releases; SD3 with all three)."""
+    from .ldm_export import dit_to_original, save, save_dit_checkpoint, text_encoder_file, vae_to_ldm
+
+    paths = {}
+    for sub in ("diffusion_models", "text_encoders", "vae"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    files = {
+        "flux_dit": ("diffusion_models", "tiny-flux1-dev.safetensors", dit_to_original(flux.transformer)),
+        "flux_clip_l": ("text_encoders", "tiny-flux-clip_l.safetensors", text_encoder_file(flux.text_encoder)),
+        "flux_t5": ("text_encoders", "tiny-flux-t5xxl.safetensors", text_encoder_file(flux.text_encoder_2)),
+        "flux_vae_ldm": ("vae", "tiny-flux-ae.safetensors",
+                         {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(flux.vae).items()}),
+        "sd3_dit": ("diffusion_models", "tiny-sd3.5-medium.safetensors", dit_to_original(sd3.transformer)),
+        "sd3_clip_l": ("text_encoders", "tiny-sd3-clip_l.safetensors", text_encoder_file(sd3.text_encoder)),
+        "sd3_clip_g": ("text_encoders", "tiny-sd3-clip_g.safetensors", text_encoder_file(sd3.text_encoder_2)),
+        "sd3_t5": ("text_encoders", "tiny-sd3-t5xxl.safetensors", text_encoder_file(sd3.text_encoder_3)),
+    }
+    for key, (sub, name, tensors) in files.items():
+        paths[key] = os.path.join(root, sub, name)
+        save(tensors, paths[key])
+    paths["flux_single"] = os.path.join(root, "checkpoints", "tiny-flux1-dev.safetensors")
+    save_dit_checkpoint(flux, paths["flux_single"], {"clip_l": flux.text_encoder, "t5xxl": flux.text_encoder_2}, "vae.")
+    paths["sd3_single"] = os.path.join(root, "checkpoints", "tiny-sd3.5-medium.safetensors")
+    save_dit_checkpoint(sd3, paths["sd3_single"], {"clip_l": sd3.text_encoder, "clip_g": sd3.text_encoder_2,
+                                                   "t5xxl": sd3.text_encoder_3}, "first_stage_model.")
+    paths["sd3_single_no_text"] = os.path.join(root, "checkpoints", "tiny-sd3.5-medium-no-text.safetensors")
+    save_dit_checkpoint(sd3, paths["sd3_single_no_text"], {}, "first_stage_model.")
     return paths

@@ -52,6 +52,8 @@ class Family:
     supports_skip_layers = False  # skip-layer guidance (SD3)
     host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
     begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
+    latent_scaling: tuple[float, float] = (1.0, 0.0)  # the family's VAE scaling/shift, for a denoiser loaded alone
+    text_slots: tuple = ()  # the TextSlots (component_files) a text encoder of this family is made of, in order
 
     def claims_checkpoint(self, keys: set[str]) -> bool:
         raise NotImplementedError
@@ -59,8 +61,17 @@ class Family:
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         raise NotImplementedError
 
+    def claims_denoiser(self, keys) -> bool:
+        """A diffusion-model file (models/diffusion_models) of this family."""
+        return False
+
+    def denoiser_from_file(self, path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
+                           input_name: str) -> tuple[Any, dict[str, Any]]:
+        """(denoiser module, the family's default scheduler config) from a diffusion-model file."""
+        raise NotImplementedError
+
     def load_single_file(self, path: str, keys: dict[str, tuple[int, ...]], dtype: torch.dtype, prediction: str,
-                         vocab_dirs: tuple[str, ...]) -> LoadedModel:
+                         vocab_dirs: tuple[str, ...], t5_dirs: tuple[str, ...] = ()) -> LoadedModel:
         raise NotImplementedError
 
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int,

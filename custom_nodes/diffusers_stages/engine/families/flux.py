@@ -15,15 +15,21 @@ import os
 import numpy as np
 import torch
 
+from ..component_files import TextSlot, load_dit, load_dit_checkpoint
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..errors import InputError
-from . import Family, LoadedModel, ModelInputs
+from . import Family, LoadedModel, ModelInputs, dit_keys
 from .clip_text import encode_clip, repeat_batch
-from .folders import assemble, load_component, load_tokenizer, scheduler_config, single_file_not_supported
+from .folders import assemble, load_component, load_tokenizer, scheduler_config
 from .t5_text import encode_t5
 
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale default
 T5_MAX_LENGTH = 512
+# the released scheduler configs: dev shifts with the image size, schnell (no guidance embedding) does not shift
+SCHEDULER_DEV = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
+                 "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+                 "max_image_seq_len": 4096}
+SCHEDULER_SCHNELL = dict(SCHEDULER_DEV, shift=1.0, use_dynamic_shifting=False)
 
 
 def calculate_shift(seq_len: int, base_seq: int, max_seq: int, base_shift: float, max_shift: float) -> float:
@@ -60,13 +66,25 @@ class FluxFamily(Family):
     pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlNetPipeline")
     host_latent_format = "Flux"
     begin_index_on_full_run = True
+    latent_scaling = (0.3611, 0.1159)
+    text_slots = (TextSlot("clip_l", projection=False), TextSlot("t5", projection=False))
 
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return any(".double_blocks." in k or k.startswith("double_blocks.") for k in keys)
 
-    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
-        raise single_file_not_supported(self, path)
+    def claims_denoiser(self, keys) -> bool:
+        return dit_keys.is_flux(keys)
+
+    def denoiser_from_file(self, path, shapes, dtype, input_name):
+        from diffusers import FluxTransformer2DModel
+
+        module = load_dit(path, shapes, dtype, FluxTransformer2DModel, dit_keys.flux_config, dit_keys.flux_rules,
+                          "Flux.1 transformer", input_name)
+        return module, dict(SCHEDULER_DEV if module.config.guidance_embeds else SCHEDULER_SCHNELL)
+
+    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs, t5_dirs=()) -> LoadedModel:
+        return load_dit_checkpoint(self, path, keys, dtype, vocab_dirs, list(t5_dirs))
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, FluxTransformer2DModel

@@ -76,8 +76,3 @@ def assemble(family: Family, denoiser, parts: tuple[TextPart, ...], vae, schedul
         scheduler=spec_from_config(scheduler),
     )
 
-
-def single_file_not_supported(family: Family, path: str) -> InputError:
-    return InputError("model", f"'{os.path.basename(path)}' is a single-file {family.display_name} model, which this "
-                      f"version of the pack cannot load yet ({family.display_name} loads from diffusers folders).",
-                      "use the model's diffusers folder in models/diffusers (or its Hugging Face repo id).")

@@ -14,14 +14,16 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ..component_files import TextSlot, load_dit, load_dit_checkpoint
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
-from . import Family, LoadedModel, ModelInputs
+from . import Family, LoadedModel, ModelInputs, dit_keys
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
 from .flux import calculate_shift
-from .folders import assemble, load_component, load_tokenizer, scheduler_config, single_file_not_supported
+from .folders import assemble, load_component, load_tokenizer, scheduler_config
 from .t5_text import encode_t5
 
 T5_MAX_LENGTH = 256  # StableDiffusion3Pipeline's max_sequence_length default
+SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}  # SD3/3.5
 
 
 class StableDiffusion3Family(Family):
@@ -34,13 +36,26 @@ class StableDiffusion3Family(Family):
                         "StableDiffusion3InpaintPipeline", "StableDiffusion3ControlNetPipeline")
     host_latent_format = "SD3"
     supports_skip_layers = True
+    latent_scaling = (1.5305, 0.0609)
+    text_slots = (TextSlot("clip_l", projection=True), TextSlot("clip_g", projection=True),
+                  TextSlot("t5", projection=False, required=False))
 
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return any(".joint_blocks." in k or k.startswith("joint_blocks.") for k in keys)
 
-    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
-        raise single_file_not_supported(self, path)
+    def claims_denoiser(self, keys) -> bool:
+        return dit_keys.is_sd3(keys)
+
+    def denoiser_from_file(self, path, shapes, dtype, input_name):
+        from diffusers import SD3Transformer2DModel
+
+        module = load_dit(path, shapes, dtype, SD3Transformer2DModel, dit_keys.sd3_config, dit_keys.sd3_rules,
+                          "SD3 transformer (MMDiT)", input_name)
+        return module, dict(SCHEDULER)
+
+    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs, t5_dirs=()) -> LoadedModel:
+        return load_dit_checkpoint(self, path, keys, dtype, vocab_dirs, list(t5_dirs))
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, SD3Transformer2DModel

@@ -172,7 +172,7 @@ class StableDiffusionFamily(Family):
                                          extra_dirs=vocab_dirs)
         write_skeleton(directory, configs, {"tokenizer": tokenizer})
 
-    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
+    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs, t5_dirs=()) -> LoadedModel:
         from diffusers import StableDiffusionPipeline
 
         with tempfile.TemporaryDirectory(prefix="ds-config-") as skeleton:

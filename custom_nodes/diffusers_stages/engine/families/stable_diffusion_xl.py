@@ -79,7 +79,7 @@ class StableDiffusionXLFamily(Family):
         }
         write_skeleton(directory, configs, tokenizers)
 
-    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs) -> LoadedModel:
+    def load_single_file(self, path, keys, dtype, prediction, vocab_dirs, t5_dirs=()) -> LoadedModel:
         from diffusers import StableDiffusionXLPipeline
 
         if not any(k.startswith(_TE1) for k in keys):
@@ -144,7 +144,7 @@ class StableDiffusionXLFamily(Family):
         negative, positive = same_length(guider.negative.embeds, guider.positive.embeds)
 
         def prepared(cond: Conditioning, embeds: torch.Tensor, size):
-            time_ids = self.time_ids(size, image_size, cond.embeds.dtype).to(device)
+            time_ids = self.time_ids(size, image_size, dtype).to(device)
             return (repeat_batch(embeds.to(device, dtype), batch), repeat_batch(cond.pooled.to(device, dtype), batch),
                     time_ids.repeat(batch, 1))
 

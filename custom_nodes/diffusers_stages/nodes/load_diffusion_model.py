@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import dataclasses
+
+from .. import host
+from ..engine import loading
+from ..engine.component_files import load_denoiser_file
+from ..engine.errors import InputError
+from ..engine.schedulers import spec_from_config
+from .base import DENOISER, SCHEDULER, StageNode, category
+from .model_files import locate
+
+FOLDER = "diffusion_models"  # ComfyUI also lists the legacy models/unet folder under this name
+
+
+class LoadDiffusionModel(StageNode):
+    NODE_ID = "DS_LoadDiffusionModel"
+    DISPLAY_NAME = "Load Diffusion Model (Diffusers)"
+    VERSION = "1.0.0"
+    CATEGORY = category("loaders")
+    DESCRIPTION = ("Loads a denoiser on its own from models/diffusion_models, as the model makers release them "
+                   "(flux1-dev.safetensors, flux1-schnell.safetensors, sd3.5_large.safetensors, …). Combine it with "
+                   "Load Text Encoders and Load VAE. The architecture is read from the file; nothing is downloaded.")
+    RETURN_TYPES = (DENOISER, SCHEDULER)
+    RETURN_NAMES = ("denoiser", "scheduler")
+    OUTPUT_TOOLTIPS = (
+        "The transformer that predicts the image; connect to Denoise and Empty Latent.",
+        "The model family's default scheduler (Flux dev shifts with the image size, schnell does not); connect to "
+        "Scheduler or straight to Denoise.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES), {
+                    "tooltip": "A diffusion model file from models/diffusion_models (Flux.1 and SD3/3.5 in their "
+                               "original release layout)."}),
+                "dtype": (["auto", *loading.DTYPES], {
+                    "default": "auto",
+                    "tooltip": "Weight precision. auto: the host's choice (bf16/fp16 on most GPUs, fp32 on CPU). "
+                               "fp8 files are widened to this precision."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        try:
+            locate(FOLDER, model_name, "model_name")
+        except InputError as error:
+            return cls.check(error)
+        return True
+
+    def run(self, model_name, dtype="auto"):
+        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        denoiser, scheduler = load_denoiser_file(locate(FOLDER, model_name, "model_name"), torch_dtype)
+        return (dataclasses.replace(denoiser, residency=host.manage([denoiser.module], "denoiser")),
+                spec_from_config(scheduler))

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .. import host
+from ..engine import loading
+from ..engine.component_files import (
+    TEXT_KINDS,
+    open_file,
+    read_tensors,
+    text_encoder_from_parts,
+    text_part_from_tensors,
+)
+from ..engine.errors import InputError
+from ..engine.families import all_families
+from .base import TEXT_ENCODER, StageNode, category
+from .model_files import locate, t5_tokenizer_dirs
+
+FOLDER = "text_encoders"  # ComfyUI also lists the legacy models/clip folder under this name
+NONE = "none"
+
+
+def families_with_text_files():
+    return {family.id: family for family in all_families() if family.text_slots}
+
+
+class LoadTextEncoders(StageNode):
+    NODE_ID = "DS_LoadTextEncoders"
+    DISPLAY_NAME = "Load Text Encoders (Diffusers)"
+    VERSION = "1.0.0"
+    CATEGORY = category("loaders")
+    DESCRIPTION = ("Loads a model family's text encoders from separate files in models/text_encoders: Flux.1 takes "
+                   "CLIP-L + T5-XXL, SD3/3.5 CLIP-L + CLIP-G (+ T5-XXL, optional). The tokenizers come from "
+                   "ComfyUI's own, the open-clip vocabulary and, for T5 outside ComfyUI, "
+                   "models/text_encoders/t5_tokenizer or a diffusers folder of the family.")
+    RETURN_TYPES = (TEXT_ENCODER,)
+    RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("The text encoders with their tokenizers; connect to Text Encode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = [NONE, *host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES)]
+        inputs = {"family": (list(families_with_text_files()), {
+            "tooltip": "The model family the text encoders are for (it decides which files are needed and how the "
+                       "prompt is encoded): flux = Flux.1, sd3 = Stable Diffusion 3/3.5."})}
+        for kind, label in TEXT_KINDS.items():
+            inputs[kind] = (files, {"default": NONE, "tooltip": f"The {label} text encoder file, or none if the "
+                                                                "family does not use it."})
+        inputs["dtype"] = (["auto", *loading.DTYPES], {"default": "auto",
+                                                       "tooltip": "Weight precision. auto: the host's choice."})
+        return {"required": inputs}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, family, clip_l, clip_g, t5):
+        try:
+            cls.files(family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5})
+        except InputError as error:
+            return cls.check(error)
+        return True
+
+    @staticmethod
+    def files(family_id: str, chosen: dict[str, str]) -> tuple[object, dict[str, str]]:
+        """(family, {kind: path}) for the chosen files; refuses missing required files and files the family does not
+        use."""
+        family = families_with_text_files().get(family_id)
+        if family is None:
+            raise InputError("family", f"'{family_id}' is not a family with separate text encoder files.",
+                             f"choose one of: {', '.join(families_with_text_files())}.")
+        kinds = {slot.kind: slot for slot in family.text_slots}
+        paths = {}
+        for kind, name in chosen.items():
+            if name in (None, "", NONE):
+                if kind in kinds and kinds[kind].required:
+                    raise InputError(kind, f"{family.display_name} needs a {TEXT_KINDS[kind]} text encoder.",
+                                     f"choose the {TEXT_KINDS[kind]} file from models/text_encoders.")
+                continue
+            if kind not in kinds:
+                raise InputError(kind, f"{family.display_name} has no {TEXT_KINDS[kind]} text encoder.",
+                                 f"set {kind} to none.")
+            paths[kind] = locate(FOLDER, name, kind)
+        return family, paths
+
+    def run(self, family, clip_l=NONE, clip_g=NONE, t5=NONE, dtype="auto"):
+        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        family, paths = self.files(family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5})
+        slots = {slot.kind: slot for slot in family.text_slots}
+        parts = {}
+        for kind, path in paths.items():
+            open_file(path, kind)
+            parts[kind] = text_part_from_tensors(read_tensors(path), slots[kind], torch_dtype, host.clip_vocab_dirs(),
+                                                 list(t5_tokenizer_dirs()) if kind == "t5" else [], kind,
+                                                 f"'{os.path.basename(path)}'")
+        text_encoder = text_encoder_from_parts(family, parts, " + ".join(paths.values()))
+        return (dataclasses.replace(text_encoder, residency=host.manage(text_encoder.modules, "text_encoder")),)
