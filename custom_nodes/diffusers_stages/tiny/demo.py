@@ -9,6 +9,17 @@ from PIL import Image
 
 # shipped workflow (by its name's first word) -> the tiny model of its family
 TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux"}
+# workflows made of component loaders (split files): the tiny file for each loader input, by node type
+TINY_FILES = {
+    "sd35": {"DS_LoadDiffusionModel": {"model_name": "tiny-sd3.5-medium.safetensors"},
+             "DS_LoadTextEncoders": {"clip_l": "tiny-sd3-clip_l.safetensors", "clip_g": "tiny-sd3-clip_g.safetensors",
+                                     "t5": "tiny-sd3-t5xxl.safetensors"}},
+    "flux": {"DS_LoadDiffusionModel": {"model_name": "tiny-flux1-dev.safetensors"},
+             "DS_LoadTextEncoders": {"clip_l": "tiny-flux-clip_l.safetensors", "t5": "tiny-flux-t5xxl.safetensors"},
+             "DS_LoadVAE": {"vae_name": "tiny-flux-ae.safetensors"}},
+}
+TITLES = {"DS_LoadDiffusionModel": "Load Diffusion Model (Diffusers)", "DS_LoadTextEncoders": "Load Text Encoders "
+          "(Diffusers)", "DS_LoadVAE": "Load VAE (Diffusers)"}
 
 
 def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> list[str]:
@@ -18,7 +29,10 @@ def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> l
     with open(workflow_path, encoding="utf-8") as f:
         types = {node["type"] for node in json.load(f)["nodes"]}
     family = os.path.basename(workflow_path).split("_")[0]
-    sets = [f"Load Diffusers Model.model=diffusers/{TINY_MODELS[family]}"]
+    sets = [f"Load Diffusers Model.model=diffusers/{TINY_MODELS[family]}"] if "DS_LoadModel" in types else []
+    for node_type, values in TINY_FILES.get(family, {}).items():
+        if node_type in types:
+            sets += [f"{TITLES[node_type]}.{name}={value}" for name, value in values.items()]
     if steps:
         sets.append(f"Denoise (Diffusers).steps={steps}")
     if "DS_EmptyLatent" in types:
@@ -31,7 +45,7 @@ def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> l
 def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
-    if not os.path.isfile(os.path.join(models, "checkpoints", "tiny-sd15.safetensors")):
+    if not os.path.isfile(os.path.join(models, "checkpoints", "tiny-flux1-dev.safetensors")):  # the newest file
         from .models import write_models
 
         print(f"Building tiny random-weight models in {models} (no download) …")
