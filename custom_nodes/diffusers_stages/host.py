@@ -60,18 +60,19 @@ def clip_vocab_dirs() -> tuple[str, ...]:
     """Folders with a CLIP ``vocab.json`` + ``merges.txt`` the host ships (ComfyUI: comfy/sd1_tokenizer)."""
     if not IN_COMFYUI:
         return ()
-    import comfy
-
-    return (os.path.join(os.path.dirname(comfy.__file__), "sd1_tokenizer"),)
+    return (os.path.join(_comfy_package_dir(), "sd1_tokenizer"),)
 
 
 def t5_tokenizer_dirs() -> tuple[str, ...]:
     """Folders with a T5 tokenizer the host ships (ComfyUI: comfy/text_encoders/t5_tokenizer)."""
     if not IN_COMFYUI:
         return ()
-    import comfy
+    return (os.path.join(_comfy_package_dir(), "text_encoders", "t5_tokenizer"),)
 
-    return (os.path.join(os.path.dirname(comfy.__file__), "text_encoders", "t5_tokenizer"),)
+
+def _comfy_package_dir() -> str:
+    # `comfy` is a namespace package in ComfyUI (no __init__.py, so no __file__): locate it through a module
+    return os.path.dirname(os.path.abspath(_comfy_utils.__file__))
 
 
 # ---- devices and dtypes ------------------------------------------------------------------------------
