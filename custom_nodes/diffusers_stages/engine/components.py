@@ -82,6 +82,29 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True, eq=False)
+class ControlNet:
+    family: Family
+    module: Any  # a diffusers ControlNetModel
+    source: str
+    residency: Any = None
+
+
+@dataclass(frozen=True, eq=False)
+class Control:
+    """A ControlNet attached to a prompt: its control image (IMAGE, [B, H, W, C] in 0..1), strength and window."""
+
+    controlnet: ControlNet
+    image: torch.Tensor
+    strength: float = 1.0
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+
+    def active_at(self, step: int, steps: int) -> bool:
+        """diffusers' control_guidance_start/end: on unless step/steps < start or (step+1)/steps > end."""
+        return not (step / steps < self.start_percent or (step + 1) / steps > self.end_percent)
+
+
+@dataclass(frozen=True, eq=False)
 class Conditioning:
     """Encoded prompt: ``embeds`` [1, tokens, dim] (``pooled`` [1, dim] for families that use it)."""
 
@@ -97,6 +120,7 @@ class Conditioning:
     # SD3: the T5 sequence kept apart from the CLIP embeddings (None: no T5 encoder, zeros of t5_length are used)
     t5: torch.Tensor | None = None
     t5_length: int = 0
+    controls: tuple[Control, ...] = ()  # ControlNets applied while this prompt drives a step, in the order added
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .components import Denoiser, Guider, SchedulerSpec
+from .controlnet import ControlPlan
 from .errors import InputError
 from .families import Family, ModelInputs
 from .schedulers import build_scheduler, uses_generator
@@ -88,20 +89,27 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
 
 
 def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: torch.Tensor, t, use_cfg: bool,
-                      inputs: ModelInputs, skip_layers: bool = False) -> torch.Tensor:
+                      inputs: ModelInputs, skip_layers: bool = False, controls: ControlPlan | None = None,
+                      step: int = 0, total: int = 1) -> torch.Tensor:
     """One step's prediction with classifier-free guidance, batched or in two calls as the family's pipeline does."""
     family = denoiser.family
     batched = use_cfg and inputs.cfg is not None
     model_input = torch.cat([latents] * 2) if batched else latents
     if hasattr(scheduler, "scale_model_input"):
         model_input = scheduler.scale_model_input(model_input, t)
+
+    def predict(call_inputs: dict, halves: tuple[str, ...]) -> torch.Tensor:
+        if controls:
+            call_inputs = {**call_inputs, **controls.residuals(model_input, t, call_inputs, halves, step, total)}
+        return family.predict(denoiser, model_input, t, call_inputs)
+
     if not use_cfg:
-        return family.predict(denoiser, model_input, t, inputs.cond)
+        return predict(inputs.cond, ("positive",))
     if batched:
-        uncond, cond = family.predict(denoiser, model_input, t, inputs.cfg).chunk(2)
+        uncond, cond = predict(inputs.cfg, ("negative", "positive")).chunk(2)
     else:  # two calls, positive first
-        cond = family.predict(denoiser, model_input, t, inputs.cond)
-        uncond = family.predict(denoiser, model_input, t, inputs.uncond)
+        cond = predict(inputs.cond, ("positive",))
+        uncond = predict(inputs.uncond, ("negative",))
     guided = uncond + guider.scale * (cond - uncond)
     if skip_layers and inputs.skip is not None:  # skip-layer guidance, as StableDiffusion3Pipeline applies it
         skipped = family.predict(denoiser, latents, t, inputs.skip)
@@ -155,6 +163,8 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     complete = guider if guider.negative is not None else dataclasses.replace(guider, negative=guider.positive)
     inputs = denoiser.family.model_inputs(denoiser, complete, batch, (samples.shape[2] * factor,
                                                                      samples.shape[3] * factor))
+    controls = ControlPlan(denoiser, guider.positive.controls, guider.negative.controls if guider.negative else (),
+                           (samples.shape[2] * factor, samples.shape[3] * factor), batch)
     step_kwargs = {}
     step_params = inspect.signature(scheduler.step).parameters
     if "eta" in step_params:
@@ -167,7 +177,7 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     for i, t in enumerate(plan.timesteps):
         use_cfg = (inputs.cfg is not None or inputs.uncond is not None) and guider.active_at(i, total)
         prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, inputs,
-                                       guider.skip_active_at(i, total))
+                                       guider.skip_active_at(i, total), controls, i, total)
         before = latents
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample

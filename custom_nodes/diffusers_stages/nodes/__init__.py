@@ -1,9 +1,11 @@
 """The pack's nodes, one module per stage."""
 
 from .cfg_guider import CFGGuider
+from .controlnet_apply import ApplyControlNet
 from .denoise import Denoise
 from .empty_latent import EmptyLatent
 from .flux_guidance import FluxGuidance
+from .load_controlnet import LoadControlNet
 from .load_diffusion_model import LoadDiffusionModel
 from .load_model import LoadModel
 from .load_text_encoders import LoadTextEncoders
@@ -16,7 +18,8 @@ from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
 ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, TextEncode, SizeConditioning, FluxGuidance,
-             Scheduler, CFGGuider, SkipLayerGuidance, EmptyLatent, Denoise, VAEDecode, VAEEncode)
+             Scheduler, CFGGuider, SkipLayerGuidance, LoadControlNet, ApplyControlNet, EmptyLatent, Denoise,
+             VAEDecode, VAEEncode)
 
 for _node in ALL_NODES:  # the version shows in the node's description (V1 nodes have no field of their own)
     if "[node v" not in _node.DESCRIPTION:

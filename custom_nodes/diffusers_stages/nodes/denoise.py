@@ -47,7 +47,8 @@ class Denoise(StageNode):
         if "noise_mask" in latent:
             raise InputError("latent", "the latent carries a noise mask (inpainting), which this version of the "
                              "pack does not support yet.", "remove the Set Latent Noise Mask node.")
-        host.ensure_loaded(denoiser.residency)
+        controls = guider.positive.controls + (guider.negative.controls if guider.negative else ())
+        host.ensure_loaded(denoiser.residency, *(c.controlnet.residency for c in controls))
         progress = host.Progress(0, denoiser.family.host_latent_format, self.DISPLAY_NAME)
         try:
             with torch.inference_mode():

@@ -224,6 +224,7 @@ def write_models(root: str) -> dict[str, str]:
     paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
     sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
     paths.update(write_split_files(root, flux, sd3))
+    paths.update(write_controlnets(root, sd1, sdxl))
     # VAEs on their own, as in ComfyUI's models/vae: original (LDM) layout and diffusers layout
     from safetensors.torch import save_file
 
@@ -235,6 +236,31 @@ def write_models(root: str) -> dict[str, str]:
               paths["sd1_vae"])
     paths["flux_vae"] = os.path.join(root, "vae", "tiny-flux-vae-diffusers.safetensors")
     save_file({k: v.contiguous() for k, v in flux.vae.state_dict().items()}, paths["flux_vae"])
+    return paths
+
+
+def build_controlnet(unet, seed: int):
+    """A ControlNet shaped after ``unet`` (its encoder half) with random weights everywhere, zero convolutions
+    included (a fresh ControlNet's zero convolutions would make every residual zero)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block",
+                                "controlnet_cond_embedding.conv_out")):
+                param.copy_(torch.randn_like(param) * 0.2)
+    return controlnet
+
+
+def write_controlnets(root: str, sd1, sdxl) -> dict[str, str]:
+    """Diffusers ControlNet folders in models/controlnet: two for SD1.5 (to combine), one for SDXL."""
+    paths = {}
+    for key, unet, seed in (("sd1_controlnet", sd1.unet, 11), ("sd1_controlnet_2", sd1.unet, 12),
+                            ("sdxl_controlnet", sdxl.unet, 13)):
+        paths[key] = os.path.join(root, "controlnet", f"tiny-{key.replace('_', '-')}")
+        build_controlnet(unet, seed).save_pretrained(paths[key], safe_serialization=True)
     return paths
 
 

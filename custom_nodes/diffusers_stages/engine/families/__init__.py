@@ -91,6 +91,11 @@ class Family:
     def predict(self, denoiser: Denoiser, model_input: torch.Tensor, timestep: Any, inputs: dict[str, Any]):
         raise NotImplementedError
 
+    def control_residuals(self, denoiser: Denoiser, controlnet, model_input: torch.Tensor, timestep: Any,
+                          inputs: dict[str, Any], image: torch.Tensor, scale: float) -> dict[str, Any]:
+        """One ControlNet's contribution to a denoiser call (keyword arguments ``predict`` passes on)."""
+        raise NotImplementedError(f"ControlNet is not supported for {self.display_name} yet")
+
     def latent_channels_of(self, denoiser: Denoiser) -> int:
         """Channels of the LATENT this denoiser works on."""
         return denoiser.module.config.in_channels

@@ -231,5 +231,13 @@ class StableDiffusionFamily(Family):
     def predict(self, denoiser, model_input, timestep, inputs):
         return denoiser.module(model_input, timestep, **inputs, return_dict=False)[0]
 
+    def control_residuals(self, denoiser, controlnet, model_input, timestep, inputs, image, scale):
+        """As the ControlNet pipelines call it: same latents, timestep and prompt as the U-Net call."""
+        extra = {"added_cond_kwargs": inputs["added_cond_kwargs"]} if "added_cond_kwargs" in inputs else {}
+        down, mid = controlnet(model_input, timestep, encoder_hidden_states=inputs["encoder_hidden_states"],
+                               controlnet_cond=image, conditioning_scale=scale, guess_mode=False, return_dict=False,
+                               **extra)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
 
 STABLE_DIFFUSION = StableDiffusionFamily()

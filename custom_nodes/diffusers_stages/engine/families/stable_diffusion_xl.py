@@ -19,6 +19,7 @@ from . import Family, LoadedModel, ModelInputs
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
 from .folders import assemble, load_component, load_tokenizer, scheduler_config, with_prediction
 from .stable_diffusion import (
+    StableDiffusionFamily,
     _bundled_config,
     infer_text_encoder_config,
     infer_unet_config,
@@ -159,6 +160,10 @@ class StableDiffusionXLFamily(Family):
 
     def predict(self, denoiser, model_input, timestep, inputs):
         return denoiser.module(model_input, timestep, **inputs, return_dict=False)[0]
+
+
+    # the U-Net families call a ControlNet the same way (SDXL's added_cond_kwargs travel with the inputs)
+    control_residuals = StableDiffusionFamily.control_residuals
 
 
 STABLE_DIFFUSION_XL = StableDiffusionXLFamily()

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .. import host
+from ..engine import loading
+from ..engine.controlnet import load_controlnet
+from ..engine.errors import InputError
+from .base import CONTROLNET, StageNode, category
+from .model_files import locate
+
+FOLDER = "controlnet"
+
+
+def available_controlnets() -> list[str]:
+    """Diffusers ControlNet folders (a config.json beside the weights) in models/controlnet."""
+    found = set()
+    for root in host.model_roots(FOLDER):
+        if not os.path.isdir(root):
+            continue
+        for current, dirs, files in os.walk(root, followlinks=True):
+            if "config.json" in files and any(f.endswith(".safetensors") for f in files):
+                found.add(os.path.relpath(current, root).replace(os.sep, "/"))
+                dirs.clear()
+    return sorted(found)
+
+
+class LoadControlNet(StageNode):
+    NODE_ID = "DS_LoadControlNet"
+    DISPLAY_NAME = "Load ControlNet (Diffusers)"
+    VERSION = "1.0.0"
+    CATEGORY = category("loaders")
+    DESCRIPTION = ("Loads a ControlNet from a diffusers folder in models/controlnet (config.json + "
+                   "diffusion_pytorch_model.safetensors), for SD1.x/2.x or SDXL. Attach it to prompts with "
+                   "Apply ControlNet.")
+    RETURN_TYPES = (CONTROLNET,)
+    RETURN_NAMES = ("controlnet",)
+    OUTPUT_TOOLTIPS = ("The ControlNet; connect to Apply ControlNet.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "controlnet_name": (available_controlnets(), {
+                    "tooltip": "A diffusers ControlNet folder in models/controlnet (e.g. "
+                               "lllyasviel/control_v11p_sd15_canny, diffusers/controlnet-canny-sdxl-1.0)."}),
+                "dtype": (["auto", *loading.DTYPES], {"default": "auto",
+                                                      "tooltip": "Weight precision. auto: the host's choice."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, controlnet_name):
+        try:
+            cls.resolve(controlnet_name)
+        except InputError as error:
+            return cls.check(error)
+        return True
+
+    @staticmethod
+    def resolve(name: str) -> str:
+        return locate(FOLDER, name, "controlnet_name", os.path.exists)
+
+    def run(self, controlnet_name, dtype="auto"):
+        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        controlnet = load_controlnet(self.resolve(controlnet_name), torch_dtype)
+        return (dataclasses.replace(controlnet, residency=host.manage([controlnet.module], "denoiser")),)

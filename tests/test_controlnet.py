@@ -1,0 +1,132 @@
+"""ControlNet: our graph against StableDiffusionControlNetPipeline (one and two ControlNets, scales, guidance
+windows) and StableDiffusionXLControlNetPipeline, torch.equal; wrong family and odd sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import Graph, bchw, load_pipeline
+
+from diffusers_stages.engine.errors import StageError
+
+PROMPT, NEGATIVE, SEED = "a photo of a cat", "blurry", 9
+
+
+def control_image(height=64, width=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, height, width, 3, generator=generator)  # IMAGE layout, 0..1
+
+
+def controlled_guider(graph, controls, cfg=7.5):
+    """controls: (controlnet, image, strength, start, end) in chain order, each on both prompts."""
+    positive, negative = graph.encode(PROMPT), graph.encode(NEGATIVE)
+    for controlnet, image, strength, start, end in controls:
+        positive, negative = graph.nodes["DS_ApplyControlNet"].execute(
+            positive=positive, negative=negative, controlnet=controlnet, image=image, strength=strength,
+            start_percent=start, end_percent=end)
+    return graph.nodes["DS_CFGGuider"].execute(positive=positive, negative=negative, cfg=cfg)[0]
+
+
+def run_graph(graph, guider, width=64, height=64, batch=1, steps=4):
+    latent = graph.denoise(guider, graph.default_scheduler, graph.empty(width, height, batch), seed=SEED,
+                           steps=steps)
+    return bchw(graph.decode(latent))
+
+
+@pytest.fixture(scope="module")
+def controlnets(nodes):
+    load = nodes["DS_LoadControlNet"]
+    return {name: load.execute(controlnet_name=f"tiny-{name}", dtype="fp32")[0]
+            for name in ("sd1-controlnet", "sd1-controlnet-2", "sdxl-controlnet")}
+
+
+def pipeline_with(class_name, folder, modules, scheduler_from):
+    pipe = load_pipeline(class_name, folder, controlnet=modules if len(modules) > 1 else modules[0])
+    pipe.scheduler = scheduler_from.scheduler
+    return pipe
+
+
+def call_pipe(pipe, images, scales, starts, ends, width=64, height=64, batch=1, steps=4, **kwargs):
+    single = len(images) == 1
+    return pipe(PROMPT, negative_prompt=NEGATIVE, image=images[0] if single else images, num_inference_steps=steps,
+                width=width, height=height, num_images_per_prompt=batch,
+                controlnet_conditioning_scale=scales[0] if single else scales,
+                control_guidance_start=starts[0] if single else starts,
+                control_guidance_end=ends[0] if single else ends,
+                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", **kwargs).images
+
+
+@pytest.mark.parametrize("strength, start, end, batch", [(1.0, 0.0, 1.0, 1), (0.5, 0.25, 0.75, 2)])
+def test_one_controlnet_matches_the_sd15_pipeline(sd1_graph, sd1_pipe, controlnets, models_root, strength, start,
+                                                  end, batch):
+    net = controlnets["sd1-controlnet"]
+    image = control_image()
+    ours = run_graph(sd1_graph, controlled_guider(sd1_graph, [(net, image, strength, start, end)]), batch=batch)
+    pipe = pipeline_with("StableDiffusionControlNetPipeline", models_root["sd1_folder"], [net.module], sd1_pipe)
+    ref = call_pipe(pipe, [bchw(image).contiguous()], [strength], [start], [end], batch=batch)
+    assert torch.equal(ours, ref)
+    plain = run_graph(sd1_graph, controlled_guider(sd1_graph, []), batch=batch)
+    assert not torch.equal(ours, plain)  # the control did something
+
+
+def test_two_controlnets_match_the_pipeline_with_multi_controlnet(sd1_graph, sd1_pipe, controlnets, models_root):
+    nets = [controlnets["sd1-controlnet"], controlnets["sd1-controlnet-2"]]
+    images = [control_image(seed=1), control_image(seed=2)]
+    controls = [(nets[0], images[0], 0.8, 0.0, 0.5), (nets[1], images[1], 1.2, 0.25, 1.0)]
+    ours = run_graph(sd1_graph, controlled_guider(sd1_graph, controls))
+    pipe = pipeline_with("StableDiffusionControlNetPipeline", models_root["sd1_folder"], [n.module for n in nets],
+                         sd1_pipe)
+    ref = call_pipe(pipe, [bchw(i).contiguous() for i in images], [0.8, 1.2], [0.0, 0.25], [0.5, 1.0])
+    assert torch.equal(ours, ref)
+
+
+def test_control_image_of_another_size_is_resized_as_the_pipeline_does(sd1_graph, sd1_pipe, controlnets, models_root):
+    net = controlnets["sd1-controlnet"]
+    image = control_image(40, 56, seed=3)
+    ours = run_graph(sd1_graph, controlled_guider(sd1_graph, [(net, image, 1.0, 0.0, 1.0)]), width=96)
+    pipe = pipeline_with("StableDiffusionControlNetPipeline", models_root["sd1_folder"], [net.module], sd1_pipe)
+    assert torch.equal(ours, call_pipe(pipe, [bchw(image).contiguous()], [1.0], [0.0], [1.0], width=96))
+
+
+def test_sdxl_controlnet_matches_the_pipeline(nodes, controlnets, models_root):
+    graph = Graph(nodes, "diffusers/tiny-sdxl")
+    net = controlnets["sdxl-controlnet"]
+    image = control_image(seed=4)
+    ours = run_graph(graph, controlled_guider(graph, [(net, image, 0.8, 0.0, 1.0)], cfg=5.0))
+    reference_pipe = load_pipeline("StableDiffusionXLPipeline", models_root["sdxl_folder"])
+    pipe = pipeline_with("StableDiffusionXLControlNetPipeline", models_root["sdxl_folder"], [net.module],
+                         reference_pipe)
+    ref = call_pipe(pipe, [bchw(image).contiguous()], [0.8], [0.0], [1.0], guidance_scale=5.0)
+    assert torch.equal(ours, ref)
+
+
+def test_strength_zero_is_the_plain_graph_and_positive_only_differs(sd1_graph, controlnets):
+    net = controlnets["sd1-controlnet"]
+    plain = run_graph(sd1_graph, controlled_guider(sd1_graph, []))
+    assert torch.equal(run_graph(sd1_graph, controlled_guider(sd1_graph, [(net, control_image(), 0.0, 0, 1)])), plain)
+    positive, _ = sd1_graph.nodes["DS_ApplyControlNet"].execute(
+        positive=sd1_graph.encode(PROMPT), controlnet=net, image=control_image(), strength=1.0, start_percent=0.0,
+        end_percent=1.0)
+    guider = sd1_graph.nodes["DS_CFGGuider"].execute(positive=positive, negative=sd1_graph.encode(NEGATIVE),
+                                                     cfg=7.5)[0]
+    both = run_graph(sd1_graph, controlled_guider(sd1_graph, [(net, control_image(), 1.0, 0, 1)]))
+    only_positive = run_graph(sd1_graph, guider)
+    assert not torch.equal(only_positive, both) and not torch.equal(only_positive, plain)
+
+
+def test_controlnet_of_another_family_is_refused(nodes, controlnets):
+    graph = Graph(nodes, "diffusers/tiny-sdxl")
+    guider = controlled_guider(graph, [(controlnets["sd1-controlnet"], control_image(), 1.0, 0.0, 1.0)])
+    with pytest.raises(StageError, match="ControlNet 'tiny-sd1-controlnet' is for Stable Diffusion 1.x/2.x.*"
+                                         "denoiser is Stable Diffusion XL"):
+        run_graph(graph, guider)
+
+
+def test_controlnet_input_mistakes_are_named(nodes, sd1_graph, controlnets):
+    apply = nodes["DS_ApplyControlNet"]
+    assert "start_percent" in apply.VALIDATE_INPUTS(start_percent=0.8, end_percent=0.2)
+    assert "controlnet_name" in nodes["DS_LoadControlNet"].VALIDATE_INPUTS(controlnet_name="missing")
+    two = torch.cat([control_image(), control_image(seed=1), control_image(seed=2)])
+    guider = controlled_guider(sd1_graph, [(controlnets["sd1-controlnet"], two, 1.0, 0.0, 1.0)])
+    with pytest.raises(StageError, match="control image batch has 3 images but the latent has 2"):
+        run_graph(sd1_graph, guider, batch=2)
