@@ -25,6 +25,7 @@ class Denoiser:
     latent_scale: float = 1.0  # LATENT holds raw VAE latents; the denoiser works on (raw - shift) * scale
     latent_shift: float = 0.0
     residency: Any = None
+    loras: tuple[tuple[str, float], ...] = ()  # (adapter name, strength) switched on while this handle runs
 
     @property
     def dtype(self):
@@ -45,6 +46,7 @@ class TextEncoder:
     parts: tuple[TextPart, ...]
     source: str
     residency: Any = None
+    loras: tuple[tuple[str, float], ...] = ()
 
     @property
     def modules(self) -> list[Any]:

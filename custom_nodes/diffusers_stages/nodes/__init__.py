@@ -7,6 +7,7 @@ from .empty_latent import EmptyLatent
 from .flux_guidance import FluxGuidance
 from .load_controlnet import LoadControlNet
 from .load_diffusion_model import LoadDiffusionModel
+from .load_lora import LoadLoRA
 from .load_model import LoadModel
 from .load_text_encoders import LoadTextEncoders
 from .load_vae import LoadVAE
@@ -17,9 +18,9 @@ from .text_encode import TextEncode
 from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
-ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, TextEncode, SizeConditioning, FluxGuidance,
-             Scheduler, CFGGuider, SkipLayerGuidance, LoadControlNet, ApplyControlNet, EmptyLatent, Denoise,
-             VAEDecode, VAEEncode)
+ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA, TextEncode, SizeConditioning,
+             FluxGuidance, Scheduler, CFGGuider, SkipLayerGuidance, LoadControlNet, ApplyControlNet, EmptyLatent,
+             Denoise, VAEDecode, VAEEncode)
 
 for _node in ALL_NODES:  # the version shows in the node's description (V1 nodes have no field of their own)
     if "[node v" not in _node.DESCRIPTION:

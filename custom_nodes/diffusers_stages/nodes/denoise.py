@@ -4,6 +4,7 @@ import torch
 
 from .. import host
 from ..engine import denoise as engine_denoise
+from ..engine import lora
 from ..engine.errors import InputError
 from .base import DENOISER, GUIDER, SCHEDULER, StageNode, category
 
@@ -49,6 +50,7 @@ class Denoise(StageNode):
                              "pack does not support yet.", "remove the Set Latent Noise Mask node.")
         controls = guider.positive.controls + (guider.negative.controls if guider.negative else ())
         host.ensure_loaded(denoiser.residency, *(c.controlnet.residency for c in controls))
+        lora.activate(denoiser.module, denoiser.loras, text_encoder=False)
         progress = host.Progress(0, denoiser.family.host_latent_format, self.DISPLAY_NAME)
         try:
             with torch.inference_mode():

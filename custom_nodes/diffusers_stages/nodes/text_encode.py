@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 from .. import host
+from ..engine import lora
 from ..engine.component_files import missing_text_encoders
 from .base import CONDITIONING, TEXT_ENCODER, StageNode, category
 
@@ -45,5 +46,7 @@ class TextEncode(StageNode):
         if problem:
             raise problem
         host.ensure_loaded(text_encoder.residency)
+        for part in text_encoder.parts:
+            lora.activate(part.module, text_encoder.loras, text_encoder=True)
         with torch.inference_mode():
             return (text_encoder.family.encode_prompt(text_encoder, text, clip_skip, t5_max_length),)

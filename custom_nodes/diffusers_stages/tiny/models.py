@@ -225,6 +225,7 @@ def write_models(root: str) -> dict[str, str]:
     sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
     paths.update(write_split_files(root, flux, sd3))
     paths.update(write_controlnets(root, sd1, sdxl))
+    paths.update(write_loras(root, sd1, sdxl))
     # VAEs on their own, as in ComfyUI's models/vae: original (LDM) layout and diffusers layout
     from safetensors.torch import save_file
 
@@ -261,6 +262,24 @@ def write_controlnets(root: str, sd1, sdxl) -> dict[str, str]:
                             ("sdxl_controlnet", sdxl.unet, 13)):
         paths[key] = os.path.join(root, "controlnet", f"tiny-{key.replace('_', '-')}")
         build_controlnet(unet, seed).save_pretrained(paths[key], safe_serialization=True)
+    return paths
+
+
+def write_loras(root: str, sd1, sdxl) -> dict[str, str]:
+    """LoRA files in models/loras: SD1.5 in diffusers format (U-Net + text encoder) and the same weights in
+    kohya/A1111 format, a second SD1.5 LoRA (to stack) and an SDXL LoRA (U-Net + both text encoders)."""
+    from .lora_export import save_diffusers_lora, save_kohya_lora
+
+    folder = os.path.join(root, "loras")
+    os.makedirs(folder, exist_ok=True)
+    paths = {"sd1_lora": os.path.join(folder, "tiny-sd15-lora.safetensors"),
+             "sd1_lora_kohya": os.path.join(folder, "tiny-sd15-lora-kohya.safetensors"),
+             "sd1_lora_2": os.path.join(folder, "tiny-sd15-lora-2.safetensors"),
+             "sdxl_lora": os.path.join(folder, "tiny-sdxl-lora.safetensors")}
+    layers = save_diffusers_lora(sd1, paths["sd1_lora"], seed=21)
+    save_kohya_lora(layers, paths["sd1_lora_kohya"])
+    save_diffusers_lora(sd1, paths["sd1_lora_2"], seed=22)
+    save_diffusers_lora(sdxl, paths["sdxl_lora"], seed=23)
     return paths
 
 

@@ -54,6 +54,8 @@ class Family:
     begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
     latent_scaling: tuple[float, float] = (1.0, 0.0)  # the family's VAE scaling/shift, for a denoiser loaded alone
     text_slots: tuple = ()  # the TextSlots (component_files) a text encoder of this family is made of, in order
+    lora_pipeline: str = ""  # the diffusers pipeline whose LoRA loader reads this family's LoRAs ("" = none yet)
+    lora_text_prefixes: tuple[str, ...] = ()  # its text encoders' key prefixes in LoRA files, in part order
 
     def claims_checkpoint(self, keys: set[str]) -> bool:
         raise NotImplementedError

@@ -127,6 +127,8 @@ class StableDiffusionFamily(Family):
     pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
                         "StableDiffusionInpaintPipeline", "StableDiffusionControlNetPipeline")
     host_latent_format = "SD15"
+    lora_pipeline = "StableDiffusionPipeline"
+    lora_text_prefixes = ("text_encoder",)
 
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:

@@ -40,6 +40,8 @@ class StableDiffusionXLFamily(Family):
     pipeline_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                         "StableDiffusionXLInpaintPipeline", "StableDiffusionXLControlNetPipeline")
     host_latent_format = "SDXL"
+    lora_pipeline = "StableDiffusionXLPipeline"
+    lora_text_prefixes = ("text_encoder", "text_encoder_2")
     begin_index_on_full_run = True
 
     # ---- loading -------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""LoRA, non-destructively: adapters (peft, through diffusers' own loaders) that each run switches on or off.
+
+A LoRA file is loaded once per model as a named adapter; the weights stay untouched (no fuse,
+which is not exact: W + BA - BA != W in floating point). A Denoiser/TextEncoder handle carries the
+LoRAs it was given with their strengths; before the model runs, exactly those adapters are
+activated at those strengths, and a handle without LoRAs runs with adapters disabled, which is
+bit-identical to never having loaded one. diffusers' ``lora_state_dict`` reads the formats people
+have (diffusers/peft, kohya/A1111 ``lora_unet_…``/``lora_te_…``, ComfyUI-trained) and converts them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+from .errors import InputError
+
+log = logging.getLogger("diffusers_stages")
+
+
+@dataclass(frozen=True)
+class LoraReport:
+    adapter: str
+    layers_in_file: int
+    layers_matched: int
+
+
+def adapter_name(path: str) -> str:
+    """A name stable for one file version: the same file loaded twice shares one adapter."""
+    stat = os.stat(path)
+    digest = hashlib.sha1(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return f"ds_lora_{digest[:12]}"
+
+
+def _lora_layers(module, adapter: str) -> int:
+    return sum(1 for m in module.modules() if adapter in getattr(m, "lora_A", {}))
+
+
+def _layers_in(state: dict, prefix: str) -> int:
+    return sum(1 for k in state if k.startswith(prefix) and k.endswith(("lora.down.weight", "lora_A.weight",
+                                                                         "lora_linear_layer.down.weight")))
+
+
+def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraReport:
+    """Load the LoRA file as an adapter into the denoiser and the text encoders it has weights for."""
+    import diffusers
+
+    if not family.lora_pipeline:
+        raise InputError("lora_name", f"LoRAs for {family.display_name} are not supported yet.",
+                         "use a LoRA with an SD1.x/2.x or SDXL model.")
+    name = adapter_name(path)
+    modules = [denoiser_module, *text_modules]
+    if all(name in (getattr(m, "peft_config", None) or {}) for m in modules):
+        return LoraReport(name, -1, -1)  # already loaded into these models
+    loader = getattr(diffusers, family.lora_pipeline)
+    try:
+        state, alphas = loader.lora_state_dict(path, **({"unet_config": denoiser_module.config}
+                                                        if family.lora_pipeline.endswith("XLPipeline") else {}))
+    except Exception as exc:  # diffusers raises ValueError/KeyError for layouts it cannot convert
+        raise InputError("lora_name", f"'{os.path.basename(path)}' is not a LoRA diffusers can read ({exc}).",
+                         "use a LoRA .safetensors file (diffusers, kohya/A1111 or ComfyUI format).") from exc
+    prefixes = ("unet.", *(f"{p}." for p in family.lora_text_prefixes))
+    in_file = sum(_layers_in(state, p) for p in prefixes)
+    other = [k for k in state if not k.startswith(prefixes)]
+    try:
+        if name not in (getattr(denoiser_module, "peft_config", None) or {}):
+            loader.load_lora_into_unet(state, alphas, unet=denoiser_module, adapter_name=name)
+        for module, prefix in zip(text_modules, family.lora_text_prefixes):
+            if name not in (getattr(module, "peft_config", None) or {}):
+                loader.load_lora_into_text_encoder(state, alphas, text_encoder=module, prefix=prefix,
+                                                   lora_scale=1.0, adapter_name=name)
+    except (RuntimeError, ValueError) as exc:  # peft: size mismatches when the LoRA was made for another model
+        if "not found in the base model" in str(exc):  # not one layer name matched
+            raise InputError("lora_name", f"none of the {in_file + len(other)} LoRA layers/keys of "
+                             f"'{os.path.basename(path)}' matched a layer of this {family.display_name} model (0 "
+                             "matched).", "use a LoRA made for this model family.") from exc
+        raise InputError("lora_name", f"'{os.path.basename(path)}' does not fit this {family.display_name} model "
+                         f"({str(exc).splitlines()[0][:300]}).",
+                         "use a LoRA trained for this model family (SD1.5 LoRAs do not fit SDXL and vice versa)."
+                         ) from exc
+    matched = sum(_lora_layers(m, name) for m in modules)
+    if matched == 0:
+        raise InputError("lora_name", f"none of the {in_file + len(other)} LoRA layers/keys of "
+                         f"'{os.path.basename(path)}' matched a layer of this {family.display_name} model.",
+                         "use a LoRA made for this model family.")
+    if matched < in_file or other:
+        log.warning("LoRA %s: %d of %d layers matched; %d keys were not understood (e.g. %s)",
+                    os.path.basename(path), matched, in_file, len(other), other[:1])
+    return LoraReport(name, in_file, matched)
+
+
+def activate(module, loras: tuple[tuple[str, float], ...], text_encoder: bool) -> None:
+    """Switch ``module``'s adapters to exactly ``loras`` (name, strength); none: adapters off."""
+    present = getattr(module, "peft_config", None)
+    if not present:
+        return  # no LoRA was ever loaded into this model
+    active = [(name, weight) for name, weight in loras if name in present]
+    if text_encoder:
+        from diffusers.loaders.lora_base import (
+            disable_lora_for_text_encoder,
+            enable_lora_for_text_encoder,
+            set_adapters_for_text_encoder,
+        )
+
+        if not active:
+            disable_lora_for_text_encoder(module)
+            return
+        enable_lora_for_text_encoder(module)
+        set_adapters_for_text_encoder([n for n, _ in active], module, [w for _, w in active])
+    else:
+        if not active:
+            module.disable_lora()
+            return
+        module.enable_lora()
+        module.set_adapters([n for n, _ in active], [w for _, w in active])

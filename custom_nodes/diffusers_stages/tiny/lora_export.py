@@ -1,0 +1,52 @@
+"""Random-weight LoRA files for the tiny models, in the two layouts people have: diffusers/peft and kohya/A1111."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save_file
+
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+RANK = 2
+
+
+def lora_layers(pipe, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{'<component>.<module path>': (down [r, in], up [out, r])} for the attention projections of the U-Net and
+    every text encoder of ``pipe``; both matrices random (a fresh LoRA's zero up-matrix would change nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = {}
+    components = [("unet", pipe.unet, UNET_TARGETS), ("text_encoder", pipe.text_encoder, TEXT_TARGETS)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        components.append(("text_encoder_2", pipe.text_encoder_2, TEXT_TARGETS))
+    for prefix, module, targets in components:
+        for name, layer in module.named_modules():
+            if isinstance(layer, torch.nn.Linear) and name.endswith(targets):
+                down = torch.randn(RANK, layer.in_features, generator=generator) * 0.3
+                up = torch.randn(layer.out_features, RANK, generator=generator) * 0.3
+                layers[f"{prefix}.{name}"] = (down, up)
+    return layers
+
+
+def save_diffusers_lora(pipe, path: str, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """diffusers/peft layout (what ``save_lora_weights`` writes): ``<component>.<path>.lora_A/lora_B.weight``."""
+    layers = lora_layers(pipe, seed)
+    tensors = {}
+    for name, (down, up) in layers.items():
+        tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"] = down, up
+    save_file(tensors, path)
+    return layers
+
+
+def save_kohya_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str) -> None:
+    """kohya/A1111 layout of the same (SD1.x) LoRA: ``lora_unet_<path>`` / ``lora_te_text_model_<path>`` with
+    ``lora_down``/``lora_up`` and an ``alpha`` equal to the rank (scale 1)."""
+    tensors = {}
+    for name, (down, up) in layers.items():
+        component, _, module_path = name.partition(".")
+        if component == "unet":
+            key = "lora_unet_" + module_path.replace(".", "_")
+        else:
+            key = "lora_te_" + ("text_model." + module_path.removeprefix("text_model.")).replace(".", "_")
+        tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
+        tensors[f"{key}.alpha"] = torch.tensor(float(RANK))
+    save_file(tensors, path)
