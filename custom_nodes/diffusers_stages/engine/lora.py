@@ -50,6 +50,12 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
     if not family.lora_pipeline:
         raise InputError("lora_name", f"LoRAs for {family.display_name} are not supported yet.",
                          "use a LoRA with an SD1.x/2.x or SDXL model.")
+    try:
+        import peft  # noqa: F401 - diffusers' LoRA loading runs on peft
+    except ImportError as exc:
+        raise InputError("lora_name", "LoRAs need the 'peft' package, which is not installed.",
+                         "install the pack's requirements (pip install -r requirements.txt, or peft alone), then "
+                         "restart.") from exc
     name = adapter_name(path)
     modules = [denoiser_module, *text_modules]
     if all(name in (getattr(m, "peft_config", None) or {}) for m in modules):

@@ -11,6 +11,8 @@ from PIL import Image
 TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux"}
 # workflows made of component loaders (split files): the tiny file for each loader input, by node type
 TINY_FILES = {
+    "sd15": {"DS_LoadControlNet": {"controlnet_name": "tiny-sd1-controlnet"},
+             "DS_LoadLoRA": {"lora_name": "tiny-sd15-lora.safetensors"}},
     "sd35": {"DS_LoadDiffusionModel": {"model_name": "tiny-sd3.5-medium.safetensors"},
              "DS_LoadTextEncoders": {"clip_l": "tiny-sd3-clip_l.safetensors", "clip_g": "tiny-sd3-clip_g.safetensors",
                                      "t5": "tiny-sd3-t5xxl.safetensors"}},
@@ -19,7 +21,8 @@ TINY_FILES = {
              "DS_LoadVAE": {"vae_name": "tiny-flux-ae.safetensors"}},
 }
 TITLES = {"DS_LoadDiffusionModel": "Load Diffusion Model (Diffusers)", "DS_LoadTextEncoders": "Load Text Encoders "
-          "(Diffusers)", "DS_LoadVAE": "Load VAE (Diffusers)"}
+          "(Diffusers)", "DS_LoadVAE": "Load VAE (Diffusers)", "DS_LoadControlNet": "Load ControlNet (Diffusers)",
+          "DS_LoadLoRA": "Load LoRA (Diffusers)"}
 
 
 def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> list[str]:
@@ -45,7 +48,7 @@ def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> l
 def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
-    if not os.path.isfile(os.path.join(models, "checkpoints", "tiny-flux1-dev.safetensors")):  # the newest file
+    if not os.path.isfile(os.path.join(models, "loras", "tiny-sdxl-lora.safetensors")):  # the newest file
         from .models import write_models
 
         print(f"Building tiny random-weight models in {models} (no download) …")
