@@ -130,3 +130,67 @@ def test_controlnet_input_mistakes_are_named(nodes, sd1_graph, controlnets):
     guider = controlled_guider(sd1_graph, [(controlnets["sd1-controlnet"], two, 1.0, 0.0, 1.0)])
     with pytest.raises(StageError, match="control image batch has 3 images but the latent has 2"):
         run_graph(sd1_graph, guider, batch=2)
+
+
+def test_sdxl_union_controlnet_matches_the_union_pipeline(nodes, models_root):
+    graph = Graph(nodes, "diffusers/tiny-sdxl")
+    union = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-sdxl-union-controlnet", dtype="fp32")[0]
+    image = control_image(seed=5)
+    positive, negative = nodes["DS_ApplyControlNet"].execute(
+        positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE), controlnet=union, image=image, strength=0.9,
+        union_mode=3)
+    ours = run_graph(graph, nodes["DS_CFGGuider"].execute(positive=positive, negative=negative, cfg=5.0)[0])
+    pipe = load_pipeline("StableDiffusionXLControlNetUnionPipeline", models_root["sdxl_folder"],
+                         controlnet=union.module)
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, control_image=[bchw(image).contiguous()], control_mode=[3],
+               controlnet_conditioning_scale=0.9, num_inference_steps=4, width=64, height=64, guidance_scale=5.0,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(ours, ref)
+    missing_mode = nodes["DS_ApplyControlNet"].execute(positive=graph.encode(PROMPT), controlnet=union, image=image)[0]
+    guider = nodes["DS_CFGGuider"].execute(positive=missing_mode, cfg=1.0)[0]
+    with pytest.raises(StageError, match="union_mode: .* is a union ControlNet"):
+        run_graph(graph, guider)
+
+
+def test_sd3_controlnet_matches_the_pipeline(nodes, models_root, monkeypatch):
+    """StableDiffusion3ControlNetPipeline samples the control image's VAE posterior from torch's global generator
+    (no seed reaches it); we take the posterior's mode, so the reference is run with the mode too."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    graph = Graph(nodes, "diffusers/tiny-sd3")
+    net = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-sd3-controlnet", dtype="fp32")[0]
+    image = control_image(seed=6)
+    positive, negative = nodes["DS_ApplyControlNet"].execute(
+        positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE), controlnet=net, image=image, strength=0.7,
+        start_percent=0.0, end_percent=0.75, vae=graph.vae)
+    ours = run_graph(graph, nodes["DS_CFGGuider"].execute(positive=positive, negative=negative, cfg=4.0)[0])
+    pipe = load_pipeline("StableDiffusion3ControlNetPipeline", models_root["sd3_folder"], controlnet=net.module)
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, control_image=bchw(image).contiguous() * 2 - 1,
+               controlnet_conditioning_scale=0.7, control_guidance_end=0.75, num_inference_steps=4, width=64,
+               height=64, guidance_scale=4.0, generator=torch.Generator("cpu").manual_seed(SEED),
+               output_type="pt").images
+    assert torch.equal(ours, ref)
+    without_vae = nodes["DS_ApplyControlNet"].execute(positive=graph.encode(PROMPT), controlnet=net, image=image)[0]
+    with pytest.raises(StageError, match="vae: .* takes the control image as latents"):
+        run_graph(graph, nodes["DS_CFGGuider"].execute(positive=without_vae, cfg=1.0)[0])
+
+
+@pytest.mark.parametrize("true_cfg", [1.0, 3.0])
+def test_flux_controlnet_matches_the_pipeline(nodes, models_root, true_cfg):
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    net = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-flux-controlnet", dtype="fp32")[0]
+    image = control_image(seed=7)
+    positive = nodes["DS_FluxGuidance"].execute(conditioning=graph.encode(PROMPT), guidance=3.5)[0]
+    negative = graph.encode(NEGATIVE) if true_cfg > 1 else None
+    positive, negative = nodes["DS_ApplyControlNet"].execute(
+        positive=positive, negative=negative, controlnet=net, image=image, strength=0.8, vae=graph.vae)
+    guider = nodes["DS_CFGGuider"].execute(positive=positive, cfg=true_cfg,
+                                           **({"negative": negative} if negative is not None else {}))[0]
+    ours = run_graph(graph, guider)
+    pipe = load_pipeline("FluxControlNetPipeline", models_root["flux_folder"], controlnet=net.module)
+    extra = {"negative_prompt": NEGATIVE, "true_cfg_scale": true_cfg} if true_cfg > 1 else {}
+    ref = pipe(PROMPT, control_image=bchw(image).contiguous() * 2 - 1, controlnet_conditioning_scale=0.8,
+               num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", **extra).images
+    assert torch.equal(ours, ref)

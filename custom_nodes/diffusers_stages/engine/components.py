@@ -100,6 +100,8 @@ class Control:
     strength: float = 1.0
     start_percent: float = 0.0
     end_percent: float = 1.0
+    vae: Vae | None = None  # SD3/Flux ControlNets take the control image as VAE latents
+    mode: int | None = None  # union ControlNets: which kind of control the image is
 
     def active_at(self, step: int, steps: int) -> bool:
         """diffusers' control_guidance_start/end: on unless step/steps < start or (step+1)/steps > end."""

@@ -18,14 +18,22 @@ import torch
 from .components import Control, ControlNet, Denoiser
 from .errors import InputError
 
+CONTROLNET_CLASSES = {"ControlNetModel": None, "ControlNetUnionModel": "sdxl", "SD3ControlNetModel": "sd3",
+                      "FluxControlNetModel": "flux"}
+
+
+def is_union(controlnet: ControlNet) -> bool:
+    """A union ControlNet (one model, several control types chosen by a mode)."""
+    config = controlnet.module.config
+    return "num_control_type" in config or bool(config.get("num_mode"))
+
 
 def load_controlnet(path: str, dtype: torch.dtype) -> ControlNet:
-    """A diffusers ControlNet folder (config.json + safetensors weights)."""
-    from diffusers import ControlNetModel
+    """A diffusers ControlNet folder (config.json + safetensors weights): SD1.x/2.x, SDXL, SD3 or Flux."""
+    import diffusers
 
+    from .families import all_families
     from .families.folders import weights_variant
-    from .families.stable_diffusion import STABLE_DIFFUSION
-    from .families.stable_diffusion_xl import STABLE_DIFFUSION_XL
 
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
@@ -35,31 +43,42 @@ def load_controlnet(path: str, dtype: torch.dtype) -> ControlNet:
                          "Face are published that way).")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
-    if config.get("_class_name") != "ControlNetModel":
-        raise InputError("controlnet_name", f"'{os.path.basename(path)}' is a {config.get('_class_name')}, which this "
-                         "version cannot run (SD1.x/2.x and SDXL ControlNetModel folders are supported).",
-                         "use an SD1.5 or SDXL ControlNet.")
-    module = ControlNetModel.from_pretrained(path, variant=weights_variant(os.path.dirname(path),
-                                                                           os.path.basename(path)),
-                                             torch_dtype=dtype, local_files_only=True, use_safetensors=True)
-    family = STABLE_DIFFUSION_XL if config.get("addition_embed_type") == "text_time" else STABLE_DIFFUSION
+    class_name = config.get("_class_name")
+    if class_name not in CONTROLNET_CLASSES:
+        raise InputError("controlnet_name", f"'{os.path.basename(path)}' is a {class_name}, which this version "
+                         f"cannot run (supported: {', '.join(CONTROLNET_CLASSES)}).",
+                         "use a ControlNet of one of these kinds.")
+    family_id = CONTROLNET_CLASSES[class_name] or ("sdxl" if config.get("addition_embed_type") == "text_time"
+                                                   else "sd15")
+    family = next(f for f in all_families() if f.id == family_id)
+    module = getattr(diffusers, class_name).from_pretrained(
+        path, variant=weights_variant(os.path.dirname(path), os.path.basename(path)), torch_dtype=dtype,
+        local_files_only=True, use_safetensors=True)
     return ControlNet(family, module.eval(), path)
 
 
 def check_control(denoiser: Denoiser, control: Control) -> None:
     net = control.controlnet
-    if net.family is not denoiser.family or (
-            net.module.config.cross_attention_dim != denoiser.module.config.cross_attention_dim):
-        raise InputError("guider", f"the ControlNet '{os.path.basename(net.source)}' is for "
-                         f"{net.family.display_name} (cross-attention width {net.module.config.cross_attention_dim}) "
-                         f"but the denoiser is {denoiser.family.display_name} (width "
-                         f"{denoiser.module.config.cross_attention_dim}).",
+    if is_union(net) and control.mode is None:
+        raise InputError("union_mode", f"'{os.path.basename(net.source)}' is a union ControlNet: it needs to know "
+                         "what kind of control image it gets.", "set union_mode (0 and up; see the tooltip).")
+    if not is_union(net) and control.mode is not None:
+        raise InputError("union_mode", f"'{os.path.basename(net.source)}' is not a union ControlNet.",
+                         "set union_mode to -1.")
+    problem = None
+    if net.family is not denoiser.family:
+        problem = f"is for {net.family.display_name} but the denoiser is {denoiser.family.display_name}"
+    else:
+        problem = denoiser.family.control_problem(denoiser, net.module)
+    if problem:
+        raise InputError("guider", f"the ControlNet '{os.path.basename(net.source)}' {problem}.",
                          "load a ControlNet trained for the model you denoise with.")
 
 
-def control_image(control: Control, height: int, width: int, batch: int, device, dtype) -> torch.Tensor:
-    """The control image as the ControlNet pipelines prepare it: resized to the generated size by their image
-    processor (nearest for tensors), repeated over the batch, in the ControlNet's dtype."""
+def control_pixels(control: Control, height: int, width: int, batch: int, normalize: bool) -> torch.Tensor:
+    """The control image as the ControlNet pipelines' image processors prepare it: resized to the generated size
+    (nearest, for tensors), in 0..1 (UNet ControlNets) or -1..1 (``normalize``: SD3/Flux, for the VAE), repeated
+    over the batch; float32, on the CPU."""
     from diffusers.image_processor import VaeImageProcessor
 
     image = control.image
@@ -70,57 +89,84 @@ def control_image(control: Control, height: int, width: int, batch: int, device,
         raise InputError("image", f"the control image batch has {image.shape[0]} images but the latent has {batch}.",
                          "give one control image, or one per latent.")
     image = image[..., :3].movedim(-1, 1).contiguous()
-    processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
+    processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=normalize)
     image = processor.preprocess(image, height=height, width=width).to(dtype=torch.float32)
-    if image.shape[0] == 1:
-        image = image.repeat_interleave(batch, dim=0)
-    return image.to(device=device, dtype=dtype)
+    return image.repeat_interleave(batch, dim=0) if image.shape[0] == 1 else image
+
+
+def control_vae(control: Control):
+    if control.vae is None:
+        raise InputError("vae", f"the ControlNet '{os.path.basename(control.controlnet.source)}' takes the control "
+                         "image as latents, so Apply ControlNet needs the VAE.",
+                         "connect the model's VAE to Apply ControlNet's vae input.")
+    return control.vae
 
 
 class ControlPlan:
-    """The controls of one run, their prepared images, and the residual keyword arguments for each call."""
+    """The controls of one run, their prepared inputs, and the residual keyword arguments for each call."""
 
     def __init__(self, denoiser: Denoiser, positive: tuple[Control, ...], negative: tuple[Control, ...],
-                 image_size: tuple[int, int], batch: int):
-        self.denoiser = denoiser
+                 image_size: tuple[int, int], batch: int, copies: int, generator: torch.Generator):
+        """``copies``: 2 when CFG runs batched (the prepared inputs cover [uncond, cond]), else 1."""
+        self.denoiser, self.family = denoiser, denoiser.family
         self.positive, self.negative = positive, negative
-        ordered = list(positive) + [c for c in negative if c not in positive]
-        for control in ordered:
+        self.ordered = list(positive) + [c for c in negative if c not in positive]
+        for control in self.ordered:
             check_control(denoiser, control)
-        module = denoiser.module
-        self.images = {id(c): control_image(c, image_size[0], image_size[1], batch, module.device,
-                                            c.controlnet.module.dtype) for c in ordered}
-        self.ordered = ordered
+        # in chain order, as a MultiControlNet pipeline prepares its images (Flux draws VAE samples from the seed)
+        self.inputs = {id(c): self.family.prepare_control(c, image_size[0], image_size[1], batch, copies, generator)
+                       for c in self.ordered}
+        self.batch, self.copies = batch, copies
+        self._positive_call: tuple[int, dict] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.ordered)
 
+    def _input(self, control: Control, halves: int) -> torch.Tensor:
+        prepared = self.inputs[id(control)]
+        if halves == self.copies:
+            return prepared
+        return prepared[:self.batch] if halves < self.copies else torch.cat([prepared] * halves)
+
     def residuals(self, model_input: torch.Tensor, timestep, inputs: dict, halves: tuple[str, ...], step: int,
                   total: int) -> dict:
         """Extra denoiser kwargs for a call whose batch is made of ``halves`` ("negative"/"positive" parts)."""
+        active = [c for c in self.ordered if c.active_at(step, total)]
+        if (halves == ("negative",) and self.family.control_shared_across_cfg_calls and self._positive_call
+                and self._positive_call[0] == step and [c for c in active if c in self.negative]
+                == [c for c in active if c in self.positive]):
+            return self._positive_call[1]  # Flux's pipeline reuses the positive call's residuals for true CFG
         summed: dict | None = None
-        for control in self.ordered:
-            if not control.active_at(step, total):
-                continue
+        for control in active:
             owners = [control in (self.positive if half == "positive" else self.negative) for half in halves]
             if not any(owners):
                 continue
-            image = torch.cat([self.images[id(control)]] * len(halves))
             net = control.controlnet.module
-            out = self.denoiser.family.control_residuals(self.denoiser, net, model_input.to(net.dtype), timestep,
-                                                         inputs, image, control.strength)
+            out = self.family.control_residuals(self.denoiser, control, net, model_input.to(net.dtype), timestep,
+                                                inputs, self._input(control, len(halves)), control.strength)
             if not all(owners):  # on one prompt only: nothing for the other half of the batch
                 mask = torch.tensor(owners, dtype=model_input.dtype, device=model_input.device)
                 mask = mask.repeat_interleave(model_input.shape[0] // len(halves))
                 out = _map(out, lambda r, m=mask: r * m.view(-1, *([1] * (r.ndim - 1))).to(r.dtype))
             summed = out if summed is None else _add(summed, out)
+        if halves == ("positive",):
+            self._positive_call = (step, summed or {})
         return summed or {}
 
 
 def _map(kwargs: dict, fn) -> dict:
-    return {k: [fn(t) for t in v] if isinstance(v, (list, tuple)) else fn(v) for k, v in kwargs.items()}
+    """``fn`` applied to every residual tensor (flags and missing residuals pass through)."""
+    def each(value):
+        if isinstance(value, (list, tuple)):
+            return [each(v) for v in value]
+        return fn(value) if isinstance(value, torch.Tensor) else value
+    return {k: each(v) for k, v in kwargs.items()}
 
 
 def _add(a: dict, b: dict) -> dict:
-    """Residuals of two ControlNets added, first + second (MultiControlNetModel's order)."""
-    return {k: [x + y for x, y in zip(a[k], b[k])] if isinstance(a[k], (list, tuple)) else a[k] + b[k] for k in a}
+    """Residuals of two ControlNets added, first + second (the MultiControlNet models' order)."""
+    def add(x, y):
+        if isinstance(x, (list, tuple)):
+            return [add(p, q) for p, q in zip(x, y)]
+        return x + y if isinstance(x, torch.Tensor) else x
+    return {k: add(a[k], b[k]) for k in a}

@@ -156,15 +156,16 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
 
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler = build_scheduler(spec, seed)
-    plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img)
-
-    factor = denoiser.family.spatial_factor
+    image_size = (samples.shape[2] * denoiser.family.spatial_factor, samples.shape[3] * denoiser.family.spatial_factor)
     # without a negative prompt CFG never runs; the positive stands in so families build their inputs as usual
     complete = guider if guider.negative is not None else dataclasses.replace(guider, negative=guider.positive)
-    inputs = denoiser.family.model_inputs(denoiser, complete, batch, (samples.shape[2] * factor,
-                                                                     samples.shape[3] * factor))
+    inputs = denoiser.family.model_inputs(denoiser, complete, batch, image_size)
+    # control inputs before the initial noise, as the pipelines prepare them (Flux samples them from the same
+    # generator); two copies side by side when CFG runs batched
+    copies = 2 if inputs.cfg is not None and guider.negative is not None and guider.scale > 1.0 else 1
     controls = ControlPlan(denoiser, guider.positive.controls, guider.negative.controls if guider.negative else (),
-                           (samples.shape[2] * factor, samples.shape[3] * factor), batch)
+                           image_size, batch, copies, generator)
+    plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img)
     step_kwargs = {}
     step_params = inspect.signature(scheduler.step).parameters
     if "eta" in step_params:

@@ -4,7 +4,7 @@ import dataclasses
 
 from ..engine.components import Control
 from ..engine.errors import InputError
-from .base import CONDITIONING, CONTROLNET, StageNode, category
+from .base import CONDITIONING, CONTROLNET, VAE, StageNode, category
 
 
 class ApplyControlNet(StageNode):
@@ -43,6 +43,14 @@ class ApplyControlNet(StageNode):
             "optional": {
                 "negative": (CONDITIONING, {"tooltip": "The negative prompt; connect it so the control also "
                                                        "steers the unconditional half of CFG, as the pipelines do."}),
+                "vae": (VAE, {"tooltip": "The model's VAE; SD3 and Flux ControlNets take the control image as "
+                                         "latents (SD1.x/SDXL ControlNets do not need it)."}),
+                "union_mode": ("INT", {"default": -1, "min": -1, "max": 15, "advanced": True,
+                                       "tooltip": "Union ControlNets only: the kind of control image (xinsir SDXL "
+                                                  "union: 0 openpose, 1 depth, 2 hed/scribble, 3 canny/lineart, "
+                                                  "4 normal, 5 segment, 6 tile, 7 repaint; InstantX Flux union: 0 "
+                                                  "canny, 1 tile, 2 depth, 3 blur, 4 pose, 5 gray, 6 low quality). "
+                                                  "-1 = not a union ControlNet."}),
             },
         }
 
@@ -53,8 +61,10 @@ class ApplyControlNet(StageNode):
                                         "make start_percent at most end_percent."))
         return True
 
-    def run(self, positive, controlnet, image, strength=1.0, start_percent=0.0, end_percent=1.0, negative=None):
-        control = Control(controlnet, image, strength, start_percent, end_percent)
+    def run(self, positive, controlnet, image, strength=1.0, start_percent=0.0, end_percent=1.0, negative=None,
+            vae=None, union_mode=-1):
+        control = Control(controlnet, image, strength, start_percent, end_percent, vae,
+                          None if union_mode < 0 else union_mode)
 
         def attach(cond):
             return None if cond is None else dataclasses.replace(cond, controls=(*cond.controls, control))

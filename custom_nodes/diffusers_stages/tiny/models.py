@@ -224,7 +224,7 @@ def write_models(root: str) -> dict[str, str]:
     paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
     sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
     paths.update(write_split_files(root, flux, sd3))
-    paths.update(write_controlnets(root, sd1, sdxl))
+    paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
     paths.update(write_loras(root, sd1, sdxl))
     # VAEs on their own, as in ComfyUI's models/vae: original (LDM) layout and diffusers layout
     from safetensors.torch import save_file
@@ -247,21 +247,76 @@ def build_controlnet(unet, seed: int):
 
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))
+    return randomise(controlnet, ("controlnet_down_blocks", "controlnet_mid_block",
+                                  "controlnet_cond_embedding.conv_out"), seed)
+
+
+def randomise(module, prefixes: tuple[str, ...], seed: int):
+    """Random values for a fresh ControlNet's zero-initialised layers (else its residuals are all zero)."""
+    torch.manual_seed(seed)
     with torch.no_grad():
-        for name, param in controlnet.named_parameters():
-            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block",
-                                "controlnet_cond_embedding.conv_out")):
+        for name, param in module.named_parameters():
+            if name.startswith(prefixes):
                 param.copy_(torch.randn_like(param) * 0.2)
-    return controlnet
+    return module
 
 
-def write_controlnets(root: str, sd1, sdxl) -> dict[str, str]:
-    """Diffusers ControlNet folders in models/controlnet: two for SD1.5 (to combine), one for SDXL."""
+def build_union_controlnet(unet, seed: int):
+    """An SDXL union ControlNet (ControlNetUnionModel, as xinsir's promax) shaped after ``unet``."""
+    import inspect
+
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    base = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16)).config
+    accepted = inspect.signature(ControlNetUnionModel.__init__).parameters
+    config = {k: v for k, v in base.items() if k in accepted}
+    width = config["block_out_channels"][0]
+    controlnet = ControlNetUnionModel(**config, num_control_type=8, num_trans_channel=width, num_trans_head=2,
+                                      num_proj_channel=width)
+    return randomise(controlnet, ("controlnet_down_blocks", "controlnet_mid_block",
+                                  "controlnet_cond_embedding.conv_out", "spatial_ch_projs", "task_embedding"), seed)
+
+
+def build_sd3_controlnet(transformer, seed: int):
+    """An SD3 ControlNet in the InstantX layout (control image as VAE latents, pooled prompt used)."""
+    from diffusers import SD3ControlNetModel
+
+    config = transformer.config
+    torch.manual_seed(seed)
+    controlnet = SD3ControlNetModel(
+        sample_size=config.sample_size, patch_size=config.patch_size, in_channels=config.in_channels, num_layers=2,
+        attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=config.joint_attention_dim, caption_projection_dim=config.caption_projection_dim,
+        pooled_projection_dim=config.pooled_projection_dim, out_channels=config.out_channels,
+        pos_embed_max_size=config.pos_embed_max_size, qk_norm=config.qk_norm, force_zeros_for_pooled_projection=False)
+    return randomise(controlnet, ("controlnet_blocks", "pos_embed_input"), seed)
+
+
+def build_flux_controlnet(transformer, seed: int):
+    """A Flux ControlNet in the InstantX layout (control image as packed VAE latents)."""
+    from diffusers import FluxControlNetModel
+
+    torch.manual_seed(seed)
+    config = transformer.config
+    controlnet = FluxControlNetModel.from_transformer(
+        transformer, num_layers=1, num_single_layers=1, attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads)
+    return randomise(controlnet, ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"), seed)
+
+
+def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
+    """Diffusers ControlNet folders in models/controlnet: two for SD1.5 (to combine), one each for SDXL, SD3, Flux."""
     paths = {}
-    for key, unet, seed in (("sd1_controlnet", sd1.unet, 11), ("sd1_controlnet_2", sd1.unet, 12),
-                            ("sdxl_controlnet", sdxl.unet, 13)):
+    builders = {"sd1_controlnet": lambda: build_controlnet(sd1.unet, 11),
+                "sd1_controlnet_2": lambda: build_controlnet(sd1.unet, 12),
+                "sdxl_controlnet": lambda: build_controlnet(sdxl.unet, 13),
+                "sdxl_union_controlnet": lambda: build_union_controlnet(sdxl.unet, 16),
+                "sd3_controlnet": lambda: build_sd3_controlnet(sd3.transformer, 14),
+                "flux_controlnet": lambda: build_flux_controlnet(flux.transformer, 15)}
+    for key, build in builders.items():
         paths[key] = os.path.join(root, "controlnet", f"tiny-{key.replace('_', '-')}")
-        build_controlnet(unet, seed).save_pretrained(paths[key], safe_serialization=True)
+        build().save_pretrained(paths[key], safe_serialization=True)
     return paths
 
 

@@ -93,8 +93,26 @@ class Family:
     def predict(self, denoiser: Denoiser, model_input: torch.Tensor, timestep: Any, inputs: dict[str, Any]):
         raise NotImplementedError
 
-    def control_residuals(self, denoiser: Denoiser, controlnet, model_input: torch.Tensor, timestep: Any,
-                          inputs: dict[str, Any], image: torch.Tensor, scale: float) -> dict[str, Any]:
+    control_shared_across_cfg_calls = False  # two-call CFG reuses the positive call's ControlNet residuals (Flux)
+
+    def prepare_control(self, control, height: int, width: int, batch: int, copies: int,
+                        generator: torch.Generator) -> torch.Tensor:
+        """A control's input for this family's ControlNets, as its ControlNet pipeline prepares it (``copies``
+        batches side by side when CFG is batched). Default: the control image in 0..1 (U-Net ControlNets)."""
+        import torch
+
+        from ..controlnet import control_pixels
+
+        module = control.controlnet.module
+        pixels = control_pixels(control, height, width, batch, normalize=False)
+        return torch.cat([pixels] * copies).to(device=module.device, dtype=module.dtype)
+
+    def control_problem(self, denoiser: Denoiser, controlnet) -> str | None:
+        """Why this ControlNet (of the right family) cannot steer this denoiser, or None."""
+        return None
+
+    def control_residuals(self, denoiser: Denoiser, control, controlnet, model_input: torch.Tensor, timestep: Any,
+                          inputs: dict[str, Any], control_input: torch.Tensor, scale: float) -> dict[str, Any]:
         """One ControlNet's contribution to a denoiser call (keyword arguments ``predict`` passes on)."""
         raise NotImplementedError(f"ControlNet is not supported for {self.display_name} yet")
 

@@ -66,6 +66,7 @@ class FluxFamily(Family):
     pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlNetPipeline")
     host_latent_format = "Flux"
     begin_index_on_full_run = True
+    control_shared_across_cfg_calls = True
     latent_scaling = (0.3611, 0.1159)
     text_slots = (TextSlot("clip_l", projection=False), TextSlot("t5", projection=False))
 
@@ -162,6 +163,40 @@ class FluxFamily(Family):
                     "img_ids": img_ids, "guidance": guidance}
 
         return ModelInputs(cfg=None, cond=inputs(guider.positive), uncond=inputs(guider.negative))
+
+    def prepare_control(self, control, height, width, batch, copies, generator):
+        """As FluxControlNetPipeline: the image in -1..1; for InstantX-style ControlNets (no input hint block) its VAE
+        posterior is sampled with the run's generator (before the initial noise is drawn), shifted, scaled, packed."""
+        from ..controlnet import control_pixels, control_vae
+
+        net = control.controlnet.module
+        pixels = control_pixels(control, height, width, batch, normalize=True)
+        if net.input_hint_block is not None:  # XLabs-style: the ControlNet reads pixels itself
+            return pixels.to(device=net.device, dtype=net.dtype)
+        vae = control_vae(control)
+        pixels = pixels.to(device=vae.module.device, dtype=vae.module.dtype)
+        latents = vae.module.encode(pixels).latent_dist.sample(generator)
+        latents = (latents - vae.module.config.shift_factor) * vae.module.config.scaling_factor
+        return pack(latents).to(net.device, net.dtype)
+
+    def control_residuals(self, denoiser, control, controlnet, model_input, timestep, inputs, control_input, scale):
+        batch = model_input.shape[0]
+        guidance = None
+        if controlnet.config.guidance_embeds:
+            guidance = inputs["guidance"]
+            if guidance is None:
+                guidance = torch.full([1], DEFAULT_GUIDANCE, device=model_input.device).expand(batch)
+        mode = None
+        if control.mode is not None:
+            mode = torch.tensor(control.mode, device=model_input.device, dtype=torch.long).view(-1, 1).expand(batch, 1)
+        timestep = timestep.expand(batch).to(model_input.dtype)
+        blocks, single_blocks = controlnet(
+            hidden_states=model_input, controlnet_cond=control_input, controlnet_mode=mode, conditioning_scale=scale,
+            timestep=timestep / 1000, guidance=guidance, pooled_projections=inputs["pooled_projections"],
+            encoder_hidden_states=inputs["encoder_hidden_states"], txt_ids=inputs["txt_ids"],
+            img_ids=inputs["img_ids"], return_dict=False)
+        return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": single_blocks,
+                "controlnet_blocks_repeat": controlnet.input_hint_block is not None}
 
     def predict(self, denoiser, model_input, timestep, inputs):
         timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)

@@ -137,6 +137,31 @@ class StableDiffusion3Family(Family):
         skip = dict(cond, skip_layers=list(guider.skip_layers)) if guider.skip_layers else None
         return ModelInputs(cfg, cond, skip=skip)
 
+    def prepare_control(self, control, height, width, batch, copies, generator):
+        """The control image as SD3ControlNetPipeline prepares it: -1..1, encoded by the VAE (the [uncond, cond]
+        batch when CFG is batched), shifted (unless the ControlNet zeroes the pooled prompt, as InstantX's) and
+        scaled. The pipeline samples the posterior from torch's global generator, which no seed reaches; this takes
+        its mode, as VAE Encode does, so a seed gives one image."""
+        from ..controlnet import control_pixels, control_vae
+
+        vae = control_vae(control)
+        net = control.controlnet.module
+        pixels = control_pixels(control, height, width, batch, normalize=True)
+        pixels = torch.cat([pixels] * copies).to(device=vae.module.device, dtype=vae.module.dtype)
+        latents = vae.module.encode(pixels).latent_dist.mode()
+        shift = 0.0 if net.config.force_zeros_for_pooled_projection else vae.module.config.shift_factor
+        return ((latents - shift) * vae.module.config.scaling_factor).to(net.device, net.dtype)
+
+    def control_residuals(self, denoiser, control, controlnet, model_input, timestep, inputs, control_input, scale):
+        config = controlnet.config
+        pooled = inputs["pooled_projections"]
+        samples = controlnet(
+            hidden_states=model_input, timestep=timestep.expand(model_input.shape[0]),
+            encoder_hidden_states=inputs["encoder_hidden_states"] if config.joint_attention_dim is not None else None,
+            pooled_projections=torch.zeros_like(pooled) if config.force_zeros_for_pooled_projection else pooled,
+            controlnet_cond=control_input, conditioning_scale=scale, return_dict=False)[0]
+        return {"block_controlnet_hidden_states": samples}
+
     def predict(self, denoiser, model_input, timestep, inputs):
         timestep = timestep.expand(model_input.shape[0])
         return denoiser.module(hidden_states=model_input, timestep=timestep, **inputs, return_dict=False)[0]

@@ -107,6 +107,13 @@ def infer_text_encoder_config(base: dict[str, Any], shapes: dict[str, tuple[int,
     return config
 
 
+def union_control_type(controlnet, mode: int, batch: int) -> torch.Tensor:
+    """ControlNetUnionModel's one-hot control type for ``mode`` (as StableDiffusionXLControlNetUnionPipeline)."""
+    control_type = torch.zeros(controlnet.config.num_control_type)
+    control_type[mode] = 1
+    return control_type.reshape(1, -1).to(controlnet.device, dtype=controlnet.dtype).repeat(batch, 1)
+
+
 def write_skeleton(directory: str, configs: dict[str, dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     """A config-only diffusers folder (configs + tokenizers, no weights) for ``from_single_file(config=...)``."""
     for name, config in configs.items():
@@ -233,12 +240,22 @@ class StableDiffusionFamily(Family):
     def predict(self, denoiser, model_input, timestep, inputs):
         return denoiser.module(model_input, timestep, **inputs, return_dict=False)[0]
 
-    def control_residuals(self, denoiser, controlnet, model_input, timestep, inputs, image, scale):
+    def control_problem(self, denoiser, controlnet):
+        width, expected = controlnet.config.cross_attention_dim, denoiser.module.config.cross_attention_dim
+        if width != expected:
+            return f"has cross-attention width {width} but this U-Net has {expected} (made for another model)"
+        return None
+
+    def control_residuals(self, denoiser, control, controlnet, model_input, timestep, inputs, control_input, scale):
         """As the ControlNet pipelines call it: same latents, timestep and prompt as the U-Net call."""
         extra = {"added_cond_kwargs": inputs["added_cond_kwargs"]} if "added_cond_kwargs" in inputs else {}
+        if control.mode is not None:  # union ControlNet: one control type per image
+            extra.update(control_type=union_control_type(controlnet, control.mode, model_input.shape[0]),
+                         control_type_idx=[control.mode])
+            control_input = [control_input]
         down, mid = controlnet(model_input, timestep, encoder_hidden_states=inputs["encoder_hidden_states"],
-                               controlnet_cond=image, conditioning_scale=scale, guess_mode=False, return_dict=False,
-                               **extra)
+                               controlnet_cond=control_input, conditioning_scale=scale, guess_mode=False,
+                               return_dict=False, **extra)
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
