@@ -108,5 +108,30 @@ def test_lora_of_another_family_or_unknown_keys_is_refused(nodes, models_root):
     with pytest.raises(StageError, match="lora_name: none of the .* matched a layer"):
         with_loras(sd1, ("unknown-keys.safetensors", 1.0, 1.0))
     flux = Graph(nodes, "diffusers/tiny-flux")
-    with pytest.raises(StageError, match="LoRAs for Flux.1 are not supported yet"):
+    with pytest.raises(StageError, match="lora_name: 'tiny-sd15-lora.safetensors' is made for a U-Net .*Flux.1 model "
+                                         ".0 matched"):
         with_loras(flux, ("tiny-sd15-lora.safetensors", 1.0, 1.0))
+    assert not any(getattr(part.module, "peft_config", None) for part in flux.text_encoder.parts)  # taken out again
+
+
+def test_sd3_lora_matches_the_pipeline(nodes, models_root):
+    graph = Graph(nodes, "diffusers/tiny-sd3")
+    ours = image(with_loras(graph, ("tiny-sd3-lora.safetensors", 0.6, 0.6)), cfg=4.0)
+    pipe = load_pipeline("StableDiffusion3Pipeline", models_root["sd3_folder"])
+    pipe.load_lora_weights(models_root["sd3_lora"], adapter_name="lora")
+    pipe.set_adapters(["lora"], adapter_weights=[0.6])
+    assert torch.equal(ours, pipeline_image(pipe, cfg=4.0))
+    assert not torch.equal(ours, image(graph, cfg=4.0))  # and the base model is untouched
+
+
+def test_flux_lora_matches_the_pipeline(nodes, models_root):
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    lora = with_loras(graph, ("tiny-flux-lora.safetensors", 0.8, 0.8))
+    guider = nodes["DS_CFGGuider"].execute(positive=lora.encode(PROMPT), cfg=1.0)[0]
+    ours = bchw(lora.decode(lora.denoise(guider, lora.default_scheduler, lora.empty(), seed=SEED)))
+    pipe = load_pipeline("FluxPipeline", models_root["flux_folder"])
+    pipe.load_lora_weights(models_root["flux_lora"], adapter_name="lora")
+    pipe.set_adapters(["lora"], adapter_weights=[0.8])
+    ref = pipe(PROMPT, num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(ours, ref)

@@ -11,6 +11,7 @@ have (diffusers/peft, kohya/A1111 ``lora_unet_…``/``lora_te_…``, ComfyUI-tra
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
 
     if not family.lora_pipeline:
         raise InputError("lora_name", f"LoRAs for {family.display_name} are not supported yet.",
-                         "use a LoRA with an SD1.x/2.x or SDXL model.")
+                         "use a LoRA with an SD1.x/2.x, SDXL, SD3 or Flux.1 model.")
     try:
         import peft  # noqa: F401 - diffusers' LoRA loading runs on peft
     except ImportError as exc:
@@ -62,22 +63,22 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
         return LoraReport(name, -1, -1)  # already loaded into these models
     loader = getattr(diffusers, family.lora_pipeline)
     try:
-        state, alphas = loader.lora_state_dict(path, **({"unet_config": denoiser_module.config}
-                                                        if family.lora_pipeline.endswith("XLPipeline") else {}))
+        state, alphas = read_lora(loader, family, path, denoiser_module)
     except Exception as exc:  # diffusers raises ValueError/KeyError for layouts it cannot convert
         raise InputError("lora_name", f"'{os.path.basename(path)}' is not a LoRA diffusers can read ({exc}).",
                          "use a LoRA .safetensors file (diffusers, kohya/A1111 or ComfyUI format).") from exc
-    prefixes = ("unet.", *(f"{p}." for p in family.lora_text_prefixes))
+    prefixes = (f"{family.lora_denoiser}.", *(f"{p}." for p in family.lora_text_prefixes))
     in_file = sum(_layers_in(state, p) for p in prefixes)
     other = [k for k in state if not k.startswith(prefixes)]
     try:
         if name not in (getattr(denoiser_module, "peft_config", None) or {}):
-            loader.load_lora_into_unet(state, alphas, unet=denoiser_module, adapter_name=name)
+            load_into_denoiser(loader, family, state, alphas, denoiser_module, name)
         for module, prefix in zip(text_modules, family.lora_text_prefixes):
             if name not in (getattr(module, "peft_config", None) or {}):
                 loader.load_lora_into_text_encoder(state, alphas, text_encoder=module, prefix=prefix,
                                                    lora_scale=1.0, adapter_name=name)
     except (RuntimeError, ValueError) as exc:  # peft: size mismatches when the LoRA was made for another model
+        _remove(modules, name)
         if "not found in the base model" in str(exc):  # not one layer name matched
             raise InputError("lora_name", f"none of the {in_file + len(other)} LoRA layers/keys of "
                              f"'{os.path.basename(path)}' matched a layer of this {family.display_name} model (0 "
@@ -86,8 +87,16 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
                          f"({str(exc).splitlines()[0][:300]}).",
                          "use a LoRA trained for this model family (SD1.5 LoRAs do not fit SDXL and vice versa)."
                          ) from exc
+    foreign = "transformer." if family.lora_denoiser == "unet" else "unet."
+    if _lora_layers(denoiser_module, name) == 0 and any(k.startswith(foreign) for k in state):
+        _remove(modules, name)
+        kind = "a DiT (SD3/Flux)" if foreign == "transformer." else "a U-Net (SD1.x/SDXL)"
+        raise InputError("lora_name", f"'{os.path.basename(path)}' is made for {kind} model; none of its denoiser "
+                         f"layers fit this {family.display_name} model (0 matched).",
+                         "use a LoRA made for this model family.")
     matched = sum(_lora_layers(m, name) for m in modules)
     if matched == 0:
+        _remove(modules, name)
         raise InputError("lora_name", f"none of the {in_file + len(other)} LoRA layers/keys of "
                          f"'{os.path.basename(path)}' matched a layer of this {family.display_name} model.",
                          "use a LoRA made for this model family.")
@@ -95,6 +104,35 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
         log.warning("LoRA %s: %d of %d layers matched; %d keys were not understood (e.g. %s)",
                     os.path.basename(path), matched, in_file, len(other), other[:1])
     return LoraReport(name, in_file, matched)
+
+
+def _remove(modules: list, name: str) -> None:
+    """Take a refused LoRA's adapter out of the models it was partly loaded into."""
+    for module in modules:
+        if name in (getattr(module, "peft_config", None) or {}):
+            remove = getattr(module, "delete_adapters", None) or module.delete_adapter
+            remove(name)
+
+
+def read_lora(loader, family, path: str, denoiser_module) -> tuple[dict, dict | None]:
+    """(state dict, network alphas) in diffusers' layout, as the family's pipeline reads a LoRA file."""
+    params = inspect.signature(loader.lora_state_dict).parameters
+    kwargs = {"return_alphas": True} if "return_alphas" in params else {}  # Flux
+    if family.lora_denoiser == "unet" and family.lora_text_prefixes[1:]:  # SDXL converts kohya keys by its U-Net
+        kwargs["unet_config"] = denoiser_module.config
+    out = loader.lora_state_dict(path, **kwargs)
+    return (out, None) if isinstance(out, dict) else (out[0], out[1])
+
+
+def load_into_denoiser(loader, family, state: dict, alphas, module, name: str) -> None:
+    if family.lora_denoiser == "unet":
+        loader.load_lora_into_unet(state, alphas, unet=module, adapter_name=name)
+        return
+    load = loader.load_lora_into_transformer
+    if "network_alphas" in inspect.signature(load).parameters:  # Flux
+        load(state, alphas, transformer=module, adapter_name=name)
+    else:  # SD3
+        load(state, transformer=module, adapter_name=name)
 
 
 def activate(module, loras: tuple[tuple[str, float], ...], text_encoder: bool) -> None:

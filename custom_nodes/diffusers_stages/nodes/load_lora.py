@@ -21,7 +21,7 @@ class LoadLoRA(StageNode):
     DESCRIPTION = ("Adds a LoRA from models/loras to the denoiser and text encoder (diffusers/peft, kohya/A1111 and "
                    "ComfyUI formats), with a strength for each. Chain several to stack them. Non-destructive: the "
                    "inputs still run without the LoRA (bit-identical to never loading it), so other branches and "
-                   "later runs are unaffected. SD1.x/2.x and SDXL.")
+                   "later runs are unaffected. SD1.x/2.x, SDXL, SD3 and Flux.1.")
     RETURN_TYPES = (DENOISER, TEXT_ENCODER)
     RETURN_NAMES = ("denoiser", "text_encoder")
     OUTPUT_TOOLTIPS = ("The denoiser with the LoRA on; connect to Denoise.",

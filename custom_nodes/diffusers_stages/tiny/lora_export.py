@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # also the DiTs' attention projections
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 RANK = 2
 
@@ -15,9 +15,11 @@ def lora_layers(pipe, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
     every text encoder of ``pipe``; both matrices random (a fresh LoRA's zero up-matrix would change nothing)."""
     generator = torch.Generator().manual_seed(seed)
     layers = {}
-    components = [("unet", pipe.unet, UNET_TARGETS), ("text_encoder", pipe.text_encoder, TEXT_TARGETS)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        components.append(("text_encoder_2", pipe.text_encoder_2, TEXT_TARGETS))
+    denoiser = ("unet", pipe.unet) if hasattr(pipe, "unet") else ("transformer", pipe.transformer)
+    components = [(*denoiser, UNET_TARGETS), ("text_encoder", pipe.text_encoder, TEXT_TARGETS)]
+    second = getattr(pipe, "text_encoder_2", None)
+    if second is not None and "CLIP" in type(second).__name__:  # SDXL, SD3 (Flux's second encoder is T5)
+        components.append(("text_encoder_2", second, TEXT_TARGETS))
     for prefix, module, targets in components:
         for name, layer in module.named_modules():
             if isinstance(layer, torch.nn.Linear) and name.endswith(targets):

@@ -225,7 +225,7 @@ def write_models(root: str) -> dict[str, str]:
     sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
     paths.update(write_split_files(root, flux, sd3))
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
-    paths.update(write_loras(root, sd1, sdxl))
+    paths.update(write_loras(root, sd1, sdxl, sd3, flux))
     # VAEs on their own, as in ComfyUI's models/vae: original (LDM) layout and diffusers layout
     from safetensors.torch import save_file
 
@@ -320,9 +320,9 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
     return paths
 
 
-def write_loras(root: str, sd1, sdxl) -> dict[str, str]:
+def write_loras(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
     """LoRA files in models/loras: SD1.5 in diffusers format (U-Net + text encoder) and the same weights in
-    kohya/A1111 format, a second SD1.5 LoRA (to stack) and an SDXL LoRA (U-Net + both text encoders)."""
+    kohya/A1111 format, a second SD1.5 LoRA (to stack), and SDXL, SD3 and Flux LoRAs (denoiser + CLIPs)."""
     from .lora_export import save_diffusers_lora, save_kohya_lora
 
     folder = os.path.join(root, "loras")
@@ -330,11 +330,15 @@ def write_loras(root: str, sd1, sdxl) -> dict[str, str]:
     paths = {"sd1_lora": os.path.join(folder, "tiny-sd15-lora.safetensors"),
              "sd1_lora_kohya": os.path.join(folder, "tiny-sd15-lora-kohya.safetensors"),
              "sd1_lora_2": os.path.join(folder, "tiny-sd15-lora-2.safetensors"),
-             "sdxl_lora": os.path.join(folder, "tiny-sdxl-lora.safetensors")}
+             "sdxl_lora": os.path.join(folder, "tiny-sdxl-lora.safetensors"),
+             "sd3_lora": os.path.join(folder, "tiny-sd3-lora.safetensors"),
+             "flux_lora": os.path.join(folder, "tiny-flux-lora.safetensors")}
     layers = save_diffusers_lora(sd1, paths["sd1_lora"], seed=21)
     save_kohya_lora(layers, paths["sd1_lora_kohya"])
     save_diffusers_lora(sd1, paths["sd1_lora_2"], seed=22)
     save_diffusers_lora(sdxl, paths["sdxl_lora"], seed=23)
+    save_diffusers_lora(sd3, paths["sd3_lora"], seed=24)
+    save_diffusers_lora(flux, paths["flux_lora"], seed=25)
     return paths
 
 

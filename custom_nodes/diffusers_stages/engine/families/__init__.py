@@ -55,6 +55,7 @@ class Family:
     latent_scaling: tuple[float, float] = (1.0, 0.0)  # the family's VAE scaling/shift, for a denoiser loaded alone
     text_slots: tuple = ()  # the TextSlots (component_files) a text encoder of this family is made of, in order
     lora_pipeline: str = ""  # the diffusers pipeline whose LoRA loader reads this family's LoRAs ("" = none yet)
+    lora_denoiser = "unet"  # the denoiser's key prefix in LoRA files (U-Net: "unet", DiT: "transformer")
     lora_text_prefixes: tuple[str, ...] = ()  # its text encoders' key prefixes in LoRA files, in part order
 
     def claims_checkpoint(self, keys: set[str]) -> bool:

@@ -68,6 +68,8 @@ class FluxFamily(Family):
     begin_index_on_full_run = True
     control_shared_across_cfg_calls = True
     latent_scaling = (0.3611, 0.1159)
+    lora_pipeline, lora_denoiser = "FluxPipeline", "transformer"
+    lora_text_prefixes = ("text_encoder",)  # CLIP-L (diffusers loads no T5 LoRA for Flux)
     text_slots = (TextSlot("clip_l", projection=False), TextSlot("t5", projection=False))
 
     # ---- loading -------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ class StableDiffusion3Family(Family):
     host_latent_format = "SD3"
     supports_skip_layers = True
     latent_scaling = (1.5305, 0.0609)
+    lora_pipeline, lora_denoiser = "StableDiffusion3Pipeline", "transformer"
+    lora_text_prefixes = ("text_encoder", "text_encoder_2")  # the two CLIPs (diffusers loads no T5 LoRA for SD3)
     text_slots = (TextSlot("clip_l", projection=True), TextSlot("clip_g", projection=True),
                   TextSlot("t5", projection=False, required=False))
 
