@@ -194,3 +194,15 @@ def test_flux_controlnet_matches_the_pipeline(nodes, models_root, true_cfg):
                num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", **extra).images
     assert torch.equal(ours, ref)
+
+
+def test_single_file_controlnet_equals_its_folder(nodes, sd1_graph, controlnets):
+    """The original-layout single file (control_model.*, input_hint_block, zero_convs) gives the folder's image."""
+    single = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-sd1-controlnet.safetensors", dtype="fp32")[0]
+    assert "tiny-sd1-controlnet.safetensors" in nodes["DS_LoadControlNet"].INPUT_TYPES()["required"][
+        "controlnet_name"][0]
+    image = control_image(seed=8)
+    from_file = run_graph(sd1_graph, controlled_guider(sd1_graph, [(single, image, 0.9, 0.0, 1.0)]))
+    from_folder = run_graph(sd1_graph, controlled_guider(sd1_graph, [(controlnets["sd1-controlnet"], image, 0.9,
+                                                                       0.0, 1.0)]))
+    assert torch.equal(from_file, from_folder)

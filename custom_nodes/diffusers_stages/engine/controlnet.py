@@ -35,12 +35,9 @@ def load_controlnet(path: str, dtype: torch.dtype) -> ControlNet:
     from .families import all_families
     from .families.folders import weights_variant
 
+    if os.path.isfile(path):
+        return load_controlnet_file(path, dtype)
     config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise InputError("controlnet_name", f"'{os.path.basename(path)}' is a single file; this version loads "
-                         "ControlNets from diffusers folders (config.json + diffusion_pytorch_model.safetensors).",
-                         "put the ControlNet's diffusers folder in models/controlnet (most ControlNets on Hugging "
-                         "Face are published that way).")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
     class_name = config.get("_class_name")
@@ -55,6 +52,49 @@ def load_controlnet(path: str, dtype: torch.dtype) -> ControlNet:
         path, variant=weights_variant(os.path.dirname(path), os.path.basename(path)), torch_dtype=dtype,
         local_files_only=True, use_safetensors=True)
     return ControlNet(family, module.eval(), path)
+
+
+LDM_CONTROLNET_PREFIX = "control_model."
+
+
+def load_controlnet_file(path: str, dtype: torch.dtype) -> ControlNet:
+    """A single-file ControlNet in the original (ControlNet/LDM) layout, as ComfyUI users keep SD1.x/2.x ones
+    (``control_v11p_sd15_canny_fp16.safetensors``): ``input_hint_block``, ``zero_convs``, ``middle_block_out`` and
+    the U-Net encoder's blocks, with or without ``control_model.``. The architecture comes from the tensors."""
+    import inspect
+
+    from diffusers import ControlNetModel
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    from .component_files import empty, fill, open_file, read_tensors
+    from .families.stable_diffusion import STABLE_DIFFUSION, _bundled_config, infer_unet_config
+
+    name = os.path.basename(path)
+    shapes = open_file(path, "controlnet_name")
+    prefix = LDM_CONTROLNET_PREFIX if any(k.startswith(LDM_CONTROLNET_PREFIX) for k in shapes) else ""
+    body = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    if "input_hint_block.0.weight" not in body or "zero_convs.0.0.weight" not in body:
+        raise InputError("controlnet_name", f"'{name}' is not a ControlNet in the original layout (no input hint "
+                         "block / zero convolutions); diffusers-layout single files, control-LoRAs and T2I adapters "
+                         "are not supported as single files.",
+                         "use the ControlNet's diffusers folder (config.json + weights) in models/controlnet.")
+    if "label_emb.0.0.weight" in body:
+        raise InputError("controlnet_name", f"'{name}' is an SDXL ControlNet in the original layout, which this "
+                         "version loads only as a diffusers folder.", "use its diffusers folder in "
+                         "models/controlnet.")
+    cross = body["input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"][1]
+    sd2 = cross == 1024  # SD2's OpenCLIP width: 64-wide heads; SD1: 8 heads
+    unet = infer_unet_config(_bundled_config("sd1")["unet"], body, "per64" if sd2 else "fixed", at="")
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    config = {k: v for k, v in unet.items() if k in accepted}
+    hint = sorted(int(k.split(".")[1]) for k in body if k.startswith("input_hint_block.") and k.endswith(".weight"))
+    # hint convs: conv_in, then (same width, stride-2 to the next width) pairs, then conv_out to the U-Net's width
+    config.update(conditioning_channels=body["input_hint_block.0.weight"][1],
+                  conditioning_embedding_out_channels=[body[f"input_hint_block.{hint[0]}.weight"][0]] + [
+                      body[f"input_hint_block.{i}.weight"][0] for i in hint[2:-1:2]])
+    module = empty(ControlNetModel, config)
+    state = convert_controlnet_checkpoint(read_tensors(path, prefix), config)
+    return ControlNet(STABLE_DIFFUSION, fill(module, state, dtype, "ControlNet", "controlnet_name"), path)
 
 
 def check_control(denoiser: Denoiser, control: Control) -> None:

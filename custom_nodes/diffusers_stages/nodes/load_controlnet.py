@@ -14,15 +14,20 @@ FOLDER = "controlnet"
 
 
 def available_controlnets() -> list[str]:
-    """Diffusers ControlNet folders (a config.json beside the weights) in models/controlnet."""
+    """Diffusers ControlNet folders (a config.json beside the weights) and single .safetensors files in
+    models/controlnet."""
     found = set()
     for root in host.model_roots(FOLDER):
         if not os.path.isdir(root):
             continue
         for current, dirs, files in os.walk(root, followlinks=True):
+            relative = os.path.relpath(current, root).replace(os.sep, "/")
             if "config.json" in files and any(f.endswith(".safetensors") for f in files):
-                found.add(os.path.relpath(current, root).replace(os.sep, "/"))
-                dirs.clear()
+                found.add(relative)
+                dirs.clear()  # the folder's weights are not models of their own
+                continue
+            found.update(f if relative == "." else f"{relative}/{f}" for f in files
+                         if f.lower().endswith(loading.SAFETENSORS_SUFFIXES))
     return sorted(found)
 
 
@@ -31,9 +36,10 @@ class LoadControlNet(StageNode):
     DISPLAY_NAME = "Load ControlNet (Diffusers)"
     VERSION = "1.0.0"
     CATEGORY = category("loaders")
-    DESCRIPTION = ("Loads a ControlNet from a diffusers folder in models/controlnet (config.json + "
-                   "diffusion_pytorch_model.safetensors), for SD1.x/2.x or SDXL. Attach it to prompts with "
-                   "Apply ControlNet.")
+    DESCRIPTION = ("Loads a ControlNet from models/controlnet: a diffusers folder (config.json + "
+                   "diffusion_pytorch_model.safetensors) for SD1.x/2.x, SDXL (also union), SD3 or Flux.1, or an "
+                   "SD1.x/2.x single file in the original layout (control_v11p_sd15_*.safetensors). Attach it to "
+                   "prompts with Apply ControlNet.")
     RETURN_TYPES = (CONTROLNET,)
     RETURN_NAMES = ("controlnet",)
     OUTPUT_TOOLTIPS = ("The ControlNet; connect to Apply ControlNet.",)
@@ -44,7 +50,8 @@ class LoadControlNet(StageNode):
             "required": {
                 "controlnet_name": (available_controlnets(), {
                     "tooltip": "A diffusers ControlNet folder in models/controlnet (e.g. "
-                               "lllyasviel/control_v11p_sd15_canny, diffusers/controlnet-canny-sdxl-1.0)."}),
+                               "lllyasviel/control_v11p_sd15_canny, diffusers/controlnet-canny-sdxl-1.0), or an "
+                               "SD1.x/2.x ControlNet .safetensors file in the original layout."}),
                 "dtype": (["auto", *loading.DTYPES], {"default": "auto",
                                                       "tooltip": "Weight precision. auto: the host's choice."}),
             }

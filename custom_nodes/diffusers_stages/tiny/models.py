@@ -314,9 +314,15 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
                 "sdxl_union_controlnet": lambda: build_union_controlnet(sdxl.unet, 16),
                 "sd3_controlnet": lambda: build_sd3_controlnet(sd3.transformer, 14),
                 "flux_controlnet": lambda: build_flux_controlnet(flux.transformer, 15)}
+    from .ldm_export import controlnet_to_ldm, save
+
     for key, build in builders.items():
         paths[key] = os.path.join(root, "controlnet", f"tiny-{key.replace('_', '-')}")
-        build().save_pretrained(paths[key], safe_serialization=True)
+        controlnet = build()
+        controlnet.save_pretrained(paths[key], safe_serialization=True)
+        if key == "sd1_controlnet":  # also as the single file ComfyUI users have (control_v11p_sd15_*.safetensors)
+            paths["sd1_controlnet_single"] = paths[key] + ".safetensors"
+            save(controlnet_to_ldm(controlnet), paths["sd1_controlnet_single"])
     return paths
 
 

@@ -36,14 +36,16 @@ def _count(keys, pattern: str) -> int:
     return len({m.group(1) for k in keys if (m := regex.match(k))})
 
 
-def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], heads: str) -> dict[str, Any]:
+def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], heads: str,
+                      at: str = _UNET) -> dict[str, Any]:
     """The bundled UNet config with every size the checkpoint's tensors reveal taken from the tensors.
 
     ``heads``: "fixed" keeps the bundled head count (SD1: 8 heads); "per64" uses 64-wide heads, as SD2 and SDXL.
+    ``at``: where the U-Net's keys start (a ControlNet's encoder half has the same layout).
     """
     levels, current, k = [], [], 1
     while True:
-        prefix = f"{_UNET}input_blocks.{k}.0."
+        prefix = f"{at}input_blocks.{k}.0."
         if prefix + "op.weight" in shapes:
             levels.append(current)
             current = []
@@ -53,16 +55,16 @@ def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], 
             break
         k += 1
     levels.append(current)
-    channels = [shapes[f"{_UNET}input_blocks.{level[0]}.0.out_layers.3.weight"][0] for level in levels]
-    attention = [f"{_UNET}input_blocks.{level[0]}.1.proj_in.weight" in shapes for level in levels]
+    channels = [shapes[f"{at}input_blocks.{level[0]}.0.out_layers.3.weight"][0] for level in levels]
+    attention = [f"{at}input_blocks.{level[0]}.1.proj_in.weight" in shapes for level in levels]
     first = next(level[0] for level, has in zip(levels, attention) if has)
-    attn = f"{_UNET}input_blocks.{first}.1."
-    depths = [_count(shapes, re.escape(f"{_UNET}input_blocks.{level[0]}.1.") + r"transformer_blocks\.(\d+)\.")
+    attn = f"{at}input_blocks.{first}.1."
+    depths = [_count(shapes, re.escape(f"{at}input_blocks.{level[0]}.1.") + r"transformer_blocks\.(\d+)\.")
               if has else 1 for level, has in zip(levels, attention)]
     config = dict(base)
     config.update(
-        in_channels=shapes[f"{_UNET}input_blocks.0.0.weight"][1],
-        out_channels=shapes[f"{_UNET}out.2.weight"][0],
+        in_channels=shapes[f"{at}input_blocks.0.0.weight"][1],
+        out_channels=shapes.get(f"{at}out.2.weight", shapes[f"{at}input_blocks.0.0.weight"][1:])[0],
         block_out_channels=channels,
         layers_per_block=len(levels[0]),
         down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
@@ -74,7 +76,7 @@ def infer_unet_config(base: dict[str, Any], shapes: dict[str, tuple[int, ...]], 
     )
     if heads == "per64":
         config["attention_head_dim"] = [max(1, c // 64) for c in channels]
-    label = f"{_UNET}label_emb.0.0.weight"
+    label = f"{at}label_emb.0.0.weight"
     if label in shapes:  # SDXL's text-time embedding: 6 time ids of addition_time_embed_dim + the pooled prompt
         config["projection_class_embeddings_input_dim"] = shapes[label][1]
     return config
