@@ -190,3 +190,15 @@ def test_component_files_in_bf16_load_and_run(nodes):
     guider = nodes["DS_CFGGuider"].execute(positive=cond, cfg=1.0)[0]
     latent = graph.denoise(guider, scheduler, graph.empty())
     assert torch.isfinite(bchw(latent["samples"].float().movedim(1, -1))).all()
+
+
+@pytest.mark.parametrize("family, folder, unet, texts", [
+    ("sd15", "diffusers/tiny-sd15", "tiny-sd15-unet.safetensors", {"clip_l": "tiny-sd15-clip_l.safetensors"}),
+    ("sdxl", "diffusers/tiny-sdxl", "tiny-sdxl-unet.safetensors",
+     {"clip_l": "tiny-sdxl-clip_l.safetensors", "clip_g": "tiny-sdxl-clip_g.safetensors"}),
+])
+def test_unet_families_from_split_files_equal_the_folder(nodes, family, folder, unet, texts):
+    reference = Graph(nodes, folder)
+    split = split_graph(nodes, unet, family, reference.vae, **texts)
+    assert same_scheduler(split.default_scheduler, reference.default_scheduler)
+    assert torch.equal(image(split), image(reference))

@@ -54,8 +54,8 @@ def empty(module_class, config):
     """The model's structure with its parameters on the meta device (nothing allocated yet)."""
     from accelerate import init_empty_weights
 
-    with init_empty_weights():
-        return module_class(**config) if isinstance(config, dict) else module_class(config)
+    with init_empty_weights():  # a diffusers config dict (unknown and "_" keys ignored) or a transformers config
+        return module_class.from_config(config) if isinstance(config, dict) else module_class(config)
 
 
 def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, input_name: str):

@@ -19,8 +19,9 @@ class LoadDiffusionModel(StageNode):
     VERSION = "1.0.0"
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a denoiser on its own from models/diffusion_models, as the model makers release them "
-                   "(flux1-dev.safetensors, flux1-schnell.safetensors, sd3.5_large.safetensors, …). Combine it with "
-                   "Load Text Encoders and Load VAE. The architecture is read from the file; nothing is downloaded.")
+                   "(flux1-dev.safetensors, flux1-schnell.safetensors, sd3.5_large.safetensors, an SD1.x/SDXL U-Net "
+                   "in the original layout). Combine it with Load Text Encoders and Load VAE. The architecture is "
+                   "read from the file; nothing is downloaded.")
     RETURN_TYPES = (DENOISER, SCHEDULER)
     RETURN_NAMES = ("denoiser", "scheduler")
     OUTPUT_TOOLTIPS = (
@@ -34,8 +35,8 @@ class LoadDiffusionModel(StageNode):
         return {
             "required": {
                 "model_name": (host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES), {
-                    "tooltip": "A diffusion model file from models/diffusion_models (Flux.1 and SD3/3.5 in their "
-                               "original release layout)."}),
+                    "tooltip": "A diffusion model file from models/diffusion_models (Flux.1, SD3/3.5, SD1.x/2.x or "
+                               "SDXL U-Net, in the original release layout)."}),
                 "dtype": (["auto", *loading.DTYPES], {
                     "default": "auto",
                     "tooltip": "Weight precision. auto: the host's choice (bf16/fp16 on most GPUs, fp32 on CPU). "

@@ -31,7 +31,8 @@ class LoadTextEncoders(StageNode):
     VERSION = "1.0.0"
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a model family's text encoders from separate files in models/text_encoders: Flux.1 takes "
-                   "CLIP-L + T5-XXL, SD3/3.5 CLIP-L + CLIP-G (+ T5-XXL, optional). The tokenizers come from "
+                   "CLIP-L + T5-XXL, SD3/3.5 CLIP-L + CLIP-G (+ T5-XXL, optional), SDXL CLIP-L + CLIP-G, SD1.x "
+                   "CLIP-L. The tokenizers come from "
                    "ComfyUI's own, the open-clip vocabulary and, for T5 outside ComfyUI, "
                    "models/text_encoders/t5_tokenizer or a diffusers folder of the family.")
     RETURN_TYPES = (TEXT_ENCODER,)
@@ -43,7 +44,7 @@ class LoadTextEncoders(StageNode):
         files = [NONE, *host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES)]
         inputs = {"family": (list(families_with_text_files()), {
             "tooltip": "The model family the text encoders are for (it decides which files are needed and how the "
-                       "prompt is encoded): flux = Flux.1, sd3 = Stable Diffusion 3/3.5."})}
+                       "prompt is encoded): sd15 = SD1.x, sdxl = SDXL, sd3 = SD3/3.5, flux = Flux.1."})}
         for kind, label in TEXT_KINDS.items():
             inputs[kind] = (files, {"default": NONE, "tooltip": f"The {label} text encoder file, or none if the "
                                                                 "family does not use it."})

@@ -99,7 +99,9 @@ def build_sdxl_pipeline(sample_size: int = 8):
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         # heads follow SDXL's 64-wide rule (at least 1), which the single-file loader assumes
         transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 1, 1), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+        # SDXL's own time-id width (256): a U-Net file does not record it, so loaders assume the released value
+        addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=6 * 256 + 32,
         cross_attention_dim=32 + 48, norm_num_groups=16,
     )
     torch.manual_seed(1)
@@ -224,6 +226,7 @@ def write_models(root: str) -> dict[str, str]:
     paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
     sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
     paths.update(write_split_files(root, flux, sd3))
+    paths.update(write_unet_files(root, sd1, sdxl))
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
     paths.update(write_loras(root, sd1, sdxl, sd3, flux))
     # VAEs on their own, as in ComfyUI's models/vae: original (LDM) layout and diffusers layout
@@ -345,6 +348,27 @@ def write_loras(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
     save_diffusers_lora(sdxl, paths["sdxl_lora"], seed=23)
     save_diffusers_lora(sd3, paths["sd3_lora"], seed=24)
     save_diffusers_lora(flux, paths["flux_lora"], seed=25)
+    return paths
+
+
+def write_unet_files(root: str, sd1, sdxl) -> dict[str, str]:
+    """SD1.5 and SDXL as split files: U-Nets in diffusion_models (original layout; SD1.5 without, SDXL with the
+    checkpoint prefix, as both occur) and their CLIP text encoders in text_encoders."""
+    from .ldm_export import save, text_encoder_file, unet_to_ldm
+
+    files = {
+        "sd1_unet": ("diffusion_models", "tiny-sd15-unet.safetensors",
+                     {k.removeprefix("model.diffusion_model."): v for k, v in unet_to_ldm(sd1.unet).items()}),
+        "sd1_clip_l": ("text_encoders", "tiny-sd15-clip_l.safetensors", text_encoder_file(sd1.text_encoder)),
+        "sdxl_unet": ("diffusion_models", "tiny-sdxl-unet.safetensors", unet_to_ldm(sdxl.unet)),
+        "sdxl_clip_l": ("text_encoders", "tiny-sdxl-clip_l.safetensors", text_encoder_file(sdxl.text_encoder)),
+        "sdxl_clip_g": ("text_encoders", "tiny-sdxl-clip_g.safetensors", text_encoder_file(sdxl.text_encoder_2)),
+    }
+    paths = {}
+    for key, (sub, name, tensors) in files.items():
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        paths[key] = os.path.join(root, sub, name)
+        save(tensors, paths[key])
     return paths
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..component_files import TextSlot
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..vae_loading import norm_groups, vae_config
 from . import Family, LoadedModel, ModelInputs
@@ -116,6 +117,32 @@ def union_control_type(controlnet, mode: int, batch: int) -> torch.Tensor:
     return control_type.reshape(1, -1).to(controlnet.device, dtype=controlnet.dtype).repeat(batch, 1)
 
 
+def is_unet_file(keys) -> bool:
+    """A whole U-Net in the original (LDM) layout, with or without ``model.diffusion_model.``."""
+    return any(k in keys for k in (f"{p}out.2.weight" for p in ("", _UNET))) and any(
+        k in keys for k in (f"{p}input_blocks.0.0.weight" for p in ("", _UNET)))
+
+
+def has_text_time_embedding(keys) -> bool:
+    return f"{_UNET}label_emb.0.0.weight" in keys or "label_emb.0.0.weight" in keys
+
+
+def unet_from_file(path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, base: dict[str, Any],
+                   heads: str, input_name: str):
+    """A U-Net file from models/diffusion_models (original layout), architecture from its tensors."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from ..component_files import empty, fill, read_tensors
+
+    prefix = _UNET if any(k.startswith(_UNET) for k in shapes) else ""
+    config = infer_unet_config(base, {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)},
+                               heads, at="")
+    tensors = {_UNET + k: v for k, v in read_tensors(path, prefix).items()}  # the converter reads the LDM prefix
+    state = convert_ldm_unet_checkpoint(tensors, config)
+    return fill(empty(UNet2DConditionModel, config), state, dtype, "U-Net", input_name)
+
+
 def write_skeleton(directory: str, configs: dict[str, dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     """A config-only diffusers folder (configs + tokenizers, no weights) for ``from_single_file(config=...)``."""
     for name, config in configs.items():
@@ -138,12 +165,27 @@ class StableDiffusionFamily(Family):
     host_latent_format = "SD15"
     lora_pipeline = "StableDiffusionPipeline"
     lora_text_prefixes = ("text_encoder",)
+    latent_scaling = (0.18215, 0.0)
+    text_slots = (TextSlot("clip_l", projection=False),)  # SD1.x's CLIP-L (SD2's OpenCLIP-H has no split file)
 
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         has_unet = f"{_UNET}input_blocks.0.0.weight" in keys and f"{_UNET}label_emb.0.0.weight" not in keys
         has_text = any(k.startswith((_CLIP, _OPEN_CLIP)) for k in keys)
         return has_unet and has_text
+
+    def claims_denoiser(self, keys) -> bool:
+        return is_unet_file(keys) and not has_text_time_embedding(keys)
+
+    def denoiser_from_file(self, path, shapes, dtype, input_name):
+        """SD1.x (8 heads, epsilon) or, with a 1024-wide cross attention, SD2.x (64-wide heads, v-prediction as
+        the 768 px release; set the prediction with Scheduler if yours differs)."""
+        cross = next(v[1] for k, v in shapes.items() if k.endswith("input_blocks.1.1.transformer_blocks.0.attn2.to_k"
+                                                                      ".weight"))
+        base = _bundled_config("sd2" if cross == 1024 else "sd1")
+        module = unet_from_file(path, shapes, dtype, base["unet"], "per64" if cross == 1024 else "fixed",
+                                input_name)
+        return module, dict(base["scheduler"])
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, UNet2DConditionModel

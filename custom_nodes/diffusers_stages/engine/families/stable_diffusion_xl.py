@@ -13,6 +13,7 @@ import tempfile
 
 import torch
 
+from ..component_files import TextSlot
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..errors import InputError
 from . import Family, LoadedModel, ModelInputs
@@ -21,9 +22,12 @@ from .folders import assemble, load_component, load_tokenizer, scheduler_config,
 from .stable_diffusion import (
     StableDiffusionFamily,
     _bundled_config,
+    has_text_time_embedding,
     infer_text_encoder_config,
     infer_unet_config,
     infer_vae_config,
+    is_unet_file,
+    unet_from_file,
     write_skeleton,
 )
 
@@ -42,12 +46,23 @@ class StableDiffusionXLFamily(Family):
     host_latent_format = "SDXL"
     lora_pipeline = "StableDiffusionXLPipeline"
     lora_text_prefixes = ("text_encoder", "text_encoder_2")
+    latent_scaling = (0.13025, 0.0)
+    text_slots = (TextSlot("clip_l", projection=False), TextSlot("clip_g", projection=True))
     begin_index_on_full_run = True
 
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return "model.diffusion_model.label_emb.0.0.weight" in keys and any(
             k.startswith("conditioner.embedders.") for k in keys)
+
+    def claims_denoiser(self, keys) -> bool:
+        return is_unet_file(keys) and has_text_time_embedding(keys)
+
+    def denoiser_from_file(self, path, shapes, dtype, input_name):
+        """An SDXL U-Net alone: 64-wide heads; the time-id embedding width is SDXL's 256 (a U-Net file does not
+        record it; a text encoder whose pooled width does not fit is refused when the denoiser runs)."""
+        base = _bundled_config("sdxl")
+        return unet_from_file(path, shapes, dtype, base["unet"], "per64", input_name), dict(base["scheduler"])
 
     def single_file_skeleton(self, shapes, prediction: str, vocab_dirs: tuple[str, ...], directory: str) -> None:
         """A config-only diffusers folder for an SDXL checkpoint: bundled SDXL configs, sizes from the tensors."""
