@@ -57,6 +57,17 @@ def test_kohya_format_gives_the_diffusers_format_result(fresh_sd1):
     assert torch.equal(diffusers_format, kohya_format)
 
 
+def test_comfyui_trained_format_gives_the_same_unet_lora(fresh_sd1, caplog):
+    """ComfyUI's trainer saves original-layout module names (diffusion_model.input_blocks…) without alpha; the U-Net
+    part equals the diffusers file's. Its full-weight '.diff' deltas cannot be a LoRA adapter: reported, left out."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="diffusers_stages"):
+        comfy = image(with_loras(fresh_sd1, ("tiny-sd15-lora-comfyui-trained.safetensors", 0.9, 0.0)))
+    assert "1 keys were not understood" in caplog.text and "out.0.diff" in caplog.text
+    assert torch.equal(comfy, image(with_loras(fresh_sd1, ("tiny-sd15-lora.safetensors", 0.9, 0.0))))
+
+
 def test_stacked_loras_and_separate_strengths_match_the_pipeline(fresh_sd1, models_root):
     ours = image(with_loras(fresh_sd1, ("tiny-sd15-lora.safetensors", 0.7, 0.7),
                             ("tiny-sd15-lora-2.safetensors", 0.4, 0.4)))

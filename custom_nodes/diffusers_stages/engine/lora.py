@@ -16,6 +16,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+import torch
+
 from .errors import InputError
 
 log = logging.getLogger("diffusers_stages")
@@ -63,13 +65,13 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
         return LoraReport(name, -1, -1)  # already loaded into these models
     loader = getattr(diffusers, family.lora_pipeline)
     try:
-        state, alphas = read_lora(loader, family, path, denoiser_module)
+        state, alphas, left_out = read_lora(loader, family, path, denoiser_module)
     except Exception as exc:  # diffusers raises ValueError/KeyError for layouts it cannot convert
         raise InputError("lora_name", f"'{os.path.basename(path)}' is not a LoRA diffusers can read ({exc}).",
                          "use a LoRA .safetensors file (diffusers, kohya/A1111 or ComfyUI format).") from exc
     prefixes = (f"{family.lora_denoiser}.", *(f"{p}." for p in family.lora_text_prefixes))
     in_file = sum(_layers_in(state, p) for p in prefixes)
-    other = [k for k in state if not k.startswith(prefixes)]
+    other = [k for k in state if not k.startswith(prefixes)] + left_out
     try:
         if name not in (getattr(denoiser_module, "peft_config", None) or {}):
             load_into_denoiser(loader, family, state, alphas, denoiser_module, name)
@@ -114,14 +116,47 @@ def _remove(modules: list, name: str) -> None:
             remove(name)
 
 
-def read_lora(loader, family, path: str, denoiser_module) -> tuple[dict, dict | None]:
-    """(state dict, network alphas) in diffusers' layout, as the family's pipeline reads a LoRA file."""
+COMFY_PREFIX = "diffusion_model."  # LoRAs saved by ComfyUI's own trainer (Save LoRA Weights)
+
+
+def comfy_lora_as_kohya(tensors: dict) -> tuple[dict, list[str]]:
+    """A ComfyUI-trained LoRA (``diffusion_model.<original-layout module>.lora_up/lora_down.weight``, no alpha,
+    applied at scale 1 by ComfyUI) in the kohya layout diffusers converts (``lora_unet_<module with _>``, alpha =
+    rank for scale 1). Returns it with the keys a LoRA cannot hold (ComfyUI's full ``.diff``/``.diff_b`` deltas)."""
+    out, left = {}, []
+    for key, value in tensors.items():
+        module, _, kind = key[len(COMFY_PREFIX):].rpartition(".lora_")
+        if not key.startswith(COMFY_PREFIX) or kind not in ("up.weight", "down.weight"):
+            if not key.endswith(".alpha"):
+                left.append(key)
+            continue
+        name = "lora_unet_" + module.replace(".", "_")
+        out[f"{name}.lora_{kind}"] = value
+        if kind == "down.weight":
+            alpha = tensors.get(f"{COMFY_PREFIX}{module}.alpha")
+            out[f"{name}.alpha"] = alpha if alpha is not None else torch.tensor(float(value.shape[0]))
+    return out, left
+
+
+def read_lora(loader, family, path: str, denoiser_module) -> tuple[dict, dict | None, list[str]]:
+    """(state dict, network alphas, keys left out) in diffusers' layout, as the family's pipeline reads a LoRA file
+    (ComfyUI-trained files are first put in the kohya layout, which diffusers converts)."""
+    from safetensors import safe_open
+
     params = inspect.signature(loader.lora_state_dict).parameters
     kwargs = {"return_alphas": True} if "return_alphas" in params else {}  # Flux
-    if family.lora_denoiser == "unet" and family.lora_text_prefixes[1:]:  # SDXL converts kohya keys by its U-Net
-        kwargs["unet_config"] = denoiser_module.config
-    out = loader.lora_state_dict(path, **kwargs)
-    return (out, None) if isinstance(out, dict) else (out[0], out[1])
+    source, left = path, []
+    with safe_open(path, framework="pt") as f:
+        comfy = any(k.startswith(COMFY_PREFIX) and ".lora_" in k for k in f.keys())
+    if comfy:
+        from safetensors.torch import load_file
+
+        source, left = comfy_lora_as_kohya(load_file(path))
+    if family.lora_denoiser == "unet" and (comfy or family.lora_text_prefixes[1:]):
+        kwargs["unet_config"] = denoiser_module.config  # maps original-layout (SGM) block names to diffusers'
+    out = loader.lora_state_dict(source, **kwargs)
+    state, alphas = (out, None) if isinstance(out, dict) else (out[0], out[1])
+    return state, alphas, left
 
 
 def load_into_denoiser(loader, family, state: dict, alphas, module, name: str) -> None:
