@@ -206,3 +206,17 @@ def test_single_file_controlnet_equals_its_folder(nodes, sd1_graph, controlnets)
     from_folder = run_graph(sd1_graph, controlled_guider(sd1_graph, [(controlnets["sd1-controlnet"], image, 0.9,
                                                                        0.0, 1.0)]))
     assert torch.equal(from_file, from_folder)
+
+
+def test_flux_union_controlnet_matches_the_pipeline(nodes, models_root):
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    union = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-flux-union-controlnet", dtype="fp32")[0]
+    image = control_image(seed=9)
+    positive, _ = nodes["DS_ApplyControlNet"].execute(positive=graph.encode(PROMPT), controlnet=union, image=image,
+                                                      strength=0.6, vae=graph.vae, union_mode=2)
+    ours = run_graph(graph, nodes["DS_CFGGuider"].execute(positive=positive, cfg=1.0)[0])
+    pipe = load_pipeline("FluxControlNetPipeline", models_root["flux_folder"], controlnet=union.module)
+    ref = pipe(PROMPT, control_image=bchw(image).contiguous() * 2 - 1, control_mode=2,
+               controlnet_conditioning_scale=0.6, num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(ours, ref)

@@ -308,6 +308,20 @@ def build_flux_controlnet(transformer, seed: int):
     return randomise(controlnet, ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"), seed)
 
 
+def build_flux_union_controlnet(transformer, seed: int):
+    """A Flux union ControlNet (InstantX layout with a control-mode embedding)."""
+    from diffusers import FluxControlNetModel
+
+    config = transformer.config
+    torch.manual_seed(seed)
+    controlnet = FluxControlNetModel(
+        patch_size=config.patch_size, in_channels=config.in_channels, num_layers=1, num_single_layers=1,
+        attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=config.joint_attention_dim, pooled_projection_dim=config.pooled_projection_dim,
+        guidance_embeds=config.guidance_embeds, axes_dims_rope=config.axes_dims_rope, num_mode=7)
+    return randomise(controlnet, ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"), seed)
+
+
 def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
     """Diffusers ControlNet folders in models/controlnet: two for SD1.5 (to combine), one each for SDXL, SD3, Flux."""
     paths = {}
@@ -316,7 +330,8 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
                 "sdxl_controlnet": lambda: build_controlnet(sdxl.unet, 13),
                 "sdxl_union_controlnet": lambda: build_union_controlnet(sdxl.unet, 16),
                 "sd3_controlnet": lambda: build_sd3_controlnet(sd3.transformer, 14),
-                "flux_controlnet": lambda: build_flux_controlnet(flux.transformer, 15)}
+                "flux_controlnet": lambda: build_flux_controlnet(flux.transformer, 15),
+                "flux_union_controlnet": lambda: build_flux_union_controlnet(flux.transformer, 17)}
     from .ldm_export import controlnet_to_ldm, save
 
     for key, build in builders.items():
