@@ -196,15 +196,22 @@ def test_flux_controlnet_matches_the_pipeline(nodes, models_root, true_cfg):
     assert torch.equal(ours, ref)
 
 
-def test_single_file_controlnet_equals_its_folder(nodes, sd1_graph, controlnets):
-    """The original-layout single file (control_model.*, input_hint_block, zero_convs) gives the folder's image."""
-    single = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-sd1-controlnet.safetensors", dtype="fp32")[0]
-    assert "tiny-sd1-controlnet.safetensors" in nodes["DS_LoadControlNet"].INPUT_TYPES()["required"][
-        "controlnet_name"][0]
+@pytest.mark.parametrize("family, folder, name", [
+    ("sd1", "diffusers/tiny-sd15", "tiny-sd1-controlnet.safetensors"),
+    ("sd1", "diffusers/tiny-sd15", "tiny-sd1-controlnet-diffusers-layout.safetensors"),
+    ("sdxl", "diffusers/tiny-sdxl", "tiny-sdxl-controlnet.safetensors"),
+    ("sdxl", "diffusers/tiny-sdxl", "tiny-sdxl-controlnet-diffusers-layout.safetensors"),
+])
+def test_single_file_controlnet_equals_its_folder(nodes, controlnets, family, folder, name):
+    """Single files in the original layout (control_model.*, input_hint_block, zero_convs) and in the diffusers layout
+    give the folder's image."""
+    graph = Graph(nodes, folder)
+    single = nodes["DS_LoadControlNet"].execute(controlnet_name=name, dtype="fp32")[0]
+    assert name in nodes["DS_LoadControlNet"].INPUT_TYPES()["required"]["controlnet_name"][0]
     image = control_image(seed=8)
-    from_file = run_graph(sd1_graph, controlled_guider(sd1_graph, [(single, image, 0.9, 0.0, 1.0)]))
-    from_folder = run_graph(sd1_graph, controlled_guider(sd1_graph, [(controlnets["sd1-controlnet"], image, 0.9,
-                                                                       0.0, 1.0)]))
+    from_file = run_graph(graph, controlled_guider(graph, [(single, image, 0.9, 0.0, 1.0)]))
+    from_folder = run_graph(graph, controlled_guider(graph, [(controlnets[f"{family}-controlnet"], image, 0.9,
+                                                               0.0, 1.0)]))
     assert torch.equal(from_file, from_folder)
 
 

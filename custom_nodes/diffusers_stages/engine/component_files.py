@@ -67,6 +67,11 @@ def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, 
     if missing:
         raise InputError(input_name, f"the {what} lacks {len(missing)} of its {len(expected)} tensors "
                          f"(e.g. '{missing[0]}').", "the file is incomplete or of another model type.")
+    unused = [k for k in state if k not in expected]
+    if unused:  # weights the architecture read from the file has no place for: it was read wrongly
+        raise InputError(input_name, f"the {what} has {len(unused)} tensors this architecture has no place for "
+                         f"(e.g. '{unused[0]}').", "the file is of a variant this version cannot read; use the "
+                         "model's diffusers folder.")
     cast = {}
     for key in expected:
         target = torch.float32 if dtype == torch.float16 and any(f".{m}." in f".{key}" for m in keep_fp32) else dtype
@@ -153,20 +158,11 @@ def clip_part(state: dict[str, torch.Tensor], kind: str, projection: bool, dtype
         renamed["text_projection.weight"] = state["text_projection.weight"]
     else:
         cls, renamed = CLIPTextModel, body
-    renamed = {k: v for k, v in renamed.items() if not k.endswith("position_ids")}
+    renamed = {k: v for k, v in renamed.items() if not k.endswith("position_ids")}  # a buffer, not saved any more
     module = fill(empty(cls, CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})),
-                  _with_position_ids(renamed, config), dtype, f"{TEXT_KINDS[kind]} text encoder", input_name)
+                  renamed, dtype, f"{TEXT_KINDS[kind]} text encoder", input_name)
     tokenizer = build_clip_tokenizer(config["vocab_size"], CLIP_PAD_TOKENS[kind], vocab_dirs)
     return TextPart(tokenizer, module)
-
-
-def _with_position_ids(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    """CLIP's position_ids buffer is not saved by transformers 5; the model still expects it in its state dict."""
-    key = next((k for k in state if k.endswith("embeddings.position_embedding.weight")), None)
-    if key is None:
-        return state
-    ids_key = key.replace("position_embedding.weight", "position_ids")
-    return dict(state, **{ids_key: torch.arange(config["max_position_embeddings"]).expand((1, -1))})
 
 
 def t5_config(shapes: dict[str, tuple[int, ...]]) -> dict:

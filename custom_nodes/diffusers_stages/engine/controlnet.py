@@ -58,43 +58,72 @@ LDM_CONTROLNET_PREFIX = "control_model."
 
 
 def load_controlnet_file(path: str, dtype: torch.dtype) -> ControlNet:
-    """A single-file ControlNet in the original (ControlNet/LDM) layout, as ComfyUI users keep SD1.x/2.x ones
-    (``control_v11p_sd15_canny_fp16.safetensors``): ``input_hint_block``, ``zero_convs``, ``middle_block_out`` and
-    the U-Net encoder's blocks, with or without ``control_model.``. The architecture comes from the tensors."""
+    """A single-file SD1.x/2.x or SDXL ControlNet, in the original ControlNet layout (``control_v11p_sd15_*``:
+    ``input_hint_block``, ``zero_convs``, ``middle_block_out``, with or without ``control_model.``) or in the
+    diffusers layout (a folder's ``diffusion_pytorch_model.safetensors`` kept as one file, as many SDXL ControlNets
+    are). The architecture comes from the tensors, read in original-layout terms for both."""
     import inspect
+    import re
 
     from diffusers import ControlNetModel
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     from .component_files import empty, fill, open_file, read_tensors
+    from .families.ldm_keys import controlnet_key_to_ldm
     from .families.stable_diffusion import STABLE_DIFFUSION, _bundled_config, infer_unet_config
+    from .families.stable_diffusion_xl import STABLE_DIFFUSION_XL
 
     name = os.path.basename(path)
     shapes = open_file(path, "controlnet_name")
+    diffusers_layout = "controlnet_cond_embedding.conv_in.weight" in shapes
     prefix = LDM_CONTROLNET_PREFIX if any(k.startswith(LDM_CONTROLNET_PREFIX) for k in shapes) else ""
-    body = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    if diffusers_layout:
+        if any(k.startswith(("task_embedding", "transformer_layes", "controlnet_x_embedder", "pos_embed_input"))
+               for k in shapes):
+            raise InputError("controlnet_name", f"'{name}' is a union, SD3 or Flux ControlNet as a single file, whose "
+                             "configuration the tensors do not fully record.",
+                             "use its diffusers folder (config.json + weights) in models/controlnet.")
+        per_block = len({m.group(1) for k in shapes if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k))})
+        hint = len({m.group(1) for k in shapes
+                    if (m := re.match(r"controlnet_cond_embedding\.blocks\.(\d+)\.", k))})
+        body = {}
+        for key, shape in shapes.items():
+            new = controlnet_key_to_ldm(key, per_block, hint)
+            if new is not None:
+                body[new] = shape
+    else:
+        body = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     if "input_hint_block.0.weight" not in body or "zero_convs.0.0.weight" not in body:
-        raise InputError("controlnet_name", f"'{name}' is not a ControlNet in the original layout (no input hint "
-                         "block / zero convolutions); diffusers-layout single files, control-LoRAs and T2I adapters "
-                         "are not supported as single files.",
-                         "use the ControlNet's diffusers folder (config.json + weights) in models/controlnet.")
-    if "label_emb.0.0.weight" in body:
-        raise InputError("controlnet_name", f"'{name}' is an SDXL ControlNet in the original layout, which this "
-                         "version loads only as a diffusers folder.", "use its diffusers folder in "
-                         "models/controlnet.")
-    cross = body["input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"][1]
-    sd2 = cross == 1024  # SD2's OpenCLIP width: 64-wide heads; SD1: 8 heads
-    unet = infer_unet_config(_bundled_config("sd1")["unet"], body, "per64" if sd2 else "fixed", at="")
+        raise InputError("controlnet_name", f"'{name}' is not a ControlNet (no control-image embedding / zero "
+                         "convolutions); control-LoRAs and T2I adapters are not supported.",
+                         "use a ControlNet file or its diffusers folder in models/controlnet.")
+    cross = next(v[1] for k, v in body.items() if k.endswith("transformer_blocks.0.attn2.to_k.weight"))
+    sdxl = "label_emb.0.0.weight" in body
+    base = _bundled_config("sdxl" if sdxl else "sd2" if cross == 1024 else "sd1")["unet"]
+    # SD2 and SDXL use 64-wide heads, SD1 8 heads; SDXL's time ids are 256 wide (a file does not record it)
+    unet = infer_unet_config(base, body, "per64" if sdxl or cross == 1024 else "fixed", at="")
     accepted = inspect.signature(ControlNetModel.__init__).parameters
     config = {k: v for k, v in unet.items() if k in accepted}
-    hint = sorted(int(k.split(".")[1]) for k in body if k.startswith("input_hint_block.") and k.endswith(".weight"))
+    if "middle_block.1.proj_in.weight" not in body:
+        config["mid_block_type"] = "UNetMidBlock2D"  # the small SDXL ControlNets have no mid-block attention
+    hint_convs = sorted(int(k.split(".")[1]) for k in body if k.startswith("input_hint_block.")
+                        and k.endswith(".weight"))
     # hint convs: conv_in, then (same width, stride-2 to the next width) pairs, then conv_out to the U-Net's width
     config.update(conditioning_channels=body["input_hint_block.0.weight"][1],
-                  conditioning_embedding_out_channels=[body[f"input_hint_block.{hint[0]}.weight"][0]] + [
-                      body[f"input_hint_block.{i}.weight"][0] for i in hint[2:-1:2]])
+                  conditioning_embedding_out_channels=[body[f"input_hint_block.{hint_convs[0]}.weight"][0]] + [
+                      body[f"input_hint_block.{i}.weight"][0] for i in hint_convs[2:-1:2]])
     module = empty(ControlNetModel, config)
-    state = convert_controlnet_checkpoint(read_tensors(path, prefix), config)
-    return ControlNet(STABLE_DIFFUSION, fill(module, state, dtype, "ControlNet", "controlnet_name"), path)
+    tensors = read_tensors(path, "" if diffusers_layout else prefix)
+    if diffusers_layout:
+        state = tensors
+    else:
+        state = convert_controlnet_checkpoint(tensors, config)
+        if sdxl:  # diffusers' ControlNet converter leaves SDXL's text-time embedding out (0.42): map it here
+            for layer, index in (("linear_1", 0), ("linear_2", 2)):
+                for kind in ("weight", "bias"):
+                    state[f"add_embedding.{layer}.{kind}"] = tensors[f"label_emb.0.{index}.{kind}"]
+    family = STABLE_DIFFUSION_XL if sdxl else STABLE_DIFFUSION
+    return ControlNet(family, fill(module, state, dtype, "ControlNet", "controlnet_name"), path)
 
 
 def check_control(denoiser: Denoiser, control: Control) -> None:

@@ -38,8 +38,8 @@ class LoadControlNet(StageNode):
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a ControlNet from models/controlnet: a diffusers folder (config.json + "
                    "diffusion_pytorch_model.safetensors) for SD1.x/2.x, SDXL (also union), SD3 or Flux.1, or an "
-                   "SD1.x/2.x single file in the original layout (control_v11p_sd15_*.safetensors). Attach it to "
-                   "prompts with Apply ControlNet.")
+                   "SD1.x/2.x or SDXL single file (original or diffusers layout). Attach it to prompts with Apply "
+                   "ControlNet.")
     RETURN_TYPES = (CONTROLNET,)
     RETURN_NAMES = ("controlnet",)
     OUTPUT_TOOLTIPS = ("The ControlNet; connect to Apply ControlNet.",)
@@ -51,7 +51,7 @@ class LoadControlNet(StageNode):
                 "controlnet_name": (available_controlnets(), {
                     "tooltip": "A diffusers ControlNet folder in models/controlnet (e.g. "
                                "lllyasviel/control_v11p_sd15_canny, diffusers/controlnet-canny-sdxl-1.0), or an "
-                               "SD1.x/2.x ControlNet .safetensors file in the original layout."}),
+                               "SD1.x/2.x or SDXL ControlNet .safetensors file."}),
                 "dtype": (["auto", *loading.DTYPES], {"default": "auto",
                                                       "tooltip": "Weight precision. auto: the host's choice."}),
             }

@@ -10,20 +10,16 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+from ..engine.families.ldm_keys import controlnet_key_to_ldm, unet_key_to_ldm
+
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _rename_resnet(rest: str) -> str:
-    head, _, tail = rest.partition(".")
-    return f"{_RESNET.get(head, head)}.{tail}"
 
 
 def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in unet.state_dict().items():
-        new = _unet_key_to_ldm(key, unet.config)
+        new = unet_key_to_ldm(key, unet.config.layers_per_block,
+                              tuple("CrossAttn" in t for t in unet.config.up_block_types))
         if new is not None:
             out["model.diffusion_model." + new] = value
     return out
@@ -35,64 +31,10 @@ def controlnet_to_ldm(controlnet) -> dict[str, torch.Tensor]:
     blocks = len(controlnet.controlnet_cond_embedding.blocks)
     out = {}
     for key, value in controlnet.state_dict().items():
-        parts = key.split(".")
-        if parts[0] == "controlnet_cond_embedding":
-            index = {"conv_in": 0, "conv_out": 2 * (blocks + 1)}.get(parts[1])
-            index = 2 * (int(parts[2]) + 1) if index is None else index
-            new = f"input_hint_block.{index}.{parts[-1]}"
-        elif parts[0] == "controlnet_down_blocks":
-            new = f"zero_convs.{parts[1]}.0.{parts[2]}"
-        elif parts[0] == "controlnet_mid_block":
-            new = f"middle_block_out.0.{parts[1]}"
-        else:
-            new = _unet_key_to_ldm(key, controlnet.config)
+        new = controlnet_key_to_ldm(key, controlnet.config.layers_per_block, blocks)
         if new is not None:
             out["control_model." + new] = value
     return out
-
-
-def _unet_key_to_ldm(key: str, cfg) -> str | None:
-    lpb = cfg.layers_per_block
-    up_has_attention = ["CrossAttn" in t for t in cfg.get("up_block_types", ())]
-    parts = key.split(".")
-    if parts[0] == "add_time_proj":
-        return None  # sinusoidal, no weights
-    if parts[0] == "add_embedding":  # SDXL text-time embedding
-        new = f"label_emb.0.{0 if parts[1] == 'linear_1' else 2}.{parts[2]}"
-    elif parts[0] == "time_embedding":
-        new = f"time_embed.{0 if parts[1] == 'linear_1' else 2}.{parts[2]}"
-    elif parts[0] == "conv_in":
-        new = f"input_blocks.0.0.{parts[1]}"
-    elif parts[0] == "conv_norm_out":
-        new = f"out.0.{parts[1]}"
-    elif parts[0] == "conv_out":
-        new = f"out.2.{parts[1]}"
-    elif parts[0] == "down_blocks":
-        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
-        if kind == "resnets":
-            new = f"input_blocks.{1 + i * (lpb + 1) + j}.0.{_rename_resnet(rest)}"
-        elif kind == "attentions":
-            new = f"input_blocks.{1 + i * (lpb + 1) + j}.1.{rest}"
-        else:  # downsamplers.0.conv.*
-            new = f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op.{rest.partition('.')[2]}"
-    elif parts[0] == "mid_block":
-        kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
-        if kind == "resnets":
-            new = f"middle_block.{2 * j}.{_rename_resnet(rest)}"
-        else:
-            new = f"middle_block.1.{rest}"
-    elif parts[0] == "up_blocks":
-        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
-        if kind == "resnets":
-            new = f"output_blocks.{i * (lpb + 1) + j}.0.{_rename_resnet(rest)}"
-        elif kind == "attentions":
-            new = f"output_blocks.{i * (lpb + 1) + j}.1.{rest}"
-        else:  # upsamplers.0.conv.*
-            position = 2 if up_has_attention[i] else 1
-            new = f"output_blocks.{i * (lpb + 1) + lpb}.{position}.conv.{rest.partition('.')[2]}"
-    else:
-        raise KeyError(f"unexpected UNet key {key}")
-    return new
 
 
 def vae_to_ldm(vae) -> dict[str, torch.Tensor]:

@@ -57,14 +57,14 @@ def save_kohya_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: 
 def save_comfy_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], unet, path: str) -> None:
     """The U-Net part of a LoRA as ComfyUI's trainer saves it: ``diffusion_model.<original-layout module>.lora_up/
     lora_down.weight`` (no alpha: scale 1), plus one full ``.diff`` delta of the kind a LoRA adapter cannot hold."""
-    from .ldm_export import _unet_key_to_ldm
+    from ..engine.families.ldm_keys import unet_key_to_ldm
 
     tensors = {}
     for name, (down, up) in layers.items():
         component, _, module_path = name.partition(".")
         if component != "unet":
             continue
-        module = _unet_key_to_ldm(module_path + ".weight", unet.config).removesuffix(".weight")
+        module = unet_key_to_ldm(module_path + ".weight", unet.config.layers_per_block).removesuffix(".weight")
         tensors[f"diffusion_model.{module}.lora_down.weight"] = down
         tensors[f"diffusion_model.{module}.lora_up.weight"] = up
     tensors["diffusion_model.out.0.diff"] = torch.zeros(unet.config.block_out_channels[0])

@@ -338,9 +338,12 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
         paths[key] = os.path.join(root, "controlnet", f"tiny-{key.replace('_', '-')}")
         controlnet = build()
         controlnet.save_pretrained(paths[key], safe_serialization=True)
-        if key == "sd1_controlnet":  # also as the single file ComfyUI users have (control_v11p_sd15_*.safetensors)
-            paths["sd1_controlnet_single"] = paths[key] + ".safetensors"
-            save(controlnet_to_ldm(controlnet), paths["sd1_controlnet_single"])
+        if key in ("sd1_controlnet", "sdxl_controlnet"):  # also as the single files ComfyUI users have: the original
+            # layout (control_v11p_sd15_*.safetensors) and a diffusers folder's weights kept as one file
+            paths[key + "_single"] = paths[key] + ".safetensors"
+            save(controlnet_to_ldm(controlnet), paths[key + "_single"])
+            paths[key + "_diffusers_file"] = paths[key] + "-diffusers-layout.safetensors"
+            save(controlnet.state_dict(), paths[key + "_diffusers_file"])
     return paths
 
 
