@@ -146,3 +146,24 @@ def test_flux_lora_matches_the_pipeline(nodes, models_root):
     ref = pipe(PROMPT, num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert torch.equal(ours, ref)
+
+
+def test_sdxl_kohya_lora_with_original_block_names_gives_the_diffusers_file_result(nodes):
+    """sd-scripts' SDXL layout (lora_unet_input_blocks_4_1_…, lora_te1_/lora_te2_) equals the same layers saved in
+    the diffusers layout."""
+    graph = Graph(nodes, "diffusers/tiny-sdxl")
+    kohya = image(with_loras(graph, ("tiny-sdxl-lora-kohya.safetensors", 0.7, 0.5)), cfg=5.0)
+    assert torch.equal(kohya, image(with_loras(graph, ("tiny-sdxl-lora.safetensors", 0.7, 0.5)), cfg=5.0))
+
+
+def test_flux_kohya_lora_matches_the_pipeline(nodes, models_root):
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    lora = with_loras(graph, ("tiny-flux-lora-kohya.safetensors", 1.2, 1.2))
+    guider = nodes["DS_CFGGuider"].execute(positive=lora.encode(PROMPT), cfg=1.0)[0]
+    ours = bchw(lora.decode(lora.denoise(guider, lora.default_scheduler, lora.empty(), seed=SEED)))
+    pipe = load_pipeline("FluxPipeline", models_root["flux_folder"])
+    pipe.load_lora_weights(models_root["flux_lora_kohya"], adapter_name="lora")
+    pipe.set_adapters(["lora"], adapter_weights=[1.2])
+    ref = pipe(PROMPT, num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(ours, ref)

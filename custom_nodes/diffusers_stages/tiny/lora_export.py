@@ -39,16 +39,24 @@ def save_diffusers_lora(pipe, path: str, seed: int) -> dict[str, tuple[torch.Ten
     return layers
 
 
-def save_kohya_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str) -> None:
-    """kohya/A1111 layout of the same (SD1.x) LoRA: ``lora_unet_<path>`` / ``lora_te_text_model_<path>`` with
-    ``lora_down``/``lora_up`` and an ``alpha`` equal to the rank (scale 1)."""
+def save_kohya_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str, unet=None) -> None:
+    """kohya/A1111 layout of the same LoRA: ``lora_unet_<path>`` / ``lora_te_text_model_<path>`` with
+    ``lora_down``/``lora_up`` and an ``alpha`` equal to the rank (scale 1). With ``unet`` (SDXL, as sd-scripts
+    writes it) the U-Net paths are the original (SGM) block names and the text encoders ``lora_te1_``/``lora_te2_``."""
+    from ..engine.families.ldm_keys import unet_key_to_ldm
+
     tensors = {}
     for name, (down, up) in layers.items():
         component, _, module_path = name.partition(".")
-        if component == "unet":
+        if component == "unet" and unet is not None:
+            up_attention = tuple("CrossAttn" in t for t in unet.config.up_block_types)
+            original = unet_key_to_ldm(module_path + ".weight", unet.config.layers_per_block, up_attention)
+            key = "lora_unet_" + original.removesuffix(".weight").replace(".", "_")
+        elif component == "unet":
             key = "lora_unet_" + module_path.replace(".", "_")
         else:
-            key = "lora_te_" + ("text_model." + module_path.removeprefix("text_model.")).replace(".", "_")
+            te = {"text_encoder": "te1" if unet is not None else "te", "text_encoder_2": "te2"}[component]
+            key = f"lora_{te}_" + ("text_model." + module_path.removeprefix("text_model.")).replace(".", "_")
         tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
         tensors[f"{key}.alpha"] = torch.tensor(float(RANK))
     save_file(tensors, path)
@@ -68,4 +76,20 @@ def save_comfy_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], unet, 
         tensors[f"diffusion_model.{module}.lora_down.weight"] = down
         tensors[f"diffusion_model.{module}.lora_up.weight"] = up
     tensors["diffusion_model.out.0.diff"] = torch.zeros(unet.config.block_out_channels[0])
+    save_file(tensors, path)
+
+
+def save_kohya_flux_lora(transformer, path: str, seed: int) -> None:
+    """A kohya (sd-scripts) Flux LoRA on the double blocks' fused q/k/v and output projections, original (BFL)
+    module names: ``lora_unet_double_blocks_<i>_img_attn_qkv`` …"""
+    generator = torch.Generator().manual_seed(seed)
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    tensors = {}
+    for i in range(transformer.config.num_layers):
+        for stream in ("img", "txt"):
+            for layer, out in (("attn_qkv", 3 * width), ("attn_proj", width)):
+                key = f"lora_unet_double_blocks_{i}_{stream}_{layer}"
+                tensors[f"{key}.lora_down.weight"] = torch.randn(RANK, width, generator=generator) * 0.3
+                tensors[f"{key}.lora_up.weight"] = torch.randn(out, RANK, generator=generator) * 0.3
+                tensors[f"{key}.alpha"] = torch.tensor(float(RANK))
     save_file(tensors, path)

@@ -350,7 +350,7 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
 def write_loras(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
     """LoRA files in models/loras: SD1.5 in diffusers format (U-Net + text encoder) and the same weights in
     kohya/A1111 format, a second SD1.5 LoRA (to stack), and SDXL, SD3 and Flux LoRAs (denoiser + CLIPs)."""
-    from .lora_export import save_comfy_lora, save_diffusers_lora, save_kohya_lora
+    from .lora_export import save_comfy_lora, save_diffusers_lora, save_kohya_flux_lora, save_kohya_lora
 
     folder = os.path.join(root, "loras")
     os.makedirs(folder, exist_ok=True)
@@ -360,14 +360,18 @@ def write_loras(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
              "sd1_lora_2": os.path.join(folder, "tiny-sd15-lora-2.safetensors"),
              "sdxl_lora": os.path.join(folder, "tiny-sdxl-lora.safetensors"),
              "sd3_lora": os.path.join(folder, "tiny-sd3-lora.safetensors"),
-             "flux_lora": os.path.join(folder, "tiny-flux-lora.safetensors")}
+             "sdxl_lora_kohya": os.path.join(folder, "tiny-sdxl-lora-kohya.safetensors"),
+             "flux_lora": os.path.join(folder, "tiny-flux-lora.safetensors"),
+             "flux_lora_kohya": os.path.join(folder, "tiny-flux-lora-kohya.safetensors")}
     layers = save_diffusers_lora(sd1, paths["sd1_lora"], seed=21)
     save_kohya_lora(layers, paths["sd1_lora_kohya"])
     save_comfy_lora(layers, sd1.unet, paths["sd1_lora_comfy"])
     save_diffusers_lora(sd1, paths["sd1_lora_2"], seed=22)
-    save_diffusers_lora(sdxl, paths["sdxl_lora"], seed=23)
+    sdxl_layers = save_diffusers_lora(sdxl, paths["sdxl_lora"], seed=23)
+    save_kohya_lora(sdxl_layers, paths["sdxl_lora_kohya"], unet=sdxl.unet)
     save_diffusers_lora(sd3, paths["sd3_lora"], seed=24)
     save_diffusers_lora(flux, paths["flux_lora"], seed=25)
+    save_kohya_flux_lora(flux.transformer, paths["flux_lora_kohya"], seed=26)
     return paths
 
 
