@@ -101,3 +101,25 @@ def test_sd3_refusals(sd3_graph, sd1_graph, nodes):
     with pytest.raises(StageError, match="encoded by a Stable Diffusion 3 text encoder, "
                                            "but the denoiser is Stable Diffusion 1.x/2.x"):
         sd1_graph.denoise(sd3_graph.guider("a", ""), sd1_graph.default_scheduler, sd1_graph.empty())
+
+
+@pytest.mark.parametrize("sampler, scheduler_class, settings", [
+    ("dpmpp_2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    ("uni_pc_bh2", "UniPCMultistepScheduler", {"solver_type": "bh2"}),
+])
+def test_sd3_multistep_flow_samplers_match_pipeline(sd3_graph, sd3_pipe, sampler, scheduler_class, settings):
+    """DPM++ 2M and UniPC in diffusers' flow mode (use_flow_sigmas, flow_shift = the model's shift) as the pipeline's
+    scheduler."""
+    import diffusers
+
+    latent, image = sd3_graph.txt2img(prompt=PROMPT, negative="blurry", sampler=sampler, schedule="model default",
+                                      seed=SEED, cfg=5.0, steps=6)
+    shipped = sd3_pipe.scheduler
+    sd3_pipe.scheduler = getattr(diffusers, scheduler_class).from_config(
+        shipped.config, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shipped.config.shift,
+        **settings)
+    try:
+        ref = run_pipe(sd3_pipe, steps=6)
+    finally:
+        sd3_pipe.scheduler = shipped
+    assert torch.equal(bchw(image), ref)

@@ -58,6 +58,12 @@ FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler_ancestral": ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
     "heun": ("FlowMatchHeunDiscreteScheduler", {}),
     "lcm": ("FlowMatchLCMScheduler", {}),
+    # multistep solvers in flow mode (diffusers' use_flow_sigmas; their flow_shift is the model's shift). Only their
+    # own schedule: with karras/exponential/beta sigmas they return NaN on SD3 (diffusers 0.42, measured)
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                 "use_flow_sigmas": True, "prediction_type": "flow_prediction"}),
+    "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2", "use_flow_sigmas": True,
+                                               "prediction_type": "flow_prediction"}),
 }
 FLOW_SCHEDULES = (MODEL_DEFAULT, "normal", "simple")
 
@@ -108,7 +114,7 @@ def check_combination(sampler: str, schedule: str) -> str | None:
 
 
 def is_flow(spec: SchedulerSpec) -> bool:
-    return spec.class_name.startswith("FlowMatch")
+    return spec.class_name.startswith("FlowMatch") or bool(spec.config_dict.get("use_flow_sigmas"))
 
 
 def _derive_flow_spec(base: SchedulerSpec, sampler: str, schedule: str) -> SchedulerSpec:
@@ -121,6 +127,8 @@ def _derive_flow_spec(base: SchedulerSpec, sampler: str, schedule: str) -> Sched
     class_name, settings = (base.class_name, {}) if sampler == MODEL_DEFAULT else FLOW_SAMPLERS[sampler]
     config = {k: v for k, v in base.config_dict.items() if k != "stochastic_sampling"}
     config.update(settings)
+    if settings.get("use_flow_sigmas"):
+        config["flow_shift"] = base.config_dict.get("shift", 1.0)
     return SchedulerSpec(class_name, _freeze(config), sampler, schedule)
 
 

@@ -12,7 +12,8 @@ class Scheduler(StageNode):
     CATEGORY = category("sampling")
     DESCRIPTION = ("Picks the sampler and noise schedule by their ComfyUI names and maps them onto the matching "
                    "diffusers scheduler, keeping the model's own settings (betas, prediction type). Flow-matching "
-                   "models (SD3, Flux) keep their own shifted schedule and take euler, euler_ancestral, heun or lcm.")
+                   "models (SD3, Flux) keep their own shifted schedule and take euler, euler_ancestral, heun, lcm, "
+                   "dpmpp_2m or uni_pc_bh2.")
     RETURN_TYPES = (SCHEDULER,)
     RETURN_NAMES = ("scheduler",)
     OUTPUT_TOOLTIPS = ("The scheduler settings; connect to Denoise.",)

@@ -134,8 +134,10 @@ class FluxFamily(Family):
         mu = calculate_shift(seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
                              config.get("base_shift", 0.5), config.get("max_shift", 1.15))
         accepted = inspect.signature(scheduler.set_timesteps).parameters
-        if "sigmas" not in accepted:  # FlowMatchHeun: its own (statically shifted) schedule
-            scheduler.set_timesteps(steps, device=latents.device)
+        if "sigmas" not in accepted or config.get("use_flow_sigmas"):
+            # FlowMatchHeun, and the multistep solvers in flow mode: their own schedule (shifted by mu if dynamic)
+            dynamic = "mu" in accepted and config.get("use_dynamic_shifting")
+            scheduler.set_timesteps(steps, device=latents.device, **({"mu": mu} if dynamic else {}))
             return
         kwargs = {"mu": mu} if config.get("use_dynamic_shifting") else {}
         if sigmas is None:
