@@ -227,3 +227,19 @@ def test_flux_union_controlnet_matches_the_pipeline(nodes, models_root):
                controlnet_conditioning_scale=0.6, num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert torch.equal(ours, ref)
+
+
+def test_flux_xlabs_style_controlnet_matches_the_pipeline(nodes, models_root):
+    """XLabs-style Flux ControlNets read the control pixels themselves (no VAE) and repeat their blocks."""
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    net = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-flux-xlabs-controlnet", dtype="fp32")[0]
+    assert net.module.input_hint_block is not None
+    image = control_image(seed=10)
+    positive, _ = nodes["DS_ApplyControlNet"].execute(positive=graph.encode(PROMPT), controlnet=net, image=image,
+                                                      strength=0.8)
+    ours = run_graph(graph, nodes["DS_CFGGuider"].execute(positive=positive, cfg=1.0)[0])
+    pipe = load_pipeline("FluxControlNetPipeline", models_root["flux_folder"], controlnet=net.module)
+    ref = pipe(PROMPT, control_image=bchw(image).contiguous() * 2 - 1, controlnet_conditioning_scale=0.8,
+               num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(ours, ref)

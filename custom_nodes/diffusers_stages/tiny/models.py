@@ -308,18 +308,20 @@ def build_flux_controlnet(transformer, seed: int):
     return randomise(controlnet, ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"), seed)
 
 
-def build_flux_union_controlnet(transformer, seed: int):
-    """A Flux union ControlNet (InstantX layout with a control-mode embedding)."""
+def build_flux_union_controlnet(transformer, seed: int, **variant):
+    """A Flux union ControlNet (InstantX layout with a control-mode embedding), or with ``variant`` another kind:
+    ``conditioning_embedding_channels=16`` is the XLabs layout (the ControlNet reads pixels itself)."""
     from diffusers import FluxControlNetModel
 
     config = transformer.config
     torch.manual_seed(seed)
-    controlnet = FluxControlNetModel(
-        patch_size=config.patch_size, in_channels=config.in_channels, num_layers=1, num_single_layers=1,
-        attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
-        joint_attention_dim=config.joint_attention_dim, pooled_projection_dim=config.pooled_projection_dim,
-        guidance_embeds=config.guidance_embeds, axes_dims_rope=config.axes_dims_rope, num_mode=7)
-    return randomise(controlnet, ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"), seed)
+    settings = dict(patch_size=config.patch_size, in_channels=config.in_channels, num_layers=1, num_single_layers=1,
+                    attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
+                    joint_attention_dim=config.joint_attention_dim, pooled_projection_dim=config.pooled_projection_dim,
+                    guidance_embeds=config.guidance_embeds, axes_dims_rope=config.axes_dims_rope)
+    controlnet = FluxControlNetModel(**{**settings, **(variant or {"num_mode": 7})})
+    return randomise(controlnet, ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder",
+                                  "input_hint_block.conv_out"), seed)
 
 
 def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
@@ -331,7 +333,10 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
                 "sdxl_union_controlnet": lambda: build_union_controlnet(sdxl.unet, 16),
                 "sd3_controlnet": lambda: build_sd3_controlnet(sd3.transformer, 14),
                 "flux_controlnet": lambda: build_flux_controlnet(flux.transformer, 15),
-                "flux_union_controlnet": lambda: build_flux_union_controlnet(flux.transformer, 17)}
+                "flux_union_controlnet": lambda: build_flux_union_controlnet(flux.transformer, 17),
+                # XLabs: 16 hint channels at 1/8 size in 2x2 patches = the 64 packed latent channels
+                "flux_xlabs_controlnet": lambda: build_flux_union_controlnet(
+                    flux.transformer, 18, conditioning_embedding_channels=16, patch_size=2)}
     from .ldm_export import controlnet_to_ldm, save
 
     for key, build in builders.items():
