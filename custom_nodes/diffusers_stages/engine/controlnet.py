@@ -29,7 +29,8 @@ def is_union(controlnet: ControlNet) -> bool:
 
 
 def load_controlnet(path: str, dtype: torch.dtype) -> ControlNet:
-    """A diffusers ControlNet folder (config.json + safetensors weights): SD1.x/2.x, SDXL, SD3 or Flux."""
+    """A ControlNet from a diffusers folder (config.json + safetensors weights: SD1.x/2.x, SDXL and its union
+    model, SD3, Flux) or a single file (``load_controlnet_file``)."""
     import diffusers
 
     from .families import all_families

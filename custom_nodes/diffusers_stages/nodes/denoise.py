@@ -49,7 +49,8 @@ class Denoise(StageNode):
             raise InputError("latent", "the latent carries a noise mask (inpainting), which this version of the "
                              "pack does not support yet.", "remove the Set Latent Noise Mask node.")
         controls = guider.positive.controls + (guider.negative.controls if guider.negative else ())
-        host.ensure_loaded(denoiser.residency, *(c.controlnet.residency for c in controls))
+        host.ensure_loaded(denoiser.residency, *(c.controlnet.residency for c in controls),
+                           *(c.vae.residency for c in controls if c.vae is not None))  # SD3/Flux control latents
         lora.activate(denoiser.module, denoiser.loras, text_encoder=False)
         progress = host.Progress(0, denoiser.family.host_latent_format, self.DISPLAY_NAME)
         try:
