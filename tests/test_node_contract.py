@@ -96,3 +96,16 @@ def test_help_pages_exist():
     for node_id in NODE_CLASS_MAPPINGS:
         path = os.path.join(REPO, "custom_nodes", "diffusers_stages", "web", "docs", f"{node_id}.md")
         assert os.path.isfile(path), f"missing help page {path}"
+
+
+def test_requirements_and_pyproject_list_the_same_packages_and_no_torch():
+    """ComfyUI-Manager installs requirements.txt, the registry reads pyproject's dependencies: they must agree, and
+    neither may pin the host's torch."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "requirements.txt")) as f:
+        requirements = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        dependencies = set(tomllib.load(f)["project"]["dependencies"])
+    assert requirements == dependencies
+    assert not any(re.match(r"torch(vision|audio)?\b", r) for r in requirements)
