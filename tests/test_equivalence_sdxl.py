@@ -109,3 +109,22 @@ def test_sdxl_single_file_matches_its_folder(nodes, sdxl_graph):
         file_latent, file_image = single.txt2img(sampler=sampler, schedule=schedule, seed=3, cfg=6.0)
         assert torch.equal(folder_latent["samples"], file_latent["samples"])
         assert torch.equal(folder_image, file_image)
+
+
+def test_fp16_vae_with_force_upcast_decodes_in_fp32_as_the_pipeline(nodes):
+    """SDXL's VAE overflows in fp16; diffusers upcasts it for decode/encode when its config says force_upcast."""
+    import copy
+    import dataclasses
+
+    graph = Graph(nodes, "diffusers/tiny-sdxl")
+    half = dataclasses.replace(graph.vae, module=copy.deepcopy(graph.vae.module).half())
+    full = dataclasses.replace(graph.vae, module=copy.deepcopy(half.module).float())
+    assert half.module.config.force_upcast
+    torch.manual_seed(3)
+    latent = {"samples": torch.randn(1, 4, 8, 8)}
+    decode, encode = nodes["DS_VAEDecode"], nodes["DS_VAEEncode"]
+    assert torch.equal(decode.execute(vae=half, samples=latent)[0], decode.execute(vae=full, samples=latent)[0])
+    image = torch.rand(1, 64, 64, 3)
+    assert torch.equal(encode.execute(vae=half, pixels=image)[0]["samples"],
+                       encode.execute(vae=full, pixels=image)[0]["samples"])
+    assert half.module.dtype == torch.float16  # back to half after the call

@@ -109,3 +109,20 @@ def test_requirements_and_pyproject_list_the_same_packages_and_no_torch():
         dependencies = set(tomllib.load(f)["project"]["dependencies"])
     assert requirements == dependencies
     assert not any(re.match(r"torch(vision|audio)?\b", r) for r in requirements)
+
+
+def test_auto_dtype_follows_the_family_preference(monkeypatch):
+    """On a GPU, "auto" picks Flux's bf16 (it overflows in fp16) and fp16 for the others, as ComfyUI's own model
+    definitions do; bf16 only where the device has it; fp32 on the CPU."""
+    import torch
+
+    from diffusers_stages import host
+    from diffusers_stages.engine.families.flux import FLUX
+    from diffusers_stages.engine.families.stable_diffusion_xl import STABLE_DIFFUSION_XL
+
+    assert host.default_dtype(FLUX) == torch.float32  # this machine: CPU
+    monkeypatch.setattr(host, "compute_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert (host.default_dtype(FLUX), host.default_dtype(STABLE_DIFFUSION_XL)) == (torch.bfloat16, torch.float16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert host.default_dtype(FLUX) == torch.float16

@@ -91,11 +91,19 @@ def intermediate_device() -> torch.device:
     return _mm.intermediate_device() if IN_COMFYUI else torch.device("cpu")
 
 
-def default_dtype() -> torch.dtype:
-    """The dtype "auto" means: the host's choice for diffusion models; headless fp16 on CUDA, else fp32."""
+_DTYPE_NAMES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def default_dtype(family: Any = None) -> torch.dtype:
+    """The dtype "auto" means for a model of ``family``: the host's choice among the precisions the family runs well
+    in (Flux prefers bf16: it overflows in fp16), as ComfyUI decides for its own models; headless, the first of those
+    the CUDA device supports, and fp32 on the CPU."""
+    preferred = [_DTYPE_NAMES[name] for name in getattr(family, "inference_dtypes", ("fp16", "bf16", "fp32"))]
     if IN_COMFYUI:
-        return _mm.unet_dtype()
-    return torch.float16 if compute_device().type == "cuda" else torch.float32
+        return _mm.unet_dtype(supported_dtypes=preferred)
+    if compute_device().type == "cuda":
+        return next(d for d in preferred if d is not torch.bfloat16 or torch.cuda.is_bf16_supported())
+    return torch.float32
 
 
 # ---- memory manager ------------------------------------------------------------------------------------

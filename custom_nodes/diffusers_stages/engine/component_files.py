@@ -101,10 +101,11 @@ def load_dit(path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, 
 
 
 # ---- denoisers ----------------------------------------------------------------------------------------
-def load_denoiser_file(path: str, dtype: torch.dtype, input_name: str = "model_name") -> tuple[Denoiser, dict]:
-    """(Denoiser, scheduler config) from a diffusion model file of any supported family."""
+def load_denoiser_file(path: str, dtype, input_name: str = "model_name") -> tuple[Denoiser, dict]:
+    """(Denoiser, scheduler config) from a diffusion model file of any supported family. ``dtype``: a dtype, or a
+    function of the family (loading.DtypeChoice)."""
     from .families import all_families
-    from .loading import supported_families
+    from .loading import resolve_dtype, supported_families
 
     shapes = open_file(path, input_name)
     family = next((f for f in all_families() if f.claims_denoiser(shapes)), None)
@@ -114,7 +115,7 @@ def load_denoiser_file(path: str, dtype: torch.dtype, input_name: str = "model_n
                          "choose the denoiser file (e.g. flux1-dev.safetensors, sd3.5_medium.safetensors); "
                          "text encoders go in Load Text Encoders, VAEs in Load VAE, LoRAs and ControlNets have "
                          "loaders of their own.")
-    module, scheduler = family.denoiser_from_file(path, shapes, dtype, input_name)
+    module, scheduler = family.denoiser_from_file(path, shapes, resolve_dtype(dtype, family), input_name)
     scale, shift = family.latent_scaling
     return Denoiser(family, module, path, latent_scale=scale, latent_shift=shift), scheduler
 

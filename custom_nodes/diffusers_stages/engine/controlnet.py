@@ -28,13 +28,14 @@ def is_union(controlnet: ControlNet) -> bool:
     return "num_control_type" in config or bool(config.get("num_mode"))
 
 
-def load_controlnet(path: str, dtype: torch.dtype) -> ControlNet:
+def load_controlnet(path: str, dtype) -> ControlNet:
     """A ControlNet from a diffusers folder (config.json + safetensors weights: SD1.x/2.x, SDXL and its union
     model, SD3, Flux) or a single file (``load_controlnet_file``)."""
     import diffusers
 
     from .families import all_families
     from .families.folders import weights_variant
+    from .loading import resolve_dtype
 
     if os.path.isfile(path):
         return load_controlnet_file(path, dtype)
@@ -50,7 +51,8 @@ def load_controlnet(path: str, dtype: torch.dtype) -> ControlNet:
                                                    else "sd15")
     family = next(f for f in all_families() if f.id == family_id)
     module = getattr(diffusers, class_name).from_pretrained(
-        path, variant=weights_variant(os.path.dirname(path), os.path.basename(path)), torch_dtype=dtype,
+        path, variant=weights_variant(os.path.dirname(path), os.path.basename(path)),
+        torch_dtype=resolve_dtype(dtype, family),
         local_files_only=True, use_safetensors=True)
     return ControlNet(family, module.eval(), path)
 
@@ -58,7 +60,7 @@ def load_controlnet(path: str, dtype: torch.dtype) -> ControlNet:
 LDM_CONTROLNET_PREFIX = "control_model."
 
 
-def load_controlnet_file(path: str, dtype: torch.dtype) -> ControlNet:
+def load_controlnet_file(path: str, dtype) -> ControlNet:
     """A single-file SD1.x/2.x or SDXL ControlNet, in the original ControlNet layout (``control_v11p_sd15_*``:
     ``input_hint_block``, ``zero_convs``, ``middle_block_out``, with or without ``control_model.``) or in the
     diffusers layout (a folder's ``diffusion_pytorch_model.safetensors`` kept as one file, as many SDXL ControlNets
@@ -73,6 +75,7 @@ def load_controlnet_file(path: str, dtype: torch.dtype) -> ControlNet:
     from .families.ldm_keys import controlnet_key_to_ldm
     from .families.stable_diffusion import STABLE_DIFFUSION, _bundled_config, infer_unet_config
     from .families.stable_diffusion_xl import STABLE_DIFFUSION_XL
+    from .loading import resolve_dtype
 
     name = os.path.basename(path)
     shapes = open_file(path, "controlnet_name")
@@ -124,7 +127,8 @@ def load_controlnet_file(path: str, dtype: torch.dtype) -> ControlNet:
                 for kind in ("weight", "bias"):
                     state[f"add_embedding.{layer}.{kind}"] = tensors[f"label_emb.0.{index}.{kind}"]
     family = STABLE_DIFFUSION_XL if sdxl else STABLE_DIFFUSION
-    return ControlNet(family, fill(module, state, dtype, "ControlNet", "controlnet_name"), path)
+    return ControlNet(family, fill(module, state, resolve_dtype(dtype, family), "ControlNet", "controlnet_name"),
+                      path)
 
 
 def check_control(denoiser: Denoiser, control: Control) -> None:

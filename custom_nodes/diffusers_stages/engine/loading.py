@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 
 import torch
 
 from .errors import InputError
-from .families import LoadedModel, all_families, family_for_checkpoint, family_for_pipeline_class
+from .families import Family, LoadedModel, all_families, family_for_checkpoint, family_for_pipeline_class
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PREDICTIONS = ("auto", "epsilon", "v_prediction")  # "auto": what the model's scheduler config says
+PREDICTIONS = ("auto", "epsilon", "v_prediction")
+# a dtype, or a function giving the dtype for the family once it is known (how a node passes "auto")
+DtypeChoice = torch.dtype | Callable[[Family], torch.dtype]  # "auto": what the model's scheduler config says
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -68,11 +71,15 @@ def refuse_pickle(path: str, input_name: str = "model") -> None:
         )
 
 
+def resolve_dtype(dtype: DtypeChoice, family: Family) -> torch.dtype:
+    return dtype(family) if callable(dtype) else dtype
+
+
 def supported_families() -> str:
     return ", ".join(family.display_name for family in all_families())
 
 
-def load_single_file(path: str, dtype: torch.dtype, prediction: str = "auto",
+def load_single_file(path: str, dtype: DtypeChoice, prediction: str = "auto",
                      vocab_dirs: tuple[str, ...] = (), t5_dirs: tuple[str, ...] = ()) -> LoadedModel:
     """``vocab_dirs``: extra places with CLIP BPE files; ``t5_dirs``: places to look for a T5 tokenizer."""
     refuse_pickle(path)
@@ -90,10 +97,10 @@ def load_single_file(path: str, dtype: torch.dtype, prediction: str = "auto",
                          "check that the file is a full checkpoint (denoiser + VAE, usually with text encoders), not a "
                          "LoRA, VAE or ControlNet file; a denoiser alone goes in models/diffusion_models and loads "
                          "with 'Load Diffusion Model (Diffusers)'.")
-    return family.load_single_file(path, shapes, dtype, prediction, vocab_dirs, t5_dirs)
+    return family.load_single_file(path, shapes, resolve_dtype(dtype, family), prediction, vocab_dirs, t5_dirs)
 
 
-def load_folder(path: str, dtype: torch.dtype, prediction: str = "auto") -> LoadedModel:
+def load_folder(path: str, dtype: DtypeChoice, prediction: str = "auto") -> LoadedModel:
     index_path = os.path.join(path, "model_index.json")
     if not os.path.isfile(index_path):
         raise InputError("model", f"'{path}' is not a diffusers model folder (no model_index.json).",
@@ -105,10 +112,10 @@ def load_folder(path: str, dtype: torch.dtype, prediction: str = "auto") -> Load
         raise InputError("model", f"'{os.path.basename(path)}' is a {class_name or 'unknown'} model, a family this "
                          f"version of the pack cannot run (supported: {supported_families()}).",
                          f"load a model of a supported family ({supported_families()}).")
-    return family.load_folder(path, dtype, prediction)
+    return family.load_folder(path, resolve_dtype(dtype, family), prediction)
 
 
-def load_repo_id(repo_id: str, dtype: torch.dtype, prediction: str = "auto",
+def load_repo_id(repo_id: str, dtype: DtypeChoice, prediction: str = "auto",
                  allow_download: bool = False) -> LoadedModel:
     """A Hugging Face repo id: the local cache first; a download only if the user allowed it."""
     from huggingface_hub import snapshot_download

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -19,12 +20,27 @@ def _check_latent(vae: Vae, samples: torch.Tensor) -> None:
                          "latents.", "decode with the VAE of the model that made the latent.")
 
 
+@contextmanager
+def _upcast_if_needed(module):
+    """As the diffusers pipelines: a float16 VAE whose config says ``force_upcast`` (SDXL's, which overflows in
+    fp16) runs in float32 for the call and goes back to float16 after (an exact round trip)."""
+    upcast = module.dtype == torch.float16 and getattr(module.config, "force_upcast", False)
+    if upcast:
+        module.to(torch.float32)
+    try:
+        yield module.dtype
+    finally:
+        if upcast:
+            module.to(torch.float16)
+
+
 def decode(vae: Vae, samples: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     """Raw latents [B,C,h,w] -> IMAGE [B,H,W,3] in 0..1 on the CPU, as a diffusers pipeline postprocesses."""
     _check_latent(vae, samples)
     module = vae.module
-    z = samples.to(device=module.device, dtype=module.dtype)
-    image = module.tiled_decode(z, return_dict=False)[0] if tiled else module.decode(z, return_dict=False)[0]
+    with _upcast_if_needed(module) as dtype:
+        z = samples.to(device=module.device, dtype=dtype)
+        image = module.tiled_decode(z, return_dict=False)[0] if tiled else module.decode(z, return_dict=False)[0]
     image = (image / 2 + 0.5).clamp(0, 1)
     return image.float().movedim(1, -1).cpu()
 
@@ -46,5 +62,6 @@ def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
                     crop_w, crop_h)
         pixels = pixels[:, top:top + crop_h, left:left + crop_w]
     module = vae.module
-    x = pixels[..., :3].movedim(-1, 1).to(device=module.device, dtype=module.dtype) * 2.0 - 1.0
-    return module.encode(x.contiguous(), return_dict=False)[0].mode().float().cpu()
+    with _upcast_if_needed(module) as dtype:
+        x = pixels[..., :3].movedim(-1, 1).to(device=module.device, dtype=dtype) * 2.0 - 1.0
+        return module.encode(x.contiguous(), return_dict=False)[0].mode().float().cpu()

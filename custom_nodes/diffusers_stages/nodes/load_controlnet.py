@@ -70,6 +70,6 @@ class LoadControlNet(StageNode):
         return locate(FOLDER, name, "controlnet_name", os.path.exists)
 
     def run(self, controlnet_name, dtype="auto"):
-        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        torch_dtype = host.default_dtype if dtype == "auto" else loading.DTYPES[dtype]  # auto: by family
         controlnet = load_controlnet(self.resolve(controlnet_name), torch_dtype)
         return (dataclasses.replace(controlnet, residency=host.manage([controlnet.module], "denoiser")),)

@@ -39,7 +39,8 @@ class LoadDiffusionModel(StageNode):
                                "SDXL U-Net, in the original release layout)."}),
                 "dtype": (["auto", *loading.DTYPES], {
                     "default": "auto",
-                    "tooltip": "Weight precision. auto: the host's choice (bf16/fp16 on most GPUs, fp32 on CPU). "
+                    "tooltip": "Weight precision. auto: the host's choice for the family (on most GPUs bf16 for "
+                               "Flux, fp16 for the others; fp32 on the CPU). "
                                "fp8 files are widened to this precision."}),
             }
         }
@@ -53,7 +54,7 @@ class LoadDiffusionModel(StageNode):
         return True
 
     def run(self, model_name, dtype="auto"):
-        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        torch_dtype = host.default_dtype if dtype == "auto" else loading.DTYPES[dtype]  # auto: by family
         denoiser, scheduler = load_denoiser_file(locate(FOLDER, model_name, "model_name"), torch_dtype)
         return (dataclasses.replace(denoiser, residency=host.manage([denoiser.module], "denoiser")),
                 spec_from_config(scheduler))

@@ -61,7 +61,8 @@ class LoadModel(StageNode):
                                "downloaded only if allow_download is on."}),
                 "dtype": (["auto", *loading.DTYPES], {
                     "default": "auto",
-                    "tooltip": "Weight precision. auto: the host's choice (fp16 on most GPUs, fp32 on CPU)."}),
+                    "tooltip": "Weight precision. auto: the host's choice for the model's family (on most GPUs "
+                               "bf16 for Flux, fp16 for the others; fp32 on the CPU)."}),
                 "prediction": (list(loading.PREDICTIONS), {
                     "default": "auto", "advanced": True,
                     "tooltip": "What the model predicts. auto: from the model's scheduler config (single files: "
@@ -84,7 +85,7 @@ class LoadModel(StageNode):
         return True
 
     def run(self, model, repo_id="", dtype="auto", prediction="auto", allow_download=False):
-        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        torch_dtype = host.default_dtype if dtype == "auto" else loading.DTYPES[dtype]  # auto: by family
         if repo_id.strip():
             loaded = loading.load_repo_id(repo_id.strip(), torch_dtype, prediction, allow_download)
         else:

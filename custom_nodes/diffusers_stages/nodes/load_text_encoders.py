@@ -83,8 +83,8 @@ class LoadTextEncoders(StageNode):
         return family, paths
 
     def run(self, family, clip_l=NONE, clip_g=NONE, t5=NONE, dtype="auto"):
-        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
         family, paths = self.files(family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5})
+        torch_dtype = host.default_dtype(family) if dtype == "auto" else loading.DTYPES[dtype]
         slots = {slot.kind: slot for slot in family.text_slots}
         parts = {}
         for kind, path in paths.items():

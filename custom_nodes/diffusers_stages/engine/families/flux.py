@@ -67,6 +67,7 @@ class FluxFamily(Family):
     host_latent_format = "Flux"
     begin_index_on_full_run = True
     control_shared_across_cfg_calls = True
+    inference_dtypes = ("bf16", "fp16", "fp32")  # Flux overflows in fp16 more easily: bf16 first, as ComfyUI
     latent_scaling = (0.3611, 0.1159)
     lora_pipeline, lora_denoiser = "FluxPipeline", "transformer"
     lora_text_prefixes = ("text_encoder",)  # CLIP-L (diffusers loads no T5 LoRA for Flux)
