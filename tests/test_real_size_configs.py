@@ -1,0 +1,117 @@
+"""The architectures of the released models are read back exactly from their tensor shapes.
+
+No real weights exist here (no network), so each released configuration is built on the meta device (no memory),
+its tensor names and shapes are written in the original layout the files use, and our config inference must give
+back the released configuration. This checks the size rules (heads, widths, layer counts, SD3.5's dual attention,
+Flux's rotary axes) at the real sizes the tiny models cannot show.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def meta(module_class, config):
+    from diffusers_stages.engine.component_files import empty
+
+    return empty(module_class, config)
+
+
+def shapes_of(tensors) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+SD3_RELEASES = {  # the released transformer configs (stabilityai/*/transformer/config.json)
+    "sd3-medium": dict(num_layers=24, num_attention_heads=24, caption_projection_dim=1536, pos_embed_max_size=192,
+                       qk_norm=None, dual_attention_layers=()),
+    "sd3.5-large": dict(num_layers=38, num_attention_heads=38, caption_projection_dim=2432, pos_embed_max_size=192,
+                        qk_norm="rms_norm", dual_attention_layers=()),
+    "sd3.5-medium": dict(num_layers=24, num_attention_heads=24, caption_projection_dim=1536, pos_embed_max_size=384,
+                         qk_norm="rms_norm", dual_attention_layers=tuple(range(13))),
+}
+
+
+@pytest.mark.parametrize("release", SD3_RELEASES)
+def test_sd3_release_configs_are_read_back(release):
+    from diffusers import SD3Transformer2DModel
+
+    from diffusers_stages.engine.families import dit_keys
+
+    config = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, attention_head_dim=64,
+                  joint_attention_dim=4096, pooled_projection_dim=2048, **SD3_RELEASES[release])
+    model = meta(SD3Transformer2DModel, config)
+    original = dit_keys.to_original(model.state_dict(), dit_keys.sd3_rules(config))
+    assert dit_keys.sd3_config(shapes_of(original)) == config
+
+
+@pytest.mark.parametrize("guidance", [True, False], ids=["dev", "schnell"])
+def test_flux_release_configs_are_read_back(guidance):
+    from diffusers import FluxTransformer2DModel
+
+    from diffusers_stages.engine.families import dit_keys
+
+    config = dict(patch_size=1, in_channels=64, out_channels=64, num_layers=19, num_single_layers=38,
+                  attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                  guidance_embeds=guidance, axes_dims_rope=(16, 56, 56))
+    model = meta(FluxTransformer2DModel, config)
+    original = dit_keys.to_original(model.state_dict(), dit_keys.flux_rules(config))
+    assert dit_keys.flux_config(shapes_of(original)) == config
+
+
+@pytest.mark.parametrize("variant, heads", [("sd1", "fixed"), ("sd2", "per64"), ("sdxl", "per64")])
+def test_unet_release_configs_are_read_back(variant, heads):
+    from diffusers import UNet2DConditionModel
+
+    from diffusers_stages.engine.families.ldm_keys import unet_key_to_ldm
+    from diffusers_stages.engine.families.stable_diffusion import _bundled_config, infer_unet_config
+
+    released = _bundled_config(variant)["unet"]
+    model = meta(UNet2DConditionModel, released)
+    up_attention = tuple("CrossAttn" in t for t in model.config.up_block_types)
+    shapes = {}
+    for key, value in model.state_dict().items():
+        name = unet_key_to_ldm(key, model.config.layers_per_block, up_attention)
+        if name is not None:
+            shapes[name] = tuple(value.shape)
+    inferred = infer_unet_config(released, shapes, heads, at="")
+    built = meta(UNet2DConditionModel, inferred)
+    assert {k: tuple(v.shape) for k, v in built.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for field in ("block_out_channels", "layers_per_block", "cross_attention_dim", "transformer_layers_per_block",
+                  "attention_head_dim", "use_linear_projection", "down_block_types", "up_block_types"):
+        assert _same(built.config[field], model.config[field]), field
+
+
+def _same(a, b) -> bool:
+    """Config values equal up to how diffusers stores them (an int for 'every block' or a list)."""
+    def as_list(v):
+        return list(v) if isinstance(v, (list, tuple)) else [v] * 4
+    return as_list(a)[:4] == as_list(b)[:4] if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)) else a == b
+
+
+@pytest.mark.parametrize("kind", ["clip_l", "clip_g"])
+def test_clip_release_configs_are_read_back(kind):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from diffusers_stages.engine.families.stable_diffusion import _bundled_config, infer_text_encoder_config
+
+    released = _bundled_config("sdxl")["text_encoder" if kind == "clip_l" else "text_encoder_2"]
+    model = meta(CLIPTextModelWithProjection, CLIPTextConfig(**{k: v for k, v in released.items()
+                                                                  if k != "architectures"}))
+    inferred = infer_text_encoder_config(released, shapes_of(model.state_dict()), "clip", "text_model.")
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                  "max_position_embeddings", "hidden_act", "eos_token_id"):
+        assert inferred[field] == released[field], field
+
+
+def test_t5_xxl_config_is_read_back():
+    from transformers import T5Config, T5EncoderModel
+
+    from diffusers_stages.engine.component_files import t5_config
+
+    released = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                    relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
+    model = meta(T5EncoderModel, T5Config(**released))
+    inferred = t5_config(shapes_of(model.state_dict()))
+    assert {k: inferred[k] for k in released} == released
+    assert next(model.parameters()).device.type == "meta"  # nothing was allocated
