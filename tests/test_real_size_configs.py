@@ -115,3 +115,29 @@ def test_t5_xxl_config_is_read_back():
     inferred = t5_config(shapes_of(model.state_dict()))
     assert {k: inferred[k] for k in released} == released
     assert next(model.parameters()).device.type == "meta"  # nothing was allocated
+
+
+@pytest.mark.parametrize("variant", ["sd1", "sdxl"])
+@pytest.mark.parametrize("layout", ["original", "diffusers"])
+def test_controlnet_release_configs_are_read_back(variant, layout):
+    """A ControlNet of the released U-Net's shape (control_v11p_sd15_*, controlnet-canny-sdxl-1.0), in both file
+    layouts."""
+    import inspect
+
+    from diffusers import ControlNetModel
+
+    from diffusers_stages.engine.controlnet import controlnet_config
+    from diffusers_stages.engine.families.ldm_keys import controlnet_key_to_ldm
+    from diffusers_stages.engine.families.stable_diffusion import _bundled_config
+
+    released = _bundled_config(variant)["unet"]
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    model = meta(ControlNetModel, {k: v for k, v in released.items() if k in accepted})
+    state = shapes_of(model.state_dict())
+    if layout == "original":
+        blocks = len(model.controlnet_cond_embedding.blocks)
+        state = {"control_model." + name: shape for key, shape in state.items()
+                 if (name := controlnet_key_to_ldm(key, model.config.layers_per_block, blocks)) is not None}
+    config, diffusers_layout = controlnet_config(state)
+    assert diffusers_layout == (layout == "diffusers")
+    assert shapes_of(meta(ControlNetModel, config).state_dict()) == shapes_of(model.state_dict())

@@ -64,23 +64,46 @@ def load_controlnet_file(path: str, dtype) -> ControlNet:
     """A single-file SD1.x/2.x or SDXL ControlNet, in the original ControlNet layout (``control_v11p_sd15_*``:
     ``input_hint_block``, ``zero_convs``, ``middle_block_out``, with or without ``control_model.``) or in the
     diffusers layout (a folder's ``diffusion_pytorch_model.safetensors`` kept as one file, as many SDXL ControlNets
-    are). The architecture comes from the tensors, read in original-layout terms for both."""
-    import inspect
-    import re
-
+    are). The architecture comes from the tensors (``controlnet_config``)."""
     from diffusers import ControlNetModel
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     from .component_files import empty, fill, open_file, read_tensors
-    from .families.ldm_keys import controlnet_key_to_ldm
-    from .families.stable_diffusion import STABLE_DIFFUSION, _bundled_config, infer_unet_config
+    from .families.stable_diffusion import STABLE_DIFFUSION
     from .families.stable_diffusion_xl import STABLE_DIFFUSION_XL
     from .loading import resolve_dtype
 
-    name = os.path.basename(path)
     shapes = open_file(path, "controlnet_name")
-    diffusers_layout = "controlnet_cond_embedding.conv_in.weight" in shapes
+    config, diffusers_layout = controlnet_config(shapes, os.path.basename(path))
     prefix = LDM_CONTROLNET_PREFIX if any(k.startswith(LDM_CONTROLNET_PREFIX) for k in shapes) else ""
+    sdxl = config.get("addition_embed_type") == "text_time"
+    tensors = read_tensors(path, "" if diffusers_layout else prefix)
+    if diffusers_layout:
+        state = tensors
+    else:
+        state = convert_controlnet_checkpoint(tensors, config)
+        if sdxl:  # diffusers' ControlNet converter leaves SDXL's text-time embedding out (0.42): map it here
+            for layer, index in (("linear_1", 0), ("linear_2", 2)):
+                for kind in ("weight", "bias"):
+                    state[f"add_embedding.{layer}.{kind}"] = tensors[f"label_emb.0.{index}.{kind}"]
+    family = STABLE_DIFFUSION_XL if sdxl else STABLE_DIFFUSION
+    module = fill(empty(ControlNetModel, config), state, resolve_dtype(dtype, family), "ControlNet",
+                  "controlnet_name")
+    return ControlNet(family, module, path)
+
+
+def controlnet_config(shapes: dict[str, tuple[int, ...]], name: str = "the file") -> tuple[dict, bool]:
+    """(ControlNetModel config, whether the keys are in the diffusers layout) from a single file's tensor shapes,
+    both layouts read in original-layout terms with the U-Net rules."""
+    import inspect
+    import re
+
+    from diffusers import ControlNetModel
+
+    from .families.ldm_keys import controlnet_key_to_ldm
+    from .families.stable_diffusion import _bundled_config, infer_unet_config
+
+    diffusers_layout = "controlnet_cond_embedding.conv_in.weight" in shapes
     if diffusers_layout:
         if any(k.startswith(("task_embedding", "transformer_layes", "controlnet_x_embedder", "pos_embed_input"))
                for k in shapes):
@@ -96,6 +119,7 @@ def load_controlnet_file(path: str, dtype) -> ControlNet:
             if new is not None:
                 body[new] = shape
     else:
+        prefix = LDM_CONTROLNET_PREFIX if any(k.startswith(LDM_CONTROLNET_PREFIX) for k in shapes) else ""
         body = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     if "input_hint_block.0.weight" not in body or "zero_convs.0.0.weight" not in body:
         raise InputError("controlnet_name", f"'{name}' is not a ControlNet (no control-image embedding / zero "
@@ -116,19 +140,7 @@ def load_controlnet_file(path: str, dtype) -> ControlNet:
     config.update(conditioning_channels=body["input_hint_block.0.weight"][1],
                   conditioning_embedding_out_channels=[body[f"input_hint_block.{hint_convs[0]}.weight"][0]] + [
                       body[f"input_hint_block.{i}.weight"][0] for i in hint_convs[2:-1:2]])
-    module = empty(ControlNetModel, config)
-    tensors = read_tensors(path, "" if diffusers_layout else prefix)
-    if diffusers_layout:
-        state = tensors
-    else:
-        state = convert_controlnet_checkpoint(tensors, config)
-        if sdxl:  # diffusers' ControlNet converter leaves SDXL's text-time embedding out (0.42): map it here
-            for layer, index in (("linear_1", 0), ("linear_2", 2)):
-                for kind in ("weight", "bias"):
-                    state[f"add_embedding.{layer}.{kind}"] = tensors[f"label_emb.0.{index}.{kind}"]
-    family = STABLE_DIFFUSION_XL if sdxl else STABLE_DIFFUSION
-    return ControlNet(family, fill(module, state, resolve_dtype(dtype, family), "ControlNet", "controlnet_name"),
-                      path)
+    return config, diffusers_layout
 
 
 def check_control(denoiser: Denoiser, control: Control) -> None:
