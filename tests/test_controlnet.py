@@ -243,3 +243,23 @@ def test_flux_xlabs_style_controlnet_matches_the_pipeline(nodes, models_root):
                num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert torch.equal(ours, ref)
+
+
+def test_controlnet_with_img2img_matches_the_controlnet_img2img_pipeline(sd1_graph, sd1_pipe, controlnets,
+                                                                         models_root):
+    """Denoise below 1.0 with a ControlNet, as StableDiffusionControlNetImg2ImgPipeline (strength 0.6). The pipeline
+    gets our encoded latents (VAE Encode gives the posterior mode; it would sample), as in the img2img test."""
+    net = controlnets["sd1-controlnet"]
+    generator = torch.Generator().manual_seed(11)
+    init = torch.rand(1, 64, 64, 3, generator=generator)
+    image = control_image(seed=12)
+    raw = sd1_graph.encode_image(init)
+    guider = controlled_guider(sd1_graph, [(net, image, 0.8, 0.0, 1.0)])
+    latent = sd1_graph.denoise(guider, sd1_graph.default_scheduler, raw, seed=SEED, steps=5, denoise=0.6)
+    pipe = pipeline_with("StableDiffusionControlNetImg2ImgPipeline", models_root["sd1_folder"], [net.module],
+                         sd1_pipe)
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, image=raw["samples"] * pipe.vae.config.scaling_factor,
+               control_image=bchw(image).contiguous(), strength=0.6, num_inference_steps=5,
+               controlnet_conditioning_scale=0.8, generator=torch.Generator("cpu").manual_seed(SEED),
+               output_type="pt").images
+    assert torch.equal(bchw(sd1_graph.decode(latent)), ref)
