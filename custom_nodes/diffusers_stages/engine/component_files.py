@@ -14,7 +14,7 @@ import torch
 
 from .components import Denoiser, TextEncoder, TextPart, Vae
 from .errors import InputError
-from .loading import SAFETENSORS_SUFFIXES, read_checkpoint_shapes, refuse_pickle
+from .loading import open_safetensors
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,6 @@ class TextSlot:
 TEXT_KINDS = {"clip_l": "CLIP-L (clip_l.safetensors)", "clip_g": "CLIP-G (clip_g.safetensors)",
               "t5": "T5-XXL (t5xxl_*.safetensors)"}
 CLIP_PAD_TOKENS = {"clip_l": "<|endoftext|>", "clip_g": "!"}  # as the released tokenizers (OpenCLIP-G pads with "!")
-
-
-def open_file(path: str, input_name: str) -> dict[str, tuple[int, ...]]:
-    """Shapes of a safetensors model file chosen in ``input_name``; clear errors for anything else."""
-    refuse_pickle(path, input_name)
-    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
-        raise InputError(input_name, f"'{os.path.basename(path)}' is not a .safetensors file.",
-                         "choose a .safetensors model file.")
-    if not os.path.isfile(path):
-        raise InputError(input_name, f"'{path}' does not exist.", "put the file in its model folder and refresh.")
-    return read_checkpoint_shapes(path, input_name)
 
 
 def read_tensors(path: str, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -107,7 +96,7 @@ def load_denoiser_file(path: str, dtype, input_name: str = "model_name") -> tupl
     from .families import all_families
     from .loading import resolve_dtype, supported_families
 
-    shapes = open_file(path, input_name)
+    shapes = open_safetensors(path, input_name)
     family = next((f for f in all_families() if f.claims_denoiser(shapes)), None)
     if family is None:
         raise InputError(input_name, f"'{os.path.basename(path)}' is not the diffusion model (U-Net/DiT) of a "

@@ -68,12 +68,12 @@ def load_controlnet_file(path: str, dtype) -> ControlNet:
     from diffusers import ControlNetModel
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
-    from .component_files import empty, fill, open_file, read_tensors
+    from .component_files import empty, fill, read_tensors
     from .families.stable_diffusion import STABLE_DIFFUSION
     from .families.stable_diffusion_xl import STABLE_DIFFUSION_XL
-    from .loading import resolve_dtype
+    from .loading import open_safetensors, resolve_dtype
 
-    shapes = open_file(path, "controlnet_name")
+    shapes = open_safetensors(path, "controlnet_name")
     config, diffusers_layout = controlnet_config(shapes, os.path.basename(path))
     prefix = LDM_CONTROLNET_PREFIX if any(k.startswith(LDM_CONTROLNET_PREFIX) for k in shapes) else ""
     sdxl = config.get("addition_embed_type") == "text_time"

@@ -75,6 +75,19 @@ def resolve_dtype(dtype: DtypeChoice, family: Family) -> torch.dtype:
     return dtype(family) if callable(dtype) else dtype
 
 
+def open_safetensors(path: str, input_name: str = "model") -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a safetensors model file chosen in ``input_name``; pickle files, other formats and missing
+    files are refused with the input named."""
+    refuse_pickle(path, input_name)
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+        raise InputError(input_name, f"'{os.path.basename(path)}' is not a .safetensors file.",
+                         "choose a .safetensors model file.")
+    if not os.path.isfile(path):
+        raise InputError(input_name, f"'{path}' does not exist.",
+                         "put the file in its ComfyUI model folder and refresh the node list.")
+    return read_checkpoint_shapes(path, input_name)
+
+
 def supported_families() -> str:
     return ", ".join(family.display_name for family in all_families())
 
@@ -82,14 +95,7 @@ def supported_families() -> str:
 def load_single_file(path: str, dtype: DtypeChoice, prediction: str = "auto",
                      vocab_dirs: tuple[str, ...] = (), t5_dirs: tuple[str, ...] = ()) -> LoadedModel:
     """``vocab_dirs``: extra places with CLIP BPE files; ``t5_dirs``: places to look for a T5 tokenizer."""
-    refuse_pickle(path)
-    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
-        raise InputError("model", f"'{os.path.basename(path)}' is not a .safetensors checkpoint.",
-                         "choose a .safetensors file from models/checkpoints.")
-    if not os.path.isfile(path):
-        raise InputError("model", f"checkpoint '{path}' does not exist.",
-                         "put the file in ComfyUI's models/checkpoints folder and refresh the node list.")
-    shapes = read_checkpoint_shapes(path)
+    shapes = open_safetensors(path)
     family = family_for_checkpoint(set(shapes))
     if family is None:
         raise InputError("model", f"'{os.path.basename(path)}' is not a checkpoint of a supported model family "

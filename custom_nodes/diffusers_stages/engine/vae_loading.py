@@ -61,7 +61,8 @@ def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None,
 
 
 def load_vae_file(path: str, dtype: torch.dtype) -> Vae:
-    from .component_files import open_file, read_tensors, vae_from_tensors
+    from .component_files import read_tensors, vae_from_tensors
+    from .loading import open_safetensors
 
-    _, _, prefix = vae_config(open_file(path, "vae_name"))
+    _, _, prefix = vae_config(open_safetensors(path, "vae_name"))
     return vae_from_tensors(read_tensors(path, prefix), None, dtype, path, "vae_name")

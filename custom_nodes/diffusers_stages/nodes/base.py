@@ -42,6 +42,26 @@ class StageNode:
         """For VALIDATE_INPUTS: True, or the message ComfyUI shows at queue time."""
         return True if error is None else str(StageError(cls.DISPLAY_NAME, error))
 
+    @classmethod
+    def check_call(cls, function, *args) -> bool | str:
+        """For VALIDATE_INPUTS: True, or the message of the InputError ``function(*args)`` raises."""
+        try:
+            function(*args)
+        except InputError as error:
+            return cls.check(error)
+        return True
+
+
+def window_error(start: float | None, end: float | None) -> InputError | None:
+    """A start/end percent pair that is not a window of the steps (both 0..1, start not after end)."""
+    for name, value in (("start_percent", start), ("end_percent", end)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            return InputError(name, f"{value} is outside 0..1.", "use a fraction of the steps, 0 to 1.")
+    if start is not None and end is not None and start > end:
+        return InputError("start_percent", f"start ({start}) is after end ({end}).",
+                          "make start_percent less than or equal to end_percent.")
+    return None
+
 
 def category(sub: str) -> str:
     return f"{PACK}/{sub}"

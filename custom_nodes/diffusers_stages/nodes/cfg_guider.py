@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from ..engine.components import Guider
 from ..engine.errors import InputError
-from .base import CONDITIONING, GUIDER, StageNode, category
+from .base import CONDITIONING, GUIDER, StageNode, category, window_error
 
 
 class CFGGuider(StageNode):
@@ -45,13 +45,7 @@ class CFGGuider(StageNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent, end_percent):
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            if value is not None and not 0.0 <= value <= 1.0:
-                return cls.check(InputError(name, f"{value} is outside 0..1.", "use a fraction of the steps, 0 to 1."))
-        if start_percent is not None and end_percent is not None and start_percent > end_percent:
-            return cls.check(InputError("start_percent", f"start ({start_percent}) is after end ({end_percent}).",
-                                        "make start_percent less than or equal to end_percent."))
-        return True
+        return cls.check(window_error(start_percent, end_percent))
 
     def run(self, positive, cfg, guidance_rescale=0.0, start_percent=0.0, end_percent=1.0, negative=None):
         if negative is None and cfg > 1.0:

@@ -3,8 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..engine.components import Control
-from ..engine.errors import InputError
-from .base import CONDITIONING, CONTROLNET, VAE, StageNode, category
+from .base import CONDITIONING, CONTROLNET, VAE, StageNode, category, window_error
 
 
 class ApplyControlNet(StageNode):
@@ -56,10 +55,7 @@ class ApplyControlNet(StageNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent, end_percent):
-        if start_percent > end_percent:
-            return cls.check(InputError("start_percent", f"start {start_percent} is after end {end_percent}.",
-                                        "make start_percent at most end_percent."))
-        return True
+        return cls.check(window_error(start_percent, end_percent))
 
     def run(self, positive, controlnet, image, strength=1.0, start_percent=0.0, end_percent=1.0, negative=None,
             vae=None, union_mode=-1):

@@ -6,7 +6,6 @@ import os
 from .. import host
 from ..engine import loading
 from ..engine.controlnet import load_controlnet
-from ..engine.errors import InputError
 from .base import CONTROLNET, StageNode, category
 from .model_files import locate
 
@@ -59,11 +58,7 @@ class LoadControlNet(StageNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, controlnet_name):
-        try:
-            cls.resolve(controlnet_name)
-        except InputError as error:
-            return cls.check(error)
-        return True
+        return cls.check_call(cls.resolve, controlnet_name)
 
     @staticmethod
     def resolve(name: str) -> str:

@@ -5,7 +5,6 @@ import dataclasses
 from .. import host
 from ..engine import loading
 from ..engine.component_files import load_denoiser_file
-from ..engine.errors import InputError
 from ..engine.schedulers import spec_from_config
 from .base import DENOISER, SCHEDULER, StageNode, category
 from .model_files import locate
@@ -47,11 +46,7 @@ class LoadDiffusionModel(StageNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_name):
-        try:
-            locate(FOLDER, model_name, "model_name")
-        except InputError as error:
-            return cls.check(error)
-        return True
+        return cls.check_call(locate, FOLDER, model_name, "model_name")
 
     def run(self, model_name, dtype="auto"):
         torch_dtype = host.default_dtype if dtype == "auto" else loading.DTYPES[dtype]  # auto: by family

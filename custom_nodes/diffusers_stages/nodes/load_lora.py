@@ -46,11 +46,7 @@ class LoadLoRA(StageNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora_name):
-        try:
-            locate(FOLDER, lora_name, "lora_name")
-        except InputError as error:
-            return cls.check(error)
-        return True
+        return cls.check_call(locate, FOLDER, lora_name, "lora_name")
 
     def run(self, denoiser, text_encoder, lora_name, strength_model=1.0, strength_text_encoder=1.0):
         if text_encoder.family is not denoiser.family:

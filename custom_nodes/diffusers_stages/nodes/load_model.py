@@ -76,13 +76,7 @@ class LoadModel(StageNode):
     @classmethod
     def VALIDATE_INPUTS(cls, model, repo_id):
         # Naming `model` here replaces ComfyUI's list check with ours, which says what is wrong and how to fix it.
-        if repo_id or model is None:
-            return True
-        try:
-            resolve_model(model)
-        except InputError as error:
-            return cls.check(error)
-        return True
+        return True if repo_id or model is None else cls.check_call(resolve_model, model)
 
     def run(self, model, repo_id="", dtype="auto", prediction="auto", allow_download=False):
         torch_dtype = host.default_dtype if dtype == "auto" else loading.DTYPES[dtype]  # auto: by family

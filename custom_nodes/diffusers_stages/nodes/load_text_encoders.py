@@ -7,13 +7,13 @@ from .. import host
 from ..engine import loading
 from ..engine.component_files import (
     TEXT_KINDS,
-    open_file,
     read_tensors,
     text_encoder_from_parts,
     text_part_from_tensors,
 )
 from ..engine.errors import InputError
 from ..engine.families import all_families
+from ..engine.loading import open_safetensors
 from .base import TEXT_ENCODER, StageNode, category
 from .model_files import locate, t5_tokenizer_dirs
 
@@ -54,11 +54,7 @@ class LoadTextEncoders(StageNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, family, clip_l, clip_g, t5):
-        try:
-            cls.files(family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5})
-        except InputError as error:
-            return cls.check(error)
-        return True
+        return cls.check_call(cls.files, family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5})
 
     @staticmethod
     def files(family_id: str, chosen: dict[str, str]) -> tuple[object, dict[str, str]]:
@@ -88,7 +84,7 @@ class LoadTextEncoders(StageNode):
         slots = {slot.kind: slot for slot in family.text_slots}
         parts = {}
         for kind, path in paths.items():
-            open_file(path, kind)
+            open_safetensors(path, kind)
             parts[kind] = text_part_from_tensors(read_tensors(path), slots[kind], torch_dtype, host.clip_vocab_dirs(),
                                                  list(t5_tokenizer_dirs()) if kind == "t5" else [], kind,
                                                  f"'{os.path.basename(path)}'")

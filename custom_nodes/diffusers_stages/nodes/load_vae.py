@@ -4,7 +4,6 @@ import dataclasses
 
 from .. import host
 from ..engine import loading
-from ..engine.errors import InputError
 from ..engine.vae_loading import load_vae_file
 from .base import VAE, StageNode, category
 from .model_files import locate
@@ -36,11 +35,7 @@ class LoadVAE(StageNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, vae_name):
-        try:
-            cls.resolve(vae_name)
-        except InputError as error:
-            return cls.check(error)
-        return True
+        return cls.check_call(cls.resolve, vae_name)
 
     @staticmethod
     def resolve(name: str) -> str:

@@ -110,14 +110,13 @@ def save_sdxl_checkpoint(pipe, path: str) -> None:
     tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae),
                **clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer.text_model."),
                **clip_to_open_clip_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model.", extra_block=False)}
-    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path)
+    save(tensors, path)
 
 
 def save_ldm_checkpoint(pipe, path: str, open_clip: bool = False) -> None:
     """Save a StableDiffusionPipeline as an LDM single file (SD1: OpenAI CLIP layout; SD2: ``open_clip=True``)."""
     text = clip_to_open_clip_ldm(pipe.text_encoder) if open_clip else clip_to_ldm(pipe.text_encoder)
-    tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text}
-    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path)
+    save({**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text}, path)
 
 
 # ---- SD3 / Flux: the files ComfyUI users have (diffusion_models, text_encoders, whole checkpoints) --------------
@@ -150,4 +149,5 @@ def save_dit_checkpoint(pipe, path: str, text_encoders: dict[str, object], vae_p
 
 
 def save(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Tensors as a safetensors file (own, contiguous copies: shared or strided storage cannot be saved)."""
     save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, path)

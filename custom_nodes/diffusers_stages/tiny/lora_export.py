@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from safetensors.torch import save_file
+
+from .ldm_export import save
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # also the DiTs' attention projections
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -35,7 +36,7 @@ def save_diffusers_lora(pipe, path: str, seed: int) -> dict[str, tuple[torch.Ten
     tensors = {}
     for name, (down, up) in layers.items():
         tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"] = down, up
-    save_file(tensors, path)
+    save(tensors, path)
     return layers
 
 
@@ -59,7 +60,7 @@ def save_kohya_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: 
             key = f"lora_{te}_" + ("text_model." + module_path.removeprefix("text_model.")).replace(".", "_")
         tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
         tensors[f"{key}.alpha"] = torch.tensor(float(RANK))
-    save_file(tensors, path)
+    save(tensors, path)
 
 
 def save_comfy_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], unet, path: str) -> None:
@@ -76,7 +77,7 @@ def save_comfy_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], unet, 
         tensors[f"diffusion_model.{module}.lora_down.weight"] = down
         tensors[f"diffusion_model.{module}.lora_up.weight"] = up
     tensors["diffusion_model.out.0.diff"] = torch.zeros(unet.config.block_out_channels[0])
-    save_file(tensors, path)
+    save(tensors, path)
 
 
 def save_kohya_flux_lora(transformer, path: str, seed: int) -> None:
@@ -92,4 +93,4 @@ def save_kohya_flux_lora(transformer, path: str, seed: int) -> None:
                 tensors[f"{key}.lora_down.weight"] = torch.randn(RANK, width, generator=generator) * 0.3
                 tensors[f"{key}.lora_up.weight"] = torch.randn(out, RANK, generator=generator) * 0.3
                 tensors[f"{key}.alpha"] = torch.tensor(float(RANK))
-    save_file(tensors, path)
+    save(tensors, path)

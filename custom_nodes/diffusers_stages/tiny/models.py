@@ -225,21 +225,22 @@ def write_models(root: str) -> dict[str, str]:
     sd3 = build_sd3_pipeline()
     paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
     sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
-    paths.update(write_split_files(root, flux, sd3))
+    paths.update(write_split_files(root, flux, sd3, sd1))
     paths.update(write_unet_files(root, sd1, sdxl))
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
     paths.update(write_loras(root, sd1, sdxl, sd3, flux))
-    # VAEs on their own, as in ComfyUI's models/vae: original (LDM) layout and diffusers layout
-    from safetensors.torch import save_file
+    return paths
 
-    from .ldm_export import vae_to_ldm
 
-    os.makedirs(os.path.join(root, "vae"), exist_ok=True)
-    paths["sd1_vae"] = os.path.join(root, "vae", "tiny-sd15-vae.safetensors")
-    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(sd1.vae).items()},
-              paths["sd1_vae"])
-    paths["flux_vae"] = os.path.join(root, "vae", "tiny-flux-vae-diffusers.safetensors")
-    save_file({k: v.contiguous() for k, v in flux.vae.state_dict().items()}, paths["flux_vae"])
+def save_files(root: str, files: dict[str, tuple[str, str, dict]]) -> dict[str, str]:
+    """{key: (model folder, file name, tensors)} written under ``root``; returns {key: path}."""
+    from .ldm_export import save
+
+    paths = {}
+    for key, (sub, name, tensors) in files.items():
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        paths[key] = os.path.join(root, sub, name)
+        save(tensors, paths[key])
     return paths
 
 
@@ -383,46 +384,39 @@ def write_loras(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
 def write_unet_files(root: str, sd1, sdxl) -> dict[str, str]:
     """SD1.5 and SDXL as split files: U-Nets in diffusion_models (original layout; SD1.5 without, SDXL with the
     checkpoint prefix, as both occur) and their CLIP text encoders in text_encoders."""
-    from .ldm_export import save, text_encoder_file, unet_to_ldm
+    from .ldm_export import text_encoder_file, unet_to_ldm
 
-    files = {
+    return save_files(root, {
         "sd1_unet": ("diffusion_models", "tiny-sd15-unet.safetensors",
                      {k.removeprefix("model.diffusion_model."): v for k, v in unet_to_ldm(sd1.unet).items()}),
         "sd1_clip_l": ("text_encoders", "tiny-sd15-clip_l.safetensors", text_encoder_file(sd1.text_encoder)),
         "sdxl_unet": ("diffusion_models", "tiny-sdxl-unet.safetensors", unet_to_ldm(sdxl.unet)),
         "sdxl_clip_l": ("text_encoders", "tiny-sdxl-clip_l.safetensors", text_encoder_file(sdxl.text_encoder)),
         "sdxl_clip_g": ("text_encoders", "tiny-sdxl-clip_g.safetensors", text_encoder_file(sdxl.text_encoder_2)),
-    }
-    paths = {}
-    for key, (sub, name, tensors) in files.items():
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-        paths[key] = os.path.join(root, sub, name)
-        save(tensors, paths[key])
-    return paths
+    })
 
 
-def write_split_files(root: str, flux, sd3) -> dict[str, str]:
+def write_split_files(root: str, flux, sd3, sd1) -> dict[str, str]:
     """The Flux and SD3 models as ComfyUI users have them: denoisers in diffusion_models (original layout), text
-    encoders in text_encoders, and whole checkpoints (Flux without T5, as some releases; SD3 with all three)."""
-    from .ldm_export import dit_to_original, save, save_dit_checkpoint, text_encoder_file, vae_to_ldm
+    encoders in text_encoders, VAEs in vae (original and diffusers layout, as both occur), and whole checkpoints
+    (Flux without T5, as some releases; SD3 with all three)."""
+    from .ldm_export import dit_to_original, save_dit_checkpoint, text_encoder_file, vae_to_ldm
 
-    paths = {}
-    for sub in ("diffusion_models", "text_encoders", "vae"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    files = {
+    def ldm_vae(vae):
+        return {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(vae).items()}
+
+    paths = save_files(root, {
         "flux_dit": ("diffusion_models", "tiny-flux1-dev.safetensors", dit_to_original(flux.transformer)),
         "flux_clip_l": ("text_encoders", "tiny-flux-clip_l.safetensors", text_encoder_file(flux.text_encoder)),
         "flux_t5": ("text_encoders", "tiny-flux-t5xxl.safetensors", text_encoder_file(flux.text_encoder_2)),
-        "flux_vae_ldm": ("vae", "tiny-flux-ae.safetensors",
-                         {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(flux.vae).items()}),
+        "flux_vae_ldm": ("vae", "tiny-flux-ae.safetensors", ldm_vae(flux.vae)),
+        "flux_vae": ("vae", "tiny-flux-vae-diffusers.safetensors", flux.vae.state_dict()),
+        "sd1_vae": ("vae", "tiny-sd15-vae.safetensors", ldm_vae(sd1.vae)),
         "sd3_dit": ("diffusion_models", "tiny-sd3.5-medium.safetensors", dit_to_original(sd3.transformer)),
         "sd3_clip_l": ("text_encoders", "tiny-sd3-clip_l.safetensors", text_encoder_file(sd3.text_encoder)),
         "sd3_clip_g": ("text_encoders", "tiny-sd3-clip_g.safetensors", text_encoder_file(sd3.text_encoder_2)),
         "sd3_t5": ("text_encoders", "tiny-sd3-t5xxl.safetensors", text_encoder_file(sd3.text_encoder_3)),
-    }
-    for key, (sub, name, tensors) in files.items():
-        paths[key] = os.path.join(root, sub, name)
-        save(tensors, paths[key])
+    })
     paths["flux_single"] = os.path.join(root, "checkpoints", "tiny-flux1-dev.safetensors")
     save_dit_checkpoint(flux, paths["flux_single"], {"clip_l": flux.text_encoder, "t5xxl": flux.text_encoder_2}, "vae.")
     paths["sd3_single"] = os.path.join(root, "checkpoints", "tiny-sd3.5-medium.safetensors")
