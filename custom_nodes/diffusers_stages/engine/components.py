@@ -147,9 +147,14 @@ class Guider:
         """The pipeline's window: strictly between steps*start and steps*stop (so never at step 0)."""
         return bool(self.skip_layers) and steps * self.skip_start < step < steps * self.skip_stop
 
+    @property
+    def guides(self) -> bool:
+        """CFG runs at all: a negative prompt and a scale above 1 (as diffusers decides)."""
+        return self.scale > 1.0 and self.negative is not None
+
     def active_at(self, step: int, steps: int) -> bool:
-        """CFG applies at this step: scale above 1 (as diffusers decides) and step inside [start, end)."""
-        if self.scale <= 1.0 or self.negative is None:
+        """CFG applies at this step: ``guides`` and the step inside [start, end)."""
+        if not self.guides:
             return False
         position = step / steps
         return self.start_percent <= position and (position < self.end_percent or self.end_percent >= 1.0)

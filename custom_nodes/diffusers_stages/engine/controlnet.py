@@ -180,12 +180,20 @@ def control_pixels(control: Control, height: int, width: int, batch: int, normal
     return image.repeat_interleave(batch, dim=0) if image.shape[0] == 1 else image
 
 
-def control_vae(control: Control):
+def control_latents(control: Control, pixels: torch.Tensor, shift: float | None = None,
+                    sample_with: torch.Generator | None = None) -> torch.Tensor:
+    """Control pixels (-1..1) as VAE latents, as the SD3/Flux ControlNet pipelines make them: the posterior sampled
+    with ``sample_with`` (its mode without one), minus ``shift`` (default: the VAE's shift factor), times the
+    scaling factor; in the ControlNet's device and dtype."""
     if control.vae is None:
         raise InputError("vae", f"the ControlNet '{os.path.basename(control.controlnet.source)}' takes the control "
                          "image as latents, so Apply ControlNet needs the VAE.",
                          "connect the model's VAE to Apply ControlNet's vae input.")
-    return control.vae
+    vae, net = control.vae.module, control.controlnet.module
+    posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    latents = posterior.mode() if sample_with is None else posterior.sample(sample_with)
+    shift = vae.config.shift_factor if shift is None else shift
+    return ((latents - shift) * vae.config.scaling_factor).to(net.device, net.dtype)
 
 
 class ControlPlan:

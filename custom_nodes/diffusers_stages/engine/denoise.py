@@ -162,7 +162,7 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     inputs = denoiser.family.model_inputs(denoiser, complete, batch, image_size)
     # control inputs before the initial noise, as the pipelines prepare them (Flux samples them from the same
     # generator); two copies side by side when CFG runs batched
-    copies = 2 if inputs.cfg is not None and guider.negative is not None and guider.scale > 1.0 else 1
+    copies = 2 if inputs.cfg is not None and guider.guides else 1
     controls = ControlPlan(denoiser, guider.positive.controls, guider.negative.controls if guider.negative else (),
                            image_size, batch, copies, generator)
     plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img)

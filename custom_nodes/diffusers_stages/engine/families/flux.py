@@ -172,17 +172,13 @@ class FluxFamily(Family):
     def prepare_control(self, control, height, width, batch, copies, generator):
         """As FluxControlNetPipeline: the image in -1..1; for InstantX-style ControlNets (no input hint block) its VAE
         posterior is sampled with the run's generator (before the initial noise is drawn), shifted, scaled, packed."""
-        from ..controlnet import control_pixels, control_vae
+        from ..controlnet import control_latents, control_pixels
 
         net = control.controlnet.module
         pixels = control_pixels(control, height, width, batch, normalize=True)
         if net.input_hint_block is not None:  # XLabs-style: the ControlNet reads pixels itself
             return pixels.to(device=net.device, dtype=net.dtype)
-        vae = control_vae(control)
-        pixels = pixels.to(device=vae.module.device, dtype=vae.module.dtype)
-        latents = vae.module.encode(pixels).latent_dist.sample(generator)
-        latents = (latents - vae.module.config.shift_factor) * vae.module.config.scaling_factor
-        return pack(latents).to(net.device, net.dtype)
+        return pack(control_latents(control, pixels, sample_with=generator))
 
     def control_residuals(self, denoiser, control, controlnet, model_input, timestep, inputs, control_input, scale):
         batch = model_input.shape[0]

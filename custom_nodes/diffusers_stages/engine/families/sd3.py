@@ -144,15 +144,11 @@ class StableDiffusion3Family(Family):
         batch when CFG is batched), shifted (unless the ControlNet zeroes the pooled prompt, as InstantX's) and
         scaled. The pipeline samples the posterior from torch's global generator, which no seed reaches; this takes
         its mode, as VAE Encode does, so a seed gives one image."""
-        from ..controlnet import control_pixels, control_vae
+        from ..controlnet import control_latents, control_pixels
 
-        vae = control_vae(control)
-        net = control.controlnet.module
         pixels = control_pixels(control, height, width, batch, normalize=True)
-        pixels = torch.cat([pixels] * copies).to(device=vae.module.device, dtype=vae.module.dtype)
-        latents = vae.module.encode(pixels).latent_dist.mode()
-        shift = 0.0 if net.config.force_zeros_for_pooled_projection else vae.module.config.shift_factor
-        return ((latents - shift) * vae.module.config.scaling_factor).to(net.device, net.dtype)
+        zero_shift = control.controlnet.module.config.force_zeros_for_pooled_projection
+        return control_latents(control, torch.cat([pixels] * copies), shift=0.0 if zero_shift else None)
 
     def control_residuals(self, denoiser, control, controlnet, model_input, timestep, inputs, control_input, scale):
         config = controlnet.config
