@@ -8,6 +8,7 @@ a 12B transformer is not allocated twice, then filled with the file's tensors.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -170,7 +171,7 @@ def t5_config(shapes: dict[str, tuple[int, ...]]) -> dict:
                 decoder_start_token_id=0, is_encoder_decoder=False, use_cache=False)
 
 
-def t5_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: list[str],
+def t5_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: Iterable[str],
             input_name: str) -> TextPart:
     from transformers import T5Config, T5EncoderModel
 
@@ -183,7 +184,7 @@ def t5_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: 
     return TextPart(find_t5_tokenizer(tokenizer_dirs, config["vocab_size"], input_name), module)
 
 
-def find_t5_tokenizer(dirs: list[str], vocab_rows: int, input_name: str):
+def find_t5_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str):
     """The first T5 tokenizer in ``dirs`` whose vocabulary fits the encoder's embedding table."""
     from transformers import AutoTokenizer
 
@@ -240,7 +241,7 @@ CHECKPOINT_TEXT_PREFIXES = {"clip_l": "text_encoders.clip_l.transformer.",
 
 
 def text_part_from_tensors(state: dict[str, torch.Tensor], slot: TextSlot, dtype: torch.dtype,
-                           vocab_dirs: tuple[str, ...], t5_dirs: list[str], input_name: str,
+                           vocab_dirs: tuple[str, ...], t5_dirs: Iterable[str], input_name: str,
                            name: str = "the file") -> TextPart:
     found = text_kind(state)
     if found != ("t5" if slot.kind == "t5" else "clip"):
@@ -253,7 +254,7 @@ def text_part_from_tensors(state: dict[str, torch.Tensor], slot: TextSlot, dtype
 
 
 def load_dit_checkpoint(family, path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
-                        vocab_dirs: tuple[str, ...], t5_dirs: list[str]):
+                        vocab_dirs: tuple[str, ...], t5_dirs: Iterable[str]):
     """A single-file SD3/Flux checkpoint: the transformer under ``model.diffusion_model.``, the VAE
     (``first_stage_model.`` or ``vae.``), and whichever text encoders it bundles (``text_encoders.<kind>.``).
     Without its required text encoders the model still loads; Text Encode then says where to get them."""

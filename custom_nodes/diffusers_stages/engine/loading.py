@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -93,7 +93,7 @@ def supported_families() -> str:
 
 
 def load_single_file(path: str, dtype: DtypeChoice, prediction: str = "auto",
-                     vocab_dirs: tuple[str, ...] = (), t5_dirs: tuple[str, ...] = ()) -> LoadedModel:
+                     vocab_dirs: tuple[str, ...] = (), t5_dirs: Iterable[str] = ()) -> LoadedModel:
     """``vocab_dirs``: extra places with CLIP BPE files; ``t5_dirs``: places to look for a T5 tokenizer."""
     shapes = open_safetensors(path)
     family = family_for_checkpoint(set(shapes))

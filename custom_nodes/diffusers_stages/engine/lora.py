@@ -61,8 +61,8 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
                          "restart.") from exc
     name = adapter_name(path)
     modules = [denoiser_module, *text_modules]
-    if all(name in (getattr(m, "peft_config", None) or {}) for m in modules):
-        return LoraReport(name, -1, -1)  # already loaded into these models
+    if all(name in _tried(m) for m in modules):
+        return LoraReport(name, -1, -1)  # already loaded into these models (or found to have nothing for them)
     loader = getattr(diffusers, family.lora_pipeline)
     try:
         state, alphas, left_out = read_lora(loader, family, path, denoiser_module)
@@ -73,10 +73,10 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
     in_file = sum(_layers_in(state, p) for p in prefixes)
     other = [k for k in state if not k.startswith(prefixes)] + left_out
     try:
-        if name not in (getattr(denoiser_module, "peft_config", None) or {}):
+        if name not in _tried(denoiser_module):
             load_into_denoiser(loader, family, state, alphas, denoiser_module, name)
         for module, prefix in zip(text_modules, family.lora_text_prefixes):
-            if name not in (getattr(module, "peft_config", None) or {}):
+            if name not in _tried(module):
                 loader.load_lora_into_text_encoder(state, alphas, text_encoder=module, prefix=prefix,
                                                    lora_scale=1.0, adapter_name=name)
     except (RuntimeError, ValueError) as exc:  # peft: size mismatches when the LoRA was made for another model
@@ -102,10 +102,19 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
         raise InputError("lora_name", f"none of the {in_file + len(other)} LoRA layers/keys of "
                          f"'{os.path.basename(path)}' matched a layer of this {family.display_name} model.",
                          "use a LoRA made for this model family.")
+    for module in modules:  # loaded, or nothing in the file for it: not read again for these models
+        _tried(module).add(name)
     if matched < in_file or other:
         log.warning("LoRA %s: %d of %d layers matched; %d keys were not understood (e.g. %s)",
                     os.path.basename(path), matched, in_file, len(other), other[:1])
     return LoraReport(name, in_file, matched)
+
+
+def _tried(module) -> set[str]:
+    """The adapters already loaded into ``module`` (or found to have no weights for it)."""
+    if not hasattr(module, "_diffusers_stages_loras"):
+        module._diffusers_stages_loras = set()
+    return module._diffusers_stages_loras
 
 
 def _remove(modules: list, name: str) -> None:

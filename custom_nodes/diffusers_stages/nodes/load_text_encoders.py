@@ -86,7 +86,7 @@ class LoadTextEncoders(StageNode):
         for kind, path in paths.items():
             open_safetensors(path, kind)
             parts[kind] = text_part_from_tensors(read_tensors(path), slots[kind], torch_dtype, host.clip_vocab_dirs(),
-                                                 list(t5_tokenizer_dirs()) if kind == "t5" else [], kind,
+                                                 t5_tokenizer_dirs() if kind == "t5" else (), kind,
                                                  f"'{os.path.basename(path)}'")
         text_encoder = text_encoder_from_parts(family, parts, " + ".join(paths.values()))
         return (dataclasses.replace(text_encoder, residency=host.manage(text_encoder.modules, "text_encoder")),)

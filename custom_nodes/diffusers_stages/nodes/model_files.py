@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .. import host
 from ..engine import loading
@@ -25,19 +25,18 @@ def locate(kind: str, relative: str, input_name: str, is_model: Callable[[str], 
                      f"put it in models/{kind} and refresh the node list.")
 
 
-def t5_tokenizer_dirs() -> tuple[str, ...]:
+def t5_tokenizer_dirs() -> Iterator[str]:
     """Where a T5 tokenizer may be, in order: models/text_encoders/t5_tokenizer, the host's own, the Hugging Face
-    cache of google/t5-v1_1-xxl, then the T5 tokenizers of SD3/Flux diffusers folders in models/diffusers."""
-    dirs = [os.path.join(root, "t5_tokenizer") for root in host.model_roots("text_encoders")]
-    dirs += host.t5_tokenizer_dirs()
+    cache of google/t5-v1_1-xxl, then the T5 tokenizers of SD3/Flux diffusers folders in models/diffusers. Lazy:
+    the later (slower) places are only looked at if the earlier ones had no tokenizer that fits."""
+    yield from (os.path.join(root, "t5_tokenizer") for root in host.model_roots("text_encoders"))
+    yield from host.t5_tokenizer_dirs()
     try:
         from huggingface_hub import snapshot_download
 
-        dirs.append(snapshot_download(T5_TOKENIZER_REPO, allow_patterns=["*.json", "spiece.model"],
-                                      local_files_only=True))
+        yield snapshot_download(T5_TOKENIZER_REPO, allow_patterns=["*.json", "spiece.model"], local_files_only=True)
     except Exception:  # not cached: nothing to add
         pass
     for root in host.model_roots("diffusers"):
         for folder in loading.list_diffusers_folders([root]):
-            dirs += [os.path.join(root, folder, sub) for sub in ("tokenizer_3", "tokenizer_2")]
-    return tuple(dirs)
+            yield from (os.path.join(root, folder, sub) for sub in ("tokenizer_3", "tokenizer_2"))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import torch
 
     from ..components import Conditioning, Denoiser, Guider, SchedulerSpec, TextEncoder, Vae
@@ -75,7 +77,7 @@ class Family:
         raise NotImplementedError
 
     def load_single_file(self, path: str, keys: dict[str, tuple[int, ...]], dtype: torch.dtype, prediction: str,
-                         vocab_dirs: tuple[str, ...], t5_dirs: tuple[str, ...] = ()) -> LoadedModel:
+                         vocab_dirs: tuple[str, ...], t5_dirs: Iterable[str] = ()) -> LoadedModel:
         raise NotImplementedError
 
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int,

@@ -88,7 +88,7 @@ class FluxFamily(Family):
         return module, dict(SCHEDULER_DEV if module.config.guidance_embeds else SCHEDULER_SCHNELL)
 
     def load_single_file(self, path, keys, dtype, prediction, vocab_dirs, t5_dirs=()) -> LoadedModel:
-        return load_dit_checkpoint(self, path, keys, dtype, vocab_dirs, list(t5_dirs))
+        return load_dit_checkpoint(self, path, keys, dtype, vocab_dirs, t5_dirs)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, FluxTransformer2DModel

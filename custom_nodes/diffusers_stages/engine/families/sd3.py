@@ -57,7 +57,7 @@ class StableDiffusion3Family(Family):
         return module, dict(SCHEDULER)
 
     def load_single_file(self, path, keys, dtype, prediction, vocab_dirs, t5_dirs=()) -> LoadedModel:
-        return load_dit_checkpoint(self, path, keys, dtype, vocab_dirs, list(t5_dirs))
+        return load_dit_checkpoint(self, path, keys, dtype, vocab_dirs, t5_dirs)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, SD3Transformer2DModel
