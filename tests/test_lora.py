@@ -135,14 +135,17 @@ def test_sd3_lora_matches_the_pipeline(nodes, models_root):
     assert not torch.equal(ours, image(graph, cfg=4.0))  # and the base model is untouched
 
 
-def test_flux_lora_matches_the_pipeline(nodes, models_root):
+@pytest.mark.parametrize("name, key, strength", [("tiny-flux-lora.safetensors", "flux_lora", 0.8),
+                                                   ("tiny-flux-lora-kohya.safetensors", "flux_lora_kohya", 1.2)])
+def test_flux_lora_matches_the_pipeline(nodes, models_root, name, key, strength):
+    """A diffusers-format Flux LoRA, and a kohya one on the fused q/k/v of the original (BFL) module names."""
     graph = Graph(nodes, "diffusers/tiny-flux")
-    lora = with_loras(graph, ("tiny-flux-lora.safetensors", 0.8, 0.8))
+    lora = with_loras(graph, (name, strength, strength))
     guider = nodes["DS_CFGGuider"].execute(positive=lora.encode(PROMPT), cfg=1.0)[0]
     ours = bchw(lora.decode(lora.denoise(guider, lora.default_scheduler, lora.empty(), seed=SEED)))
     pipe = load_pipeline("FluxPipeline", models_root["flux_folder"])
-    pipe.load_lora_weights(models_root["flux_lora"], adapter_name="lora")
-    pipe.set_adapters(["lora"], adapter_weights=[0.8])
+    pipe.load_lora_weights(models_root[key], adapter_name="lora")
+    pipe.set_adapters(["lora"], adapter_weights=[strength])
     ref = pipe(PROMPT, num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert torch.equal(ours, ref)
@@ -155,15 +158,3 @@ def test_sdxl_kohya_lora_with_original_block_names_gives_the_diffusers_file_resu
     kohya = image(with_loras(graph, ("tiny-sdxl-lora-kohya.safetensors", 0.7, 0.5)), cfg=5.0)
     assert torch.equal(kohya, image(with_loras(graph, ("tiny-sdxl-lora.safetensors", 0.7, 0.5)), cfg=5.0))
 
-
-def test_flux_kohya_lora_matches_the_pipeline(nodes, models_root):
-    graph = Graph(nodes, "diffusers/tiny-flux")
-    lora = with_loras(graph, ("tiny-flux-lora-kohya.safetensors", 1.2, 1.2))
-    guider = nodes["DS_CFGGuider"].execute(positive=lora.encode(PROMPT), cfg=1.0)[0]
-    ours = bchw(lora.decode(lora.denoise(guider, lora.default_scheduler, lora.empty(), seed=SEED)))
-    pipe = load_pipeline("FluxPipeline", models_root["flux_folder"])
-    pipe.load_lora_weights(models_root["flux_lora_kohya"], adapter_name="lora")
-    pipe.set_adapters(["lora"], adapter_weights=[1.2])
-    ref = pipe(PROMPT, num_inference_steps=4, width=64, height=64, guidance_scale=3.5,
-               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
-    assert torch.equal(ours, ref)
