@@ -40,6 +40,23 @@ class Graph:
         self.denoiser, self.text_encoder, self.vae, self.default_scheduler = parts or nodes["DS_LoadModel"].execute(
             model=model, repo_id="", dtype="fp32")
 
+    def in_fresh_memory(self) -> Graph:
+        """The same graph with every weight copied into memory of its own. safetensors maps tensors in place, at
+        their offset in the file, and torch's CPU kernels round differently by a weight's address alignment
+        (~1e-6 after a few steps). Two files holding equal weights at other offsets (a diffusers folder, a
+        single-file checkpoint, split files) therefore give images that differ by that much; compared in fresh
+        memory, as any GPU load places them, they are equal. Pipeline comparisons need no copy: the pipeline
+        maps the very same file."""
+        import copy
+        import dataclasses
+
+        def moved(handle):
+            return handle if handle is None else dataclasses.replace(handle, module=copy.deepcopy(handle.module))
+
+        text = dataclasses.replace(self.text_encoder, parts=tuple(
+            dataclasses.replace(part, module=copy.deepcopy(part.module)) for part in self.text_encoder.parts))
+        return Graph(self.nodes, None, (moved(self.denoiser), text, moved(self.vae), self.default_scheduler))
+
     def encode(self, text: str, clip_skip: int = 0):
         return self.nodes["DS_TextEncode"].execute(text_encoder=self.text_encoder, text=text, clip_skip=clip_skip)[0]
 

@@ -24,6 +24,9 @@ def split_graph(nodes, denoiser_file, family, vae, **text_files):
 
 
 def image(graph, negative="blurry", cfg=4.0, seed=5, width=64, height=64):
+    """The graph's image, its weights in fresh memory (see ``Graph.in_fresh_memory``: equal weights read from
+    differently packed files sit at other address alignments, which CPU kernels round differently)."""
+    graph = graph.in_fresh_memory()
     guider = graph.nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), negative=graph.encode(negative),
                                                  cfg=cfg)[0]
     latent = graph.denoise(guider, graph.default_scheduler, graph.empty(width, height), seed=seed)

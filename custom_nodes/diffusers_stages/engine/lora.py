@@ -118,11 +118,17 @@ def _tried(module) -> set[str]:
 
 
 def _remove(modules: list, name: str) -> None:
-    """Take a refused LoRA's adapter out of the models it was partly loaded into."""
+    """Take a refused LoRA's adapter out of the models it was partly loaded into, as diffusers'
+    ``delete_adapters`` does: diffusers models delete their own; transformers text encoders lose the adapter's
+    layers through diffusers' helper (transformers' ``delete_adapter`` demands a newer peft than PyPI has)."""
+    from diffusers.utils.peft_utils import delete_adapter_layers
+
     for module in modules:
         if name in (getattr(module, "peft_config", None) or {}):
-            remove = getattr(module, "delete_adapters", None) or module.delete_adapter
-            remove(name)
+            if hasattr(module, "delete_adapters"):
+                module.delete_adapters(name)
+            else:
+                delete_adapter_layers(module, name)
 
 
 COMFY_PREFIX = "diffusion_model."  # LoRAs saved by ComfyUI's own trainer (Save LoRA Weights)
