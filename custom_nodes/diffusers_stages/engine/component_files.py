@@ -66,6 +66,13 @@ def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, 
     for key in expected:
         target = torch.float32 if dtype == torch.float16 and any(f".{m}." in f".{key}" for m in keep_fp32) else dtype
         cast[key] = state[key].to(target)
+    wrong = [k for k in expected if tuple(cast[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        key = wrong[0]
+        raise InputError(input_name, f"the {what} has {len(wrong)} tensors of the wrong shape (e.g. '{key}' is "
+                         f"{tuple(cast[key].shape)}, the architecture read from the file wants "
+                         f"{tuple(expected[key].shape)}).", "the file is damaged or mixes two model variants: "
+                         "download it again.")
     module.load_state_dict(cast, strict=True, assign=True)
     return module.eval()
 

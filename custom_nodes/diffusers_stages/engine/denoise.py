@@ -24,9 +24,9 @@ import torch
 
 from .components import Denoiser, Guider, SchedulerSpec
 from .controlnet import ControlPlan
-from .errors import InputError
+from .errors import InputError, require_finite
 from .families import Family, ModelInputs
-from .schedulers import build_scheduler, uses_generator
+from .schedulers import build_scheduler, is_flow, steps_error, uses_generator
 
 StepCallback = Callable[[int, int, "torch.Tensor | None"], None]  # (step index, total, x0 prediction or None)
 
@@ -58,12 +58,29 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
                          "model family does not fit).")
 
 
+def check_scheduler(denoiser: Denoiser, spec: SchedulerSpec, steps: int) -> None:
+    """The scheduler fits the model (flow matching or not) and takes this many steps."""
+    family = denoiser.family
+    if is_flow(spec) != family.flow_matching:
+        kind = "a flow-matching" if is_flow(spec) else "a noise-prediction (non-flow-matching)"
+        raise InputError("scheduler", f"the scheduler ({spec.class_name}) is {kind} sampler made for another model "
+                         f"family, and cannot drive this {family.display_name} model.",
+                         "connect the scheduler output of this model's own loader (or a Scheduler node fed by it).")
+    problem = steps_error(spec.class_name, steps, spec.config_dict)
+    if problem:
+        raise problem
+
+
 def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int, strength: float,
              generator: torch.Generator, txt2img: bool) -> Plan:
     """Timesteps and starting latents (model space, [B, C, h, w]); noise is drawn in that shape, as the pipelines do."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    family.set_timesteps(scheduler, steps, samples_model)
+    try:
+        family.set_timesteps(scheduler, steps, samples_model)
+    except ValueError as exc:  # diffusers refuses step counts a scheduler cannot take (DDIM, LCM, …)
+        raise InputError("steps", f"the {type(scheduler).__name__} sampler refused {steps} steps ({exc}).",
+                         "use fewer steps or another sampler.") from exc
     if txt2img:
         if family.begin_index_on_full_run and hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
@@ -142,6 +159,8 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     if not 0.0 <= strength <= 1.0:
         raise InputError("denoise", f"{strength} is outside 0..1.",
                          "use 1.0 for text-to-image, less for image-to-image.")
+    check_scheduler(denoiser, spec, steps)
+    require_finite(samples, "latent", "the input latent", "the node that made the latent overflowed.")
 
     module = denoiser.module
     # the denoiser's precision (the pipelines use the prompt's, which is the same when all parts share one dtype;
@@ -182,6 +201,9 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
         before = latents
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample
+        require_finite(latents, "denoiser", f"the latent after step {i + 1} of {total}",
+                       "the model's weights hold NaN/inf (a damaged file), an fp16 model overflowed (load it in bf16 "
+                       "or fp32), or cfg / a prompt weight is extreme.")
         if on_step is not None:
             x0 = preview_x0(scheduler, output, before, prediction)
             on_step(i, total, denoiser.family.from_model_layout(latents if x0 is None else x0, samples_model.shape))

@@ -25,3 +25,11 @@ class StageError(RuntimeError):
         self.problem = error.problem
         self.fix = error.fix
         super().__init__(f"[Diffusers Stages] {node_name} › {error.input_name}: {error.problem} Fix: {error.fix}")
+
+
+def require_finite(tensor, input_name: str, what: str, causes: str) -> None:
+    """Refuse a tensor holding NaN or infinity where it is made, instead of letting it become a black image."""
+    import torch
+
+    if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise InputError(input_name, f"{what} holds NaN or infinite values.", f"likely cause: {causes}")

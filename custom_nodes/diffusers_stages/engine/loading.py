@@ -7,6 +7,7 @@ touches the network unless the user allowed a download for a repo id.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,12 +27,13 @@ DtypeChoice = torch.dtype | Callable[[Family], torch.dtype]  # "auto": what the 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def safe_join(root: str, name: str, input_name: str = "model") -> str:
-    """``root/name`` for a name chosen in a node; refuses absolute paths and any '..' step out of ``root``."""
+def safe_join(root: str, name: str, input_name: str = "model", folder: str = "model") -> str:
+    """``root/name`` for a name chosen in a node; refuses absolute paths and any '..' step out of ``root``.
+    ``folder`` names the kind of folder in the message (model, input, output)."""
     parts = re.split(r"[\\/]+", name)
     if os.path.isabs(name) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-        raise InputError(input_name, f"'{name}' points outside the model folder.",
-                         "choose a model from the list; names are relative to the model folder and may not "
+        raise InputError(input_name, f"'{name}' points outside the {folder} folder.",
+                         f"choose a name from the list; names are relative to the {folder} folder and may not "
                          "contain '..'.")
     return os.path.join(root, *[p for p in parts if p])
 
@@ -57,8 +59,22 @@ def read_checkpoint_shapes(path: str, input_name: str = "model") -> dict[str, tu
         with safe_open(path, framework="pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for damaged headers
+        if _looks_like_pickle(path):
+            raise InputError(input_name, f"'{os.path.basename(path)}' is a pickle (PyTorch .ckpt/.pt) file with a "
+                             ".safetensors name; pickle files can run arbitrary code when loaded, so this pack does "
+                             "not open them.", "use the real .safetensors release of the model.") from exc
         raise InputError(input_name, f"'{os.path.basename(path)}' is not a readable safetensors file ({exc}).",
                          "the file is damaged or incomplete: download it again.") from exc
+
+
+def _looks_like_pickle(path: str) -> bool:
+    """torch.save writes a zip archive (PK..), older PyTorch a bare pickle (protocol byte 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith((b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"))
 
 
 def refuse_pickle(path: str, input_name: str = "model") -> None:
@@ -103,7 +119,23 @@ def load_single_file(path: str, dtype: DtypeChoice, prediction: str = "auto",
                          "check that the file is a full checkpoint (denoiser + VAE, usually with text encoders), not a "
                          "LoRA, VAE or ControlNet file; a denoiser alone goes in models/diffusion_models and loads "
                          "with 'Load Diffusion Model (Diffusers)'.")
-    return family.load_single_file(path, shapes, resolve_dtype(dtype, family), prediction, vocab_dirs, t5_dirs)
+    with unreadable_weights_named(path, "model"):
+        return family.load_single_file(path, shapes, resolve_dtype(dtype, family), prediction, vocab_dirs, t5_dirs)
+
+
+@contextlib.contextmanager
+def unreadable_weights_named(path: str, input_name: str):
+    """diffusers/transformers/torch refuse a tensor of the wrong shape (or dtype) with a ValueError or
+    RuntimeError deep inside their loaders; the user learns which file and input it was."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        raise InputError(input_name, f"the weights in '{os.path.basename(path)}' do not fit the model they "
+                         f"describe ({detail}).", "the file is damaged, or a variant this version cannot read: "
+                         "download it again, or use the model's diffusers folder.") from exc
 
 
 def load_folder(path: str, dtype: DtypeChoice, prediction: str = "auto") -> LoadedModel:
@@ -118,7 +150,8 @@ def load_folder(path: str, dtype: DtypeChoice, prediction: str = "auto") -> Load
         raise InputError("model", f"'{os.path.basename(path)}' is a {class_name or 'unknown'} model, a family this "
                          f"version of the pack cannot run (supported: {supported_families()}).",
                          f"load a model of a supported family ({supported_families()}).")
-    return family.load_folder(path, resolve_dtype(dtype, family), prediction)
+    with unreadable_weights_named(path, "model"):
+        return family.load_folder(path, resolve_dtype(dtype, family), prediction)
 
 
 def load_repo_id(repo_id: str, dtype: DtypeChoice, prediction: str = "auto",

@@ -12,9 +12,13 @@ text encoder.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from .errors import InputError
+
 EMPHASIS = 1.1
+MAX_NESTING = 64  # (((…))) deeper than this is a mistake, not emphasis: 1.1**64 is already a weight of 445
 
 
 def _unescape(text: str) -> str:
@@ -45,13 +49,21 @@ def _split_weight(inner: str) -> tuple[str, float | None]:
     if not sep:
         return inner, None
     try:
-        return head, float(tail.strip())
+        weight = float(tail.strip())
     except ValueError:
         return inner, None
+    if not math.isfinite(weight):
+        raise InputError("text", f"the prompt weight '({inner})' is not a finite number.",
+                         "write a weight such as (word:1.2); to keep the text literally, escape the parentheses as "
+                         "\\( and \\).")
+    return head, weight
 
 
-def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
+def parse_weights(text: str, weight: float = 1.0, depth: int = 0) -> list[tuple[str, float]]:
     """Split ``text`` into (segment, weight) pairs; adjacent segments of equal weight are merged."""
+    if depth > MAX_NESTING:
+        raise InputError("text", f"the prompt nests parentheses more than {MAX_NESTING} levels deep.",
+                         "remove the extra parentheses, or escape literal ones as \\( and \\).")
     pieces: list[tuple[str, float]] = []
     plain_start, i = 0, 0
     while i < len(text):
@@ -65,7 +77,10 @@ def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
                 pieces.append((text[plain_start:i], weight))
                 inner, explicit = _split_weight(text[i + 1:end])
                 inner_weight = weight * (explicit if explicit is not None else EMPHASIS)
-                pieces.extend(parse_weights(inner, inner_weight))
+                if not math.isfinite(inner_weight):
+                    raise InputError("text", "the nested prompt weights multiply to an infinite weight.",
+                                     "use smaller weights.")
+                pieces.extend(parse_weights(inner, inner_weight, depth + 1))
                 i = plain_start = end + 1
                 continue
         i += 1

@@ -97,20 +97,49 @@ def _freeze(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
 
 
-def check_combination(sampler: str, schedule: str) -> str | None:
-    """None if valid, otherwise the reason the pair cannot be built."""
+def combination_error(sampler: str, schedule: str) -> InputError | None:
+    """None if the pair can be built, otherwise the error, naming the input at fault."""
     if sampler not in SAMPLER_NAMES:
-        return f"unknown sampler '{sampler}' (choose one of: {', '.join(SAMPLER_NAMES)})"
+        return InputError("sampler_name", f"unknown sampler '{sampler}'.",
+                          f"choose one of: {', '.join(SAMPLER_NAMES)}.")
     if schedule not in SCHEDULE_NAMES:
-        return f"unknown schedule '{schedule}' (choose one of: {', '.join(SCHEDULE_NAMES)})"
+        return InputError("schedule", f"unknown schedule '{schedule}'.",
+                          f"choose one of: {', '.join(SCHEDULE_NAMES)}.")
     if schedule == MODEL_DEFAULT or sampler == MODEL_DEFAULT:
         return None  # "model default" sampler: checked against the model's class when the spec is made
     class_name = SAMPLERS[sampler][0]
     missing = set(SCHEDULES[schedule]) - _init_parameters(class_name)
     if missing:
-        return (f"sampler '{sampler}' ({class_name}) has no '{schedule}' schedule "
-                f"(it lacks {', '.join(sorted(missing))})")
+        return InputError("schedule", f"sampler '{sampler}' ({class_name}) has no '{schedule}' schedule (it lacks "
+                          f"{', '.join(sorted(missing))}).", "pick another sampler or schedule.")
     return None
+
+
+# The most steps a sampler's diffusers scheduler accepts with the usual config (diffusers refuses more):
+# DDIM at most its training timesteps, LCM at most its original inference steps.
+STEP_LIMITS: dict[str, tuple[str, int]] = {"DDIMScheduler": ("num_train_timesteps", 1000),
+                                           "LCMScheduler": ("original_inference_steps", 50)}
+
+
+def max_steps(class_name: str, config: dict[str, Any] | None = None) -> int | None:
+    """The most steps this scheduler class takes (None: no limit); ``config`` is the model's, when known."""
+    if class_name not in STEP_LIMITS:
+        return None
+    key, default = STEP_LIMITS[class_name]
+    return int((config or {}).get(key) or default)
+
+
+def steps_error(class_name: str, steps: int, config: dict[str, Any] | None = None) -> InputError | None:
+    limit = max_steps(class_name, config)
+    if limit is not None and steps > limit:
+        return InputError("steps", f"{steps} steps is more than the {class_name} sampler takes (at most {limit}).",
+                          f"use {limit} steps or fewer, or another sampler.")
+    return None
+
+
+def sampler_of(sampler: str) -> str | None:
+    """The diffusers class a ComfyUI sampler name maps to (None for "model default" or unknown names)."""
+    return SAMPLERS[sampler][0] if sampler in SAMPLERS else None
 
 
 def is_flow(spec: SchedulerSpec) -> bool:

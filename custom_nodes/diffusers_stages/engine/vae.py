@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from .components import Vae
-from .errors import InputError
+from .errors import InputError, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,13 @@ def _upcast_if_needed(module):
 def decode(vae: Vae, samples: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     """Raw latents [B,C,h,w] -> IMAGE [B,H,W,3] in 0..1 on the CPU, as a diffusers pipeline postprocesses."""
     _check_latent(vae, samples)
+    require_finite(samples, "samples", "the latent", "it was made by a run that overflowed; see the node that made it.")
     module = vae.module
     with _upcast_if_needed(module) as dtype:
         z = samples.to(device=module.device, dtype=dtype)
         image = module.tiled_decode(z, return_dict=False)[0] if tiled else module.decode(z, return_dict=False)[0]
+    require_finite(image, "vae", "the decoded image", "the VAE's weights hold NaN/inf (a damaged file), or an fp16 "
+                   "VAE overflowed: load the VAE in bf16 or fp32.")
     image = (image / 2 + 0.5).clamp(0, 1)
     return image.float().movedim(1, -1).cpu()
 

@@ -37,6 +37,17 @@ class StageNode:
     def run(self, **inputs):
         raise NotImplementedError
 
+    # model-file inputs: input name -> the model folder kind its value names a file or folder in
+    MODEL_FILE_INPUTS: dict[str, str] = {}
+
+    @classmethod
+    def model_files(cls, inputs: dict) -> list[str]:
+        """Paths of the model files and folders these literal inputs name (those that exist), for fingerprints."""
+        from .model_files import existing_path
+
+        found = (existing_path(kind, inputs.get(name)) for name, kind in cls.MODEL_FILE_INPUTS.items())
+        return [path for path in found if path]
+
     @classmethod
     def check(cls, error: InputError | None) -> bool | str:
         """For VALIDATE_INPUTS: True, or the message ComfyUI shows at queue time."""

@@ -4,7 +4,7 @@ import torch
 
 from .. import host
 from ..engine import denoise as engine_denoise
-from ..engine import lora
+from ..engine import lora, schedulers
 from ..engine.errors import InputError
 from .base import DENOISER, GUIDER, SCHEDULER, StageNode, category
 
@@ -43,6 +43,17 @@ class Denoise(StageNode):
                                                  "steps on the input, as diffusers' img2img strength."}),
             }
         }
+
+    @classmethod
+    def CHECK_LINKED_INPUTS(cls, inputs, linked):
+        """Before anything loads (headless runner): steps within what the sampler picked in a linked Scheduler
+        node takes. ``linked(name)`` gives (class_type, inputs) of the node an input is linked to."""
+        source = linked("scheduler")
+        steps = inputs.get("steps")
+        if source is None or source[0] != "DS_Scheduler" or not isinstance(steps, int):
+            return True
+        class_name = schedulers.sampler_of(source[1].get("sampler_name"))
+        return cls.check(schedulers.steps_error(class_name, steps) if class_name else None)
 
     def run(self, denoiser, guider, scheduler, latent, seed, steps, denoise=1.0):
         if "noise_mask" in latent:

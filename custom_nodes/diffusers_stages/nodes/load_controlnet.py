@@ -34,6 +34,7 @@ class LoadControlNet(StageNode):
     NODE_ID = "DS_LoadControlNet"
     DISPLAY_NAME = "Load ControlNet (Diffusers)"
     VERSION = "1.0.0"
+    MODEL_FILE_INPUTS = {"controlnet_name": FOLDER}
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a ControlNet from models/controlnet: a diffusers folder (config.json + "
                    "diffusion_pytorch_model.safetensors) for SD1.x/2.x, SDXL (also union), SD3 or Flux.1, or an "

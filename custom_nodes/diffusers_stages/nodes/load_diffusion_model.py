@@ -16,6 +16,7 @@ class LoadDiffusionModel(StageNode):
     NODE_ID = "DS_LoadDiffusionModel"
     DISPLAY_NAME = "Load Diffusion Model (Diffusers)"
     VERSION = "1.0.0"
+    MODEL_FILE_INPUTS = {"model_name": FOLDER}
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a denoiser on its own from models/diffusion_models, as the model makers release them "
                    "(flux1-dev.safetensors, flux1-schnell.safetensors, sd3.5_large.safetensors, an SD1.x/SDXL U-Net "

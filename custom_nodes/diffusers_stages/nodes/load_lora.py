@@ -17,6 +17,7 @@ class LoadLoRA(StageNode):
     NODE_ID = "DS_LoadLoRA"
     DISPLAY_NAME = "Load LoRA (Diffusers)"
     VERSION = "1.0.0"
+    MODEL_FILE_INPUTS = {"lora_name": FOLDER}
     CATEGORY = category("loaders")
     DESCRIPTION = ("Adds a LoRA from models/loras to the denoiser and text encoder (diffusers/peft, kohya/A1111 and "
                    "ComfyUI formats), with a strength for each. Chain several to stack them. Non-destructive: the "

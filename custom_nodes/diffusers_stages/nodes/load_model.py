@@ -74,6 +74,16 @@ class LoadModel(StageNode):
         }
 
     @classmethod
+    def model_files(cls, inputs: dict) -> list[str]:
+        name = inputs.get("model")
+        if (inputs.get("repo_id") or "").strip() or not isinstance(name, str):
+            return []  # a repo id is a folder in the Hugging Face cache; not fingerprinted
+        try:
+            return [resolve_model(name)[1]]
+        except InputError:
+            return []
+
+    @classmethod
     def VALIDATE_INPUTS(cls, model, repo_id):
         # Naming `model` here replaces ComfyUI's list check with ours, which says what is wrong and how to fix it.
         return True if repo_id or model is None else cls.check_call(resolve_model, model)

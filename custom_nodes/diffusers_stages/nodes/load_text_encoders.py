@@ -29,6 +29,7 @@ class LoadTextEncoders(StageNode):
     NODE_ID = "DS_LoadTextEncoders"
     DISPLAY_NAME = "Load Text Encoders (Diffusers)"
     VERSION = "1.0.0"
+    MODEL_FILE_INPUTS = {"clip_l": FOLDER, "clip_g": FOLDER, "t5": FOLDER}
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a model family's text encoders from separate files in models/text_encoders: Flux.1 takes "
                    "CLIP-L + T5-XXL, SD3/3.5 CLIP-L + CLIP-G (+ T5-XXL, optional), SDXL CLIP-L + CLIP-G, SD1.x "

@@ -15,6 +15,7 @@ class LoadVAE(StageNode):
     NODE_ID = "DS_LoadVAE"
     DISPLAY_NAME = "Load VAE (Diffusers)"
     VERSION = "1.0.0"
+    MODEL_FILE_INPUTS = {"vae_name": FOLDER}
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a VAE file from models/vae (original or diffusers layout, any family), to use instead of "
                    "the model's own VAE in VAE Decode / VAE Encode. The denoiser keeps its own latent scaling.")

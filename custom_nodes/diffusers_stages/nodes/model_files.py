@@ -40,3 +40,13 @@ def t5_tokenizer_dirs() -> Iterator[str]:
     for root in host.model_roots("diffusers"):
         for folder in loading.list_diffusers_folders([root]):
             yield from (os.path.join(root, folder, sub) for sub in ("tokenizer_3", "tokenizer_2"))
+
+
+def existing_path(kind: str, relative) -> str | None:
+    """The file or folder ``relative`` names in the ``kind`` model folders, or None (not a name, not found)."""
+    if not isinstance(relative, str) or not relative or relative == "none":
+        return None
+    try:
+        return locate(kind, relative, "model", os.path.exists)
+    except InputError:
+        return None

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from ..engine import schedulers
-from ..engine.errors import InputError
 from .base import SCHEDULER, StageNode, category
 
 
@@ -35,13 +34,13 @@ class Scheduler(StageNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, sampler_name, schedule):
-        problem = schedulers.check_combination(sampler_name, schedule)
+        problem = schedulers.combination_error(sampler_name, schedule)
         if problem:
-            return cls.check(InputError("schedule", f"{problem}.", "pick another sampler or schedule."))
+            return cls.check(problem)
         return True
 
     def run(self, scheduler, sampler_name, schedule):
-        problem = schedulers.check_combination(sampler_name, schedule)
+        problem = schedulers.combination_error(sampler_name, schedule)
         if problem:
-            raise InputError("schedule", f"{problem}.", "pick another sampler or schedule.")
+            raise problem
         return (schedulers.derive_spec(scheduler, sampler_name, schedule),)

@@ -5,6 +5,7 @@ import torch
 from .. import host
 from ..engine import lora
 from ..engine.component_files import missing_text_encoders
+from ..engine.errors import require_finite
 from .base import CONDITIONING, TEXT_ENCODER, StageNode, category
 
 
@@ -49,4 +50,9 @@ class TextEncode(StageNode):
         for part in text_encoder.parts:
             lora.activate(part.module, text_encoder.loras, text_encoder=True)
         with torch.inference_mode():
-            return (text_encoder.family.encode_prompt(text_encoder, text, clip_skip, t5_max_length),)
+            conditioning = text_encoder.family.encode_prompt(text_encoder, text, clip_skip, t5_max_length)
+        for embedding in (conditioning.embeds, conditioning.pooled, conditioning.t5):
+            require_finite(embedding, "text_encoder", "the prompt's embedding",
+                           "the text encoder's weights hold NaN/inf (a damaged file), or an fp16 text encoder "
+                           "overflowed: load it in bf16 or fp32.")
+        return (conditioning,)

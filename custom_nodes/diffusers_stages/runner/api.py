@@ -41,22 +41,45 @@ def _pack_of(kind: str, named_in_file: str | None) -> str:
 
 class Runner:
     def __init__(self, models_dir: str | None = None, input_dir: str | None = None, output_dir: str | None = None,
-                 object_info: tuple[str, ...] = ()):
+                 object_info: tuple[str, ...] = (), cache_budget: int | None = None):
+        """``cache_budget``: bytes that loaded models and other node outputs may hold across runs (default: half
+        the machine's memory, or ``DIFFUSERS_STAGES_CACHE_GB``); least recently used outputs go first."""
         if models_dir:
             host.set_models_dir(os.path.abspath(models_dir))
         Folders.input = os.path.abspath(input_dir or Folders.input)
         Folders.output = os.path.abspath(output_dir or Folders.output)
         self.classes = {**CORE_NODE_CLASSES, **NODE_CLASS_MAPPINGS}
         self.definitions = load_definitions(self.classes, object_info)
-        self.executor = Executor(self.classes)
+        self.executor = Executor(self.classes, cache_budget=cache_budget)
         self.history: list = []  # RunResult of every run, oldest first
 
     def load(self, path: str) -> Workflow:
         """Read and convert a workflow; refuse it (before anything runs) if it needs nodes we do not have."""
         workflow = load(path, self.definitions)
+        problems = self.executor.shape_problems(workflow.prompt)
+        if problems:
+            raise WorkflowError(problems)
+        for warning in workflow.warnings:
+            log.warning("warning: %s", warning)
         unknown = {node["class_type"] for node in workflow.prompt.values()} - set(self.classes)
         self.executor.packs = {kind: _pack_of(kind, workflow.missing.get(kind)) for kind in unknown}
         return workflow
+
+    def input_names(self, class_type: str) -> list[str] | None:
+        definition = self.definitions.get(class_type)
+        if definition is None:
+            return None
+        return [name for section in ("required", "optional") for name in definition.get("input", {}).get(section, {})]
+
+    def model_files(self, prompts: list[dict[str, Any]]) -> list[str]:
+        """The model files and folders the loader nodes of these prompts read."""
+        paths = []
+        for prompt in prompts:
+            for nid in self.executor.needed_nodes(prompt):
+                cls = self.classes.get(prompt[nid]["class_type"])
+                if hasattr(cls, "model_files"):
+                    paths.extend(cls.model_files(prompt[nid].get("inputs", {})))
+        return paths
 
     def input_options(self, class_type: str, name: str) -> dict[str, Any]:
         spec = input_spec(self.definitions.get(class_type, {}), name)
@@ -66,27 +89,28 @@ class Runner:
             seed: int | None = None) -> list[str]:
         """Run a workflow file; returns the files written. Batches (repeat > 1 or @file lists) are resumable."""
         workflow = self.load(path)
-        assignments = resolve_sets(workflow, [parse_set(item) for item in sets])
+        assignments = resolve_sets(workflow, [parse_set(item) for item in sets], self.input_names)
         runs = plan_runs(workflow, assignments, repeat, self.input_options, seed)
         self._refuse_problems(runs)  # before anything runs or is written
         if len(runs) == 1 and batch is None:
             return self._run_once(runs[0], workflow, Folders.output)
         name = batch or os.path.splitext(os.path.basename(path))[0]
         request = {"workflow": workflow.prompt, "sets": list(sets), "repeat": repeat, "seed": seed}
-        plan = Batch(os.path.join(Folders.output, name), runs, request)
-        if plan.runs is not runs:  # a resumed batch runs the prompts it planned then
-            self._refuse_problems(plan.runs)
-        done = plan.finished()
-        written = [os.path.join(plan.folder, entry["folder"], f) for entry in done.values() for f in entry["files"]]
-        if done:
-            log.warning("batch %s: resuming, %d of %d runs already finished", name, len(done), len(plan.runs))
-        for index, prompt in enumerate(plan.runs):
-            if index in done:
-                continue
-            folder = plan.prepare(index)
-            files = self._run_once(prompt, workflow, folder, f"run {index + 1}/{len(plan.runs)}")
-            plan.record(index, [os.path.relpath(f, folder) for f in files])
-            written.extend(files)
+        with Batch(os.path.join(Folders.output, name), runs, request, self.model_files) as plan:
+            if plan.runs is not runs:  # a resumed batch runs the prompts it planned then
+                self._refuse_problems(plan.runs)
+            done = plan.finished()
+            written = [os.path.join(plan.folder, entry["folder"], f) for entry in done.values()
+                       for f in entry["files"]]
+            if done:
+                log.warning("batch %s: resuming, %d of %d runs already finished", name, len(done), len(plan.runs))
+            for index, prompt in enumerate(plan.runs):
+                if index in done:
+                    continue
+                folder = plan.prepare(index)
+                files = self._run_once(prompt, workflow, folder, f"run {index + 1}/{len(plan.runs)}")
+                plan.record(index, [os.path.relpath(f, folder) for f in files])
+                written.extend(files)
         return written
 
     def _refuse_problems(self, prompts: list[dict[str, Any]]) -> None:

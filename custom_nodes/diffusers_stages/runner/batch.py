@@ -15,10 +15,13 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import fingerprints
 from .execute import WorkflowError
+from .files import write_json, write_text
 from .workflow import Workflow, find_node, parse_value
 
 RANDOM_MAX = 2 ** 50  # the frontend's cap for randomized seeds
@@ -44,10 +47,16 @@ def next_value(value: int, mode: str, options: dict[str, Any], rng: random.Rando
     return max(low, min(high, value))
 
 
-def resolve_sets(workflow: Workflow, sets: list[tuple[str, str, str]]) -> list[Assignment]:
+def resolve_sets(workflow: Workflow, sets: list[tuple[str, str, str]],
+                 input_names: Callable[[str], list[str] | None] = lambda class_type: None) -> list[Assignment]:
+    """``input_names(class_type)``: the inputs a node type declares (None: unknown type, not checked)."""
     assignments = []
     for node_key, name, text in sets:
         node = find_node(workflow.prompt, node_key)
+        names = input_names(workflow.prompt[node]["class_type"])
+        if names is not None and name not in names:
+            raise WorkflowError([f"--set {node_key}.{name}: node {node} ({workflow.prompt[node]['class_type']}) has "
+                                 f"no input '{name}'; its inputs are: {', '.join(names)}"])
         if text.startswith("@"):
             path = text[1:]
             if not os.path.isfile(path):
@@ -68,8 +77,10 @@ def plan_runs(workflow: Workflow, assignments: list[Assignment], repeat: int, in
     if len(per_list) > 1:
         raise WorkflowError([f"--set lists from files have different lengths ({sorted(per_list)}); give them the "
                              "same number of lines"])
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise WorkflowError([f"--repeat {repeat}: the number of runs must be 1 or more"])
     lines = per_list.pop() if per_list else 1
-    total = lines * max(repeat, 1)
+    total = lines * repeat
     rng = random.Random(seed)
     prompt = copy.deepcopy(workflow.prompt)
     runs = []
@@ -86,37 +97,80 @@ def plan_runs(workflow: Workflow, assignments: list[Assignment], repeat: int, in
 
 
 class Batch:
-    def __init__(self, folder: str, runs: list[dict[str, Any]], request: Any):
-        """``request``: what the user asked for (workflow, settings); the same request resumes the batch."""
+    """A batch folder, locked by this process while it is open (``close`` releases it)."""
+
+    def __init__(self, folder: str, runs: list[dict[str, Any]], request: Any,
+                 model_files: Callable[[list[dict[str, Any]]], list[str]] = lambda runs: []):
+        """``request``: what the user asked for (workflow, settings); the same request resumes the batch.
+        ``model_files(runs)``: the model files and folders those prompts read, fingerprinted in the plan."""
         self.folder = folder
         self.plan_path = os.path.join(folder, "batch.json")
         self.manifest_path = os.path.join(folder, "manifest.jsonl")
         fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
         os.makedirs(folder, exist_ok=True)
+        self._lock = BatchLock(folder)
+        try:
+            self._open(runs, fingerprint, model_files)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, runs, fingerprint: str, model_files) -> None:
         if os.path.isfile(self.plan_path):
-            with open(self.plan_path, encoding="utf-8") as f:
-                plan = json.load(f)
-            if plan["fingerprint"] != fingerprint:
-                raise WorkflowError([f"{folder} holds another batch (different workflow or settings); choose "
+            try:
+                with open(self.plan_path, encoding="utf-8") as f:
+                    plan = json.load(f)
+            except (OSError, ValueError) as error:
+                raise WorkflowError([f"{self.plan_path} is damaged ({error}); remove the folder {self.folder} to "
+                                     "start the batch again, or choose another --batch name"]) from error
+            if plan.get("fingerprint") != fingerprint:
+                raise WorkflowError([f"{self.folder} holds another batch (different workflow or settings); choose "
                                      "another --batch name or remove that folder"])
+            changed = fingerprints.changed(plan.get("models", {}))
+            if changed:
+                raise WorkflowError([f"batch {self.folder}: a model file changed since the batch was planned, so a "
+                                     f"resume would mix weights: {'; '.join(changed)}. Put the original file back, "
+                                     "or start a new batch (another --batch name)"])
             self.runs = plan["runs"]  # resume the planned prompts (randomized seeds included)
+            self._heal_manifest()
         else:
             self.runs = runs
-            with open(self.plan_path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump({"fingerprint": fingerprint, "runs": runs}, f)
-            os.replace(self.plan_path + ".tmp", self.plan_path)
+            models = {path: fingerprints.fingerprint(path) for path in sorted(set(model_files(runs)))}
+            write_json(self.plan_path, {"fingerprint": fingerprint, "runs": runs, "models": models})
 
-    def finished(self) -> dict[int, dict[str, Any]]:
-        done = {}
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _entries(self) -> tuple[list[dict[str, Any]], bool]:
+        """The manifest's entries, and whether it held lines that are not (a line cut short by a kill of an
+        older version: that run is not finished)."""
+        entries, damaged = [], False
         if os.path.isfile(self.manifest_path):
-            with open(self.manifest_path, encoding="utf-8") as f:
+            with open(self.manifest_path, encoding="utf-8", errors="replace") as f:
                 for line in f:
                     try:
                         entry = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut short by a kill: that run is not finished
-                    done[entry["run"]] = entry
-        return done
+                        entries.append({"run": int(entry["run"]), **entry})
+                    except (ValueError, KeyError, TypeError):
+                        damaged = damaged or bool(line.strip())
+        return entries, damaged
+
+    def _heal_manifest(self) -> None:
+        entries, damaged = self._entries()
+        if damaged:
+            self._write_manifest(entries)
+
+    def _write_manifest(self, entries: list[dict[str, Any]]) -> None:
+        write_text(self.manifest_path, "".join(json.dumps(entry) + "\n" for entry in entries))
+
+    def finished(self) -> dict[int, dict[str, Any]]:
+        return {entry["run"]: entry for entry in self._entries()[0]}
 
     def run_folder(self, index: int) -> str:
         return os.path.join(self.folder, f"run_{index + 1:05}")
@@ -129,8 +183,45 @@ class Batch:
         return folder
 
     def record(self, index: int, files: list[str]) -> None:
-        line = json.dumps({"run": index, "folder": os.path.basename(self.run_folder(index)), "files": files})
-        with open(self.manifest_path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """The run is finished: the manifest is rewritten whole with its line (temp file + rename), so a kill
+        leaves the old manifest or the new one, never half a line."""
+        entries = [entry for entry in self._entries()[0] if entry["run"] != index]
+        self._write_manifest([*entries, {"run": index, "folder": os.path.basename(self.run_folder(index)),
+                                         "files": files}])
+
+
+class BatchLock:
+    """An exclusive lock on a batch folder, so two processes never run the same batch. The operating system
+    drops it when the process ends, however it ends."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, ".lock")
+        self._file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the batch runs
+        try:
+            _lock_exclusive(self._file)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise WorkflowError([f"batch {folder} is being run by {holder}; wait for it to finish, or use another "
+                                 "--batch name"]) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"process {os.getpid()}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def _lock_exclusive(file) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        file.seek(0)
+        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

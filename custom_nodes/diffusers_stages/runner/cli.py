@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import sys
+import traceback
 
+from ..engine.errors import InputError, StageError
 from .execute import WorkflowError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -22,6 +24,7 @@ WORKFLOWS = os.path.join(REPO, "workflows")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="print the Python traceback of an error, too")
     parser.add_argument("--models", help="models folder with diffusers/, checkpoints/, … (default: ./models)")
     parser.add_argument("--input", help="folder Load Image reads from (default: ./input)")
     parser.add_argument("--output", help="folder Save Image writes to (default: ./output)")
@@ -49,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="build tiny random-weight models (offline) and run the shipped SD1.5 "
                                        "workflows on them")
     demo.add_argument("--dir", default="demo", help="folder for the demo models, input and output (default: ./demo)")
+    demo.add_argument("--debug", action="store_true", help="print the Python traceback of an error, too")
     return parser
 
 
@@ -79,6 +83,16 @@ def demo(folder: str) -> list[str]:
     return written
 
 
+def _message(error: Exception) -> str:
+    if isinstance(error, WorkflowError | StageError):
+        return str(error)
+    if isinstance(error, InputError):
+        return f"{error.input_name}: {error.problem} Fix: {error.fix}"
+    detail = " ".join(str(error).split())[:300]
+    return (f"unexpected {type(error).__name__}{': ' + detail if detail else ''}. Run again with --debug for the "
+            "traceback, and please report it with the workflow.")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read when diffusers/transformers first log
@@ -93,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         else:
             files = demo(args.dir)
-    except WorkflowError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # every refusal and failure ends here: one short message, exit code 2
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_message(error)}", file=sys.stderr)
+        return 2
     print(f"{len(files)} image(s) written:")
     for path in files:
         print(f"  {os.path.relpath(path)}")

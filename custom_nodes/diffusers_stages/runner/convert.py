@@ -36,6 +36,7 @@ class Conversion:
     missing: dict[str, str] = field(default_factory=dict)  # node type -> pack it belongs to (as the file says)
     # (node id, input) -> position in that top-level node's widgets_values, to write run values back into the UI
     widget_slots: dict[tuple[str, str], int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what was filled in or guessed, naming the node
 
 
 @dataclass
@@ -131,17 +132,24 @@ class Converter:
             return
         inputs: dict[str, Any] = {}
         values = node.get("widgets_values")
+        layout = widget_layout(definition)
         if isinstance(values, dict):  # some packs save widgets by name
             inputs.update({k: v for k, v in values.items() if input_spec(definition, k)})
         elif isinstance(values, list):
-            for index, ((name, role), value) in enumerate(zip(widget_layout(definition), values)):
+            missing = [name for name, role in layout[len(values):] if role == "value"]
+            if missing and not scope.prefix:
+                title = node.get("title") or node_type
+                self.result.warnings.append(
+                    f"node {api_id} ({title}): the workflow holds {len(values)} widget values, the node has "
+                    f"{len(layout)}; {', '.join(missing)} take the default (saved by an older version, or edited)")
+            for index, ((name, role), value) in enumerate(zip(layout, values)):
                 if role == "value":
                     inputs[name] = value
                     if not scope.prefix:
                         self.result.widget_slots[(api_id, name)] = index
                 elif role == "control" and value in CONTROL_MODES:
                     self.result.controls[(api_id, name)] = value
-        for name, role in widget_layout(definition):  # saved before the widget existed: the frontend's default
+        for name, role in layout:  # saved before the widget existed: the frontend's default
             if role == "value" and name not in inputs:
                 default = (input_spec(definition, name) or (None, {}))[1].get("default")
                 if default is not None:

@@ -17,6 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..engine.errors import InputError
 from ..engine.loading import safe_join
+from .files import atomic_file
 
 
 class Folders:
@@ -47,7 +48,7 @@ class LoadImage:
     @classmethod
     def VALIDATE_INPUTS(cls, image):
         try:
-            path = safe_join(Folders.input, str(image), "image")
+            path = safe_join(Folders.input, str(image), "image", "input")
         except InputError as error:
             return f"Load Image › image: {error.problem}"
         if not os.path.isfile(path):
@@ -55,14 +56,19 @@ class LoadImage:
         return True
 
     def load(self, image):
-        with Image.open(safe_join(Folders.input, image, "image")) as img:
-            img = ImageOps.exif_transpose(img)
-            rgb = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
-            if "A" in img.getbands():
-                alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
-                mask = 1.0 - torch.from_numpy(alpha)[None]
-            else:
-                mask = torch.zeros((1, 64, 64), dtype=torch.float32)
+        path = safe_join(Folders.input, image, "image", "input")
+        try:
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                rgb = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
+                if "A" in img.getbands():
+                    alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+                    mask = 1.0 - torch.from_numpy(alpha)[None]
+                else:
+                    mask = torch.zeros((1, 64, 64), dtype=torch.float32)
+        except (OSError, SyntaxError, ValueError) as error:  # PIL: not an image, empty, truncated, broken chunks
+            raise InputError("image", f"'{image}' cannot be read as an image ({error}).",
+                             "use a PNG, JPEG or WebP file that opens in an image viewer.") from error
         return (rgb, mask)
 
 
@@ -74,7 +80,7 @@ def _next_counter(folder: str, prefix: str) -> int:
 
 def save_images(images, folder: str, prefix: str, prompt=None, extra_pnginfo=None) -> list[dict[str, str]]:
     subfolder, _, name = prefix.replace("\\", "/").rpartition("/")
-    target = safe_join(folder, subfolder, "filename_prefix") if subfolder else folder
+    target = safe_join(folder, subfolder, "filename_prefix", "output") if subfolder else folder
     os.makedirs(target, exist_ok=True)
     counter = _next_counter(target, name)
     saved = []
@@ -86,7 +92,8 @@ def save_images(images, folder: str, prefix: str, prompt=None, extra_pnginfo=Non
         for key, value in (extra_pnginfo or {}).items():
             info.add_text(key, json.dumps(value))
         filename = f"{name}_{counter:05}_.png"
-        Image.fromarray(pixels).save(os.path.join(target, filename), pnginfo=info, compress_level=4)
+        with atomic_file(os.path.join(target, filename)) as partial:  # a kill never leaves half a PNG
+            Image.fromarray(pixels).save(partial, format="PNG", pnginfo=info, compress_level=4)
         saved.append({"filename": filename, "subfolder": subfolder, "type": "output"})
         counter += 1
     return saved

@@ -18,7 +18,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.errors import InputError, StageError
+from .cache import OutputCache
+from .values import Refused, coerce, range_problem
+
 log = logging.getLogger("diffusers_stages.runner")
+
 
 class WorkflowError(ValueError):
     """A workflow that cannot run; ``problems`` lists every reason, each naming node and input."""
@@ -26,6 +31,36 @@ class WorkflowError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("the workflow cannot run:\n  - " + "\n  - ".join(problems))
+
+
+class NodeFailure(WorkflowError):
+    """A node refused its input (or failed) while running; says which node. ``__cause__`` keeps the original."""
+
+    def __init__(self, label: str, message: str):
+        self.problems = [f"{label}: {message}"]
+        ValueError.__init__(self, self.problems[0])
+
+
+def failure(label: str, error: BaseException) -> NodeFailure:
+    """The one message a user sees for an exception raised inside a node."""
+    if isinstance(error, StageError):
+        return NodeFailure(label, str(error))
+    if isinstance(error, InputError):  # the headless core nodes name the input, not the node
+        return NodeFailure(label, f"{error.input_name}: {error.problem} Fix: {error.fix}")
+    if isinstance(error, RecursionError | MemoryError):
+        return NodeFailure(label, f"{type(error).__name__}: the input is too large or too deeply nested to process.")
+    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return NodeFailure(label, f"unexpected {type(error).__name__}{': ' + detail if detail else ''}. "
+                              "Run with --debug for the traceback, and please report it with the workflow.")
+
+
+def _linked_node(prompt: dict[str, Any], value: Any) -> tuple[str, dict[str, Any]] | None:
+    """(class_type, inputs) of the node a link comes from; None when ``value`` is not a link."""
+    if not _is_link(value) or value[0] not in prompt:
+        return None
+    node = prompt[value[0]]
+    return node["class_type"], node.get("inputs", {})
+
 
 def _is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
@@ -44,11 +79,14 @@ class RunResult:
     cached: list[str] = field(default_factory=list)
 
 class Executor:
-    def __init__(self, classes: dict[str, type], packs: dict[str, str] | None = None):
+    def __init__(self, classes: dict[str, type], packs: dict[str, str] | None = None,
+                 cache_budget: int | None = None):
+        """``cache_budget``: bytes of tensors that node outputs kept across prompts may hold (default: half the
+        machine's memory); the outputs the latest prompt used are always kept."""
         self.classes = classes
         self.packs = packs or {}  # node type -> pack name, for "missing node" messages
         self._instances: dict[tuple[str, str], Any] = {}
-        self._cache: dict[str, list[list[Any]]] = {}
+        self.cache = OutputCache(cache_budget)
 
     # ---- checks ------------------------------------------------------------------------------------
     def _label(self, prompt, node_id: str) -> str:
@@ -69,7 +107,11 @@ class Executor:
         return [nid for nid in prompt if nid in needed]
 
     def check(self, prompt: dict[str, Any]) -> list[str]:
-        """All problems that would stop the run (empty if it can run)."""
+        """All problems that would stop the run (empty if it can run). Widget values are coerced to their
+        declared types in place (``"7"`` for an INT becomes 7), so the run sees what was checked."""
+        problems = self.shape_problems(prompt)
+        if problems:
+            return problems
         unknown = {}
         for node in prompt.values():
             kind = node.get("class_type")
@@ -91,13 +133,27 @@ class Executor:
                 problems.extend(error.problems)
         return problems
 
+    @staticmethod
+    def shape_problems(prompt: Any) -> list[str]:
+        """An API prompt is an object of nodes, each an object with a class_type and an ``inputs`` object."""
+        if not isinstance(prompt, dict) or not prompt:
+            return ["the prompt is not an object of nodes (an API-format prompt maps node ids to nodes)"]
+        problems = []
+        for nid, node in prompt.items():
+            if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+                problems.append(f"node {nid}: not a node (an object with a 'class_type' string and 'inputs')")
+            elif not isinstance(node.get("inputs", {}), dict):
+                problems.append(f"node {nid} ({node['class_type']}): 'inputs' is "
+                                f"{type(node['inputs']).__name__}, not an object of input names to values")
+        return problems
+
     def _check_node(self, prompt, nid: str, specs: dict[str, dict]) -> list[str]:
         node = prompt[nid]
         cls = self.classes[node["class_type"]]
         if node["class_type"] not in specs:
             specs[node["class_type"]] = cls.INPUT_TYPES()
         spec = specs[node["class_type"]]
-        inputs = node.get("inputs", {})
+        inputs = node.setdefault("inputs", {})
         label = self._label(prompt, nid)
         problems = []
         validate = getattr(cls, "VALIDATE_INPUTS", None)
@@ -126,21 +182,33 @@ class Executor:
                     problems.append(f"{label}: input '{name}' wants {kind if isinstance(kind, str) else 'a choice'} "
                                     f"but is linked to a {produced} output of {self._label(prompt, value[0])}")
                 continue
+            try:
+                value = inputs[name] = coerce(kind, value)
+            except Refused as refused:
+                problems.append(f"{label}: input '{name}' {refused}")
+                continue
             if name in validated_names:
                 continue
-            if isinstance(kind, list) and kind and value not in kind:
+            if isinstance(kind, list) and kind and not any(value == choice for choice in kind):
                 shown = ", ".join(map(str, kind[:8])) + (", …" if len(kind) > 8 else "")
                 problems.append(f"{label}: '{value}' is not a choice of input '{name}' (choices: {shown})")
-            if kind in ("INT", "FLOAT") and isinstance(value, (int, float)):
-                if "min" in options and value < options["min"]:
-                    problems.append(f"{label}: input '{name}' = {value} is below its minimum {options['min']}")
-                if "max" in options and value > options["max"]:
-                    problems.append(f"{label}: input '{name}' = {value} is above its maximum {options['max']}")
-        if validate:
+            if kind in ("INT", "FLOAT"):
+                out_of_range = range_problem(value, options)
+                if out_of_range:
+                    problems.append(f"{label}: input '{name}' {out_of_range}")
+        if validate and not problems:
             args = {k: (None if _is_link(inputs.get(k)) else inputs.get(k)) for k in validated_names if k in declared}
-            verdict = validate(**args)
+            try:
+                verdict = validate(**args)
+            except Exception as error:  # a node's own check must not crash the whole check
+                verdict = failure(label, error).problems[0][len(label) + 2:]
             if verdict is not True:
                 problems.append(f"{label}: {verdict if isinstance(verdict, str) else 'inputs were refused'}")
+        check_links = getattr(cls, "CHECK_LINKED_INPUTS", None)
+        if check_links and not problems:  # checks that need a value from the node an input is linked to
+            verdict = check_links(inputs, lambda name: _linked_node(prompt, inputs.get(name)))
+            if verdict is not True:
+                problems.append(f"{label}: {verdict}")
         return problems
 
     def _order(self, prompt, needed: list[str]) -> list[str]:
@@ -165,23 +233,31 @@ class Executor:
         order = self._order(prompt, needed)
         signatures: dict[str, str] = {}
         results: dict[str, list[list[Any]]] = {}
-        new_cache: dict[str, list[list[Any]]] = {}
         outcome = RunResult()
         for nid in order:
             node = prompt[nid]
             cls = self.classes[node["class_type"]]
             signatures[nid] = self._signature(node, signatures)
             output_node = getattr(cls, "OUTPUT_NODE", False)
-            if not output_node and signatures[nid] in self._cache:
-                results[nid] = self._cache[signatures[nid]]
+            cached = None if output_node else self.cache.get(signatures[nid])
+            if cached is not None:
+                results[nid] = cached
                 outcome.cached.append(nid)
             else:
-                results[nid], ui = self._call(prompt, nid, cls, results, extra_pnginfo)
+                try:
+                    results[nid], ui = self._call(prompt, nid, cls, results, extra_pnginfo)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as error:
+                    raise failure(self._label(prompt, nid), error) from error
                 outcome.executed.append(nid)
                 if ui is not None:
                     outcome.ui[nid] = ui
-            new_cache[signatures[nid]] = results[nid]
-        self._cache = new_cache  # like ComfyUI's classic cache: only what the latest prompt used
+                if not output_node:
+                    self.cache.put(signatures[nid], results[nid])
+        # outputs of earlier prompts stay while they fit the budget (least recently used go first), so two models
+        # used in turn are not loaded again at every switch
+        self.cache.trim(keep={signatures[nid] for nid in order})
         return outcome
 
     @staticmethod

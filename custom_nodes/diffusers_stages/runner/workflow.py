@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .convert import Conversion, Converter, is_api_prompt
+from .convert import Conversion, ConversionError, Converter, is_api_prompt
 from .execute import WorkflowError
 
 
@@ -20,6 +20,7 @@ class Workflow:
     missing: dict[str, str] = field(default_factory=dict)
     widget_slots: dict[tuple[str, str], int] = field(default_factory=dict)
     source: str = ""
+    warnings: list[str] = field(default_factory=list)  # from the conversion, each naming its node
 
     def ui_for(self, prompt: dict[str, Any]) -> dict[str, Any] | None:
         """The UI workflow with this run's widget values (seeds, --set values) written in, for the saved PNG."""
@@ -49,20 +50,15 @@ def read_file(path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     if not os.path.isfile(path):
         raise WorkflowError([f"workflow file '{path}' does not exist"])
     if path.lower().endswith(".png"):
-        from PIL import Image
-
-        with Image.open(path) as image:
-            text = dict(getattr(image, "text", {}) or {})
-        ui = json.loads(text["workflow"]) if "workflow" in text else None
-        api = json.loads(text["prompt"]) if "prompt" in text else None
-        if ui is None and api is None:
-            raise WorkflowError([f"'{path}' has no embedded workflow (no 'workflow' or 'prompt' PNG text chunk)"])
-        return ui, api
+        return _read_png(path)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as error:
-        raise WorkflowError([f"'{path}' is not valid JSON ({error})"]) from error
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise WorkflowError([f"'{path}' is not valid JSON text ({type(error).__name__}: {str(error)[:200]}); "
+                             "give a workflow saved by ComfyUI (Save / Export, or Export (API))"]) from error
+    except OSError as error:
+        raise WorkflowError([f"'{path}' cannot be read ({error.strerror or error})"]) from error
     if isinstance(data, dict) and "prompt" in data and is_api_prompt(data.get("prompt") or {}):
         return data.get("workflow"), data["prompt"]  # a /prompt request body
     if isinstance(data, dict) and is_api_prompt(data):
@@ -72,11 +68,40 @@ def read_file(path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     raise WorkflowError([f"'{path}' is neither a ComfyUI UI workflow nor an API prompt"])
 
 
+def _read_png(path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The workflow chunks ComfyUI's Save Image writes into a PNG."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # reads the text chunks that follow the pixels, too
+            text = dict(getattr(image, "text", {}) or {})
+    except (OSError, SyntaxError, ValueError) as error:  # PIL: not a PNG, truncated, damaged chunks
+        raise WorkflowError([f"'{path}' cannot be read as a PNG image ({error})"]) from error
+    found = []
+    for chunk in ("workflow", "prompt"):
+        try:
+            found.append(json.loads(text[chunk]) if chunk in text else None)
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise WorkflowError([f"'{path}': its embedded '{chunk}' is not valid JSON ({str(error)[:200]}); the "
+                                 "PNG was damaged or edited after ComfyUI saved it"]) from error
+    ui, api = found
+    if not isinstance(ui, dict | None) or not isinstance(api, dict | None) or (ui is None and api is None):
+        raise WorkflowError([f"'{path}' has no embedded workflow (no 'workflow' or 'prompt' PNG text chunk "
+                             "holding one)"])
+    return ui, api
+
+
 def load(path: str, definitions: dict[str, dict[str, Any]]) -> Workflow:
     ui, api = read_file(path)
     if ui is not None:
-        conversion: Conversion = Converter(definitions).convert(ui)
-        return Workflow(conversion.prompt, ui, conversion.controls, conversion.missing, conversion.widget_slots, path)
+        try:
+            conversion: Conversion = Converter(definitions).convert(ui)
+        except (ConversionError, KeyError, TypeError, AttributeError, ValueError, IndexError) as error:
+            raise WorkflowError([f"'{path}': the UI workflow cannot be converted ({type(error).__name__}: "
+                                 f"{str(error)[:200]}); it is damaged or not a ComfyUI workflow"]) from error
+        return Workflow(conversion.prompt, ui, conversion.controls, conversion.missing, conversion.widget_slots, path,
+                        conversion.warnings)
     return Workflow(api, None, source=path)
 
 

@@ -52,6 +52,7 @@ class Family:
     size_multiple: int  # width/height must be multiples of this
     pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values this family loads
     supports_skip_layers = False  # skip-layer guidance (SD3)
+    flow_matching = False  # the denoiser predicts flow (velocity) and takes flow-matching schedulers (SD3, Flux)
     host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
     begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
     inference_dtypes: tuple[str, ...] = ("fp16", "bf16", "fp32")  # preferred first, for dtype "auto" on a GPU

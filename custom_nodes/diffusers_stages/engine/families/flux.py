@@ -65,6 +65,7 @@ class FluxFamily(Family):
     size_multiple = 16
     pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlNetPipeline")
     host_latent_format = "Flux"
+    flow_matching = True
     begin_index_on_full_run = True
     control_shared_across_cfg_calls = True
     inference_dtypes = ("bf16", "fp16", "fp32")  # Flux overflows in fp16 more easily: bf16 first, as ComfyUI

@@ -35,6 +35,7 @@ class StableDiffusion3Family(Family):
     pipeline_classes = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
                         "StableDiffusion3InpaintPipeline", "StableDiffusion3ControlNetPipeline")
     host_latent_format = "SD3"
+    flow_matching = True
     supports_skip_layers = True
     latent_scaling = (1.5305, 0.0609)
     lora_pipeline, lora_denoiser = "StableDiffusion3Pipeline", "transformer"
