@@ -138,7 +138,7 @@ class Converter:
         elif isinstance(values, list):
             missing = [name for name, role in layout[len(values):] if role == "value"]
             if missing and not scope.prefix:
-                title = node.get("title") or node_type
+                title = node.get("title") or definition.get("display_name") or node_type
                 self.result.warnings.append(
                     f"node {api_id} ({title}): the workflow holds {len(values)} widget values, the node has "
                     f"{len(layout)}; {', '.join(missing)} take the default (saved by an older version, or edited)")
