@@ -65,7 +65,7 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
         return LoraReport(name, -1, -1)  # already loaded into these models (or found to have nothing for them)
     loader = getattr(diffusers, family.lora_pipeline)
     try:
-        state, alphas, left_out = read_lora(loader, family, path, denoiser_module)
+        state, alphas, metadata, left_out = read_lora(loader, family, path, denoiser_module)
     except Exception as exc:  # diffusers raises ValueError/KeyError for layouts it cannot convert
         raise InputError("lora_name", f"'{os.path.basename(path)}' is not a LoRA diffusers can read ({exc}).",
                          "use a LoRA .safetensors file (diffusers, kohya/A1111 or ComfyUI format).") from exc
@@ -74,11 +74,12 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
     other = [k for k in state if not k.startswith(prefixes)] + left_out
     try:
         if name not in _tried(denoiser_module):
-            load_into_denoiser(loader, family, state, alphas, denoiser_module, name)
+            load_into_denoiser(loader, family, state, alphas, metadata, denoiser_module, name)
         for module, prefix in zip(text_modules, family.lora_text_prefixes):
             if name not in _tried(module):
                 loader.load_lora_into_text_encoder(state, alphas, text_encoder=module, prefix=prefix,
-                                                   lora_scale=1.0, adapter_name=name)
+                                                   lora_scale=1.0, adapter_name=name, metadata=metadata)
+                put_back_dora_magnitudes(state, prefix, module, name)
     except (RuntimeError, ValueError) as exc:  # peft: size mismatches when the LoRA was made for another model
         _remove(modules, name)
         if "not found in the base model" in str(exc):  # not one layer name matched
@@ -108,6 +109,29 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
         log.warning("LoRA %s: %d of %d layers matched; %d keys were not understood (e.g. %s)",
                     os.path.basename(path), matched, in_file, len(other), other[:1])
     return LoraReport(name, in_file, matched)
+
+
+def put_back_dora_magnitudes(state: dict, prefix: str, text_encoder, name: str) -> int:
+    """A DoRA LoRA's magnitude vectors for a text encoder, as the file holds them. transformers' ``load_adapter``
+    (5.24 with peft 0.21) leaves them at their initial value (the norm of a randomly initialised adapter), so
+    diffusers' own pipelines run text-encoder DoRA with magnitudes that are neither the file's nor reproducible;
+    denoiser DoRA loads correctly. Returns how many vectors were set."""
+    count = 0
+    for key, value in state.items():
+        if not (key.startswith(f"{prefix}.") and key.endswith(".lora_magnitude_vector")):
+            continue
+        path = key[len(prefix) + 1:-len(".lora_magnitude_vector")]
+        if not hasattr(text_encoder, "text_model"):  # flattened CLIP in transformers 5 (as diffusers strips it)
+            path = path.removeprefix("text_model.")
+        try:
+            vector = text_encoder.get_submodule(path).lora_magnitude_vector[name].weight
+        except (AttributeError, KeyError):
+            continue
+        if vector.shape == value.shape:
+            with torch.no_grad():
+                vector.copy_(value.to(device=vector.device, dtype=vector.dtype))
+            count += 1
+    return count
 
 
 def _tried(module) -> set[str]:
@@ -153,13 +177,16 @@ def comfy_lora_as_kohya(tensors: dict) -> tuple[dict, list[str]]:
     return out, left
 
 
-def read_lora(loader, family, path: str, denoiser_module) -> tuple[dict, dict | None, list[str]]:
-    """(state dict, network alphas, keys left out) in diffusers' layout, as the family's pipeline reads a LoRA file
-    (ComfyUI-trained files are first put in the kohya layout, which diffusers converts)."""
+def read_lora(loader, family, path: str, denoiser_module) -> tuple[dict, dict | None, dict | None, list[str]]:
+    """(state dict, network alphas, adapter metadata, keys left out) in diffusers' layout, as the family's
+    pipeline's ``load_lora_weights`` reads a LoRA file: the metadata (``lora_alpha``, rank and alpha patterns that
+    diffusers' ``save_lora_weights`` writes into the safetensors header) goes on to the loaders, as there.
+    ComfyUI-trained files are first put in the kohya layout, which diffusers converts."""
     from safetensors import safe_open
 
     params = inspect.signature(loader.lora_state_dict).parameters
     kwargs = {"return_alphas": True} if "return_alphas" in params else {}  # Flux
+    kwargs["return_lora_metadata"] = True
     source, left = path, []
     with safe_open(path, framework="pt") as f:
         comfy = any(k.startswith(COMFY_PREFIX) and ".lora_" in k for k in f.keys())
@@ -170,19 +197,19 @@ def read_lora(loader, family, path: str, denoiser_module) -> tuple[dict, dict | 
     if family.lora_denoiser == "unet" and (comfy or family.lora_text_prefixes[1:]):
         kwargs["unet_config"] = denoiser_module.config  # maps original-layout (SGM) block names to diffusers'
     out = loader.lora_state_dict(source, **kwargs)
-    state, alphas = (out, None) if isinstance(out, dict) else (out[0], out[1])
-    return state, alphas, left
+    state, alphas, metadata = (out[0], None, out[1]) if len(out) == 2 else out  # SD3 reads no network alphas
+    return state, alphas, metadata, left
 
 
-def load_into_denoiser(loader, family, state: dict, alphas, module, name: str) -> None:
+def load_into_denoiser(loader, family, state: dict, alphas, metadata, module, name: str) -> None:
     if family.lora_denoiser == "unet":
-        loader.load_lora_into_unet(state, alphas, unet=module, adapter_name=name)
+        loader.load_lora_into_unet(state, alphas, unet=module, adapter_name=name, metadata=metadata)
         return
     load = loader.load_lora_into_transformer
     if "network_alphas" in inspect.signature(load).parameters:  # Flux
-        load(state, alphas, transformer=module, adapter_name=name)
+        load(state, alphas, transformer=module, adapter_name=name, metadata=metadata)
     else:  # SD3
-        load(state, transformer=module, adapter_name=name)
+        load(state, transformer=module, adapter_name=name, metadata=metadata)
 
 
 def activate(module, loras: tuple[tuple[str, float], ...], text_encoder: bool) -> None:

@@ -40,9 +40,10 @@ def save_diffusers_lora(pipe, path: str, seed: int) -> dict[str, tuple[torch.Ten
     return layers
 
 
-def save_kohya_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str, unet=None) -> None:
+def save_kohya_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str, unet=None,
+                    alpha: float = float(RANK)) -> None:
     """kohya/A1111 layout of the same LoRA: ``lora_unet_<path>`` / ``lora_te_text_model_<path>`` with
-    ``lora_down``/``lora_up`` and an ``alpha`` equal to the rank (scale 1). With ``unet`` (SDXL, as sd-scripts
+    ``lora_down``/``lora_up`` and an ``alpha`` (default: the rank, scale 1). With ``unet`` (SDXL, as sd-scripts
     writes it) the U-Net paths are the original (SGM) block names and the text encoders ``lora_te1_``/``lora_te2_``."""
     from ..engine.families.ldm_keys import unet_key_to_ldm
 
@@ -59,7 +60,7 @@ def save_kohya_lora(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: 
             te = {"text_encoder": "te1" if unet is not None else "te", "text_encoder_2": "te2"}[component]
             key = f"lora_{te}_" + ("text_model." + module_path.removeprefix("text_model.")).replace(".", "_")
         tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
-        tensors[f"{key}.alpha"] = torch.tensor(float(RANK))
+        tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
     save(tensors, path)
 
 
