@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from conftest import Graph
 
 from diffusers_stages.engine.errors import StageError
 
@@ -147,8 +148,6 @@ def test_inpainting_mask_not_silently_ignored(nodes, sd1_graph):
 
 def test_guider_without_negative(nodes, sd1_graph):
     guider_node = nodes["DS_CFGGuider"]
-    refused(lambda: guider_node.execute(positive=sd1_graph.encode("a cat"), cfg=7.0), "CFG Guider (Diffusers)",
-            "negative", "needs a negative prompt", "set cfg to 1")
     unguided = guider_node.execute(positive=sd1_graph.encode("a cat"), cfg=1.0)[0]
     with_negative = guider_node.execute(positive=sd1_graph.encode("a cat"), negative=sd1_graph.encode("x"), cfg=1.0)[0]
     a = sd1_graph.denoise(unguided, sd1_graph.default_scheduler, sd1_graph.empty(), steps=2)
@@ -171,3 +170,12 @@ def test_inpainting_model_refused_at_load(nodes, models_root):
                                 "in_channels": 9}).save_pretrained(os.path.join(folder, "unet"))
     refused(load(nodes, model="diffusers/tiny-sd15-inpaint"), "Load Diffusers Model", "model", "9 input channels",
             "inpainting")
+
+
+def test_size_conditioning_refuses_families_without_it(nodes):
+    """SD3 and Flux prompts carry pooled embeddings too; the size used to be accepted and silently ignored."""
+    for folder, name in (("diffusers/tiny-sd3", "Stable Diffusion 3"), ("diffusers/tiny-flux", "Flux.1")):
+        graph = Graph(nodes, folder)
+        refused(lambda graph=graph: nodes["DS_SizeConditioning"].execute(
+            conditioning=graph.encode("a cat"), original_width=1024, original_height=1024),
+            "Size Conditioning (Diffusers SDXL)", "conditioning", f"{name} takes no size conditioning")

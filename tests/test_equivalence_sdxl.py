@@ -96,7 +96,7 @@ def test_sdxl_prompt_into_sd15_unet_is_refused(sdxl_graph, sd1_graph):
     with pytest.raises(StageError, match="encoded by a Stable Diffusion XL text encoder, "
                                            "but the denoiser is Stable Diffusion 1.x/2.x"):
         sd1_graph.denoise(guider, sd1_graph.default_scheduler, sd1_graph.empty())
-    with pytest.raises(StageError, match="size conditioning is an SDXL input"):
+    with pytest.raises(StageError, match="Stable Diffusion 1.x/2.x takes no size conditioning"):
         sdxl_graph.nodes["DS_SizeConditioning"].execute(conditioning=sd1_graph.encode("a cat"))
 
 

@@ -47,6 +47,9 @@ class TextEncoder:
     source: str
     residency: Any = None
     loras: tuple[tuple[str, float], ...] = ()
+    # diffusers' force_zeros_for_empty_prompt (SDXL pipelines' config): with no negative prompt, CFG guides away
+    # from zero embeddings instead of an encoded empty prompt
+    force_zeros_for_empty_prompt: bool = True
 
     @property
     def modules(self) -> list[Any]:
@@ -125,6 +128,9 @@ class Conditioning:
     t5: torch.Tensor | None = None
     t5_length: int = 0
     controls: tuple[Control, ...] = ()  # ControlNets applied while this prompt drives a step, in the order added
+    # how it was encoded, so the same encoder can make the negative a pipeline uses when none is given
+    text_encoder: TextEncoder | None = None
+    encode_settings: tuple[int, int] = (0, 0)  # (clip_skip, t5_max_length)
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,17 +3,20 @@ from __future__ import annotations
 from ..engine.components import Guider
 from ..engine.errors import InputError
 from .base import CONDITIONING, GUIDER, StageNode, category, window_error
+from .text_encode import implicit_negative
 
 
 class CFGGuider(StageNode):
     NODE_ID = "DS_CFGGuider"
     DISPLAY_NAME = "CFG Guider (Diffusers)"
-    VERSION = "1.1.0"  # 1.1.0: negative is optional
+    VERSION = "1.2.0"  # 1.1.0: negative is optional; 1.2.0: without one, the pipeline's own empty negative
     CATEGORY = category("guidance")
     DESCRIPTION = ("Classifier-free guidance: steers the denoiser towards the positive prompt and away from the "
-                   "negative. As in diffusers, guidance is applied when cfg is above 1; with cfg 1 or below, or "
-                   "without a negative prompt (Flux usually has none), only the positive prompt is used (one "
-                   "denoiser call per step).")
+                   "negative. As in diffusers, guidance is applied when cfg is above 1; with cfg 1 or below only "
+                   "the positive prompt is used (one denoiser call per step). Without a negative prompt it does "
+                   "what the model's diffusers pipeline does with negative_prompt=None: guide away from an encoded "
+                   "empty prompt (SD1.x/2.x, SD3), from zeros (SDXL with force_zeros_for_empty_prompt), or not at "
+                   "all (Flux, whose true CFG needs a negative).")
     RETURN_TYPES = (GUIDER,)
     RETURN_NAMES = ("guider",)
     OUTPUT_TOOLTIPS = ("The guidance settings with both prompts; connect to Denoise.",)
@@ -38,8 +41,9 @@ class CFGGuider(StageNode):
                                                      "interval only the positive prompt is used."}),
             },
             "optional": {
-                "negative": (CONDITIONING, {"tooltip": "What the image should avoid (an empty prompt is common). "
-                                                       "Needed when cfg is above 1; Flux usually has none."}),
+                "negative": (CONDITIONING, {"tooltip": "What the image should avoid. Left unconnected: the "
+                                                       "pipeline's own default (an empty prompt, or zeros for "
+                                                       "SDXL); Flux then runs without CFG."}),
             },
         }
 
@@ -48,9 +52,8 @@ class CFGGuider(StageNode):
         return cls.check(window_error(start_percent, end_percent))
 
     def run(self, positive, cfg, guidance_rescale=0.0, start_percent=0.0, end_percent=1.0, negative=None):
-        if negative is None and cfg > 1.0:
-            raise InputError("negative", f"cfg {cfg} needs a negative prompt to guide away from.",
-                             "connect a Text Encode (an empty prompt is common) as negative, or set cfg to 1.")
+        if negative is None and cfg > 1.0:  # as the family's pipeline with negative_prompt=None
+            negative = implicit_negative(positive)
         if negative is not None and positive.family is not negative.family:
             raise InputError("negative", f"the negative prompt was encoded for {negative.family.display_name} but "
                              f"the positive for {positive.family.display_name}.",

@@ -29,7 +29,7 @@ class FluxGuidance(StageNode):
         }
 
     def run(self, conditioning, guidance):
-        if conditioning.family.id != "flux":
+        if not conditioning.family.takes_distilled_guidance:
             raise InputError("conditioning", f"the guidance value is a Flux input; this prompt was encoded for "
                              f"{conditioning.family.display_name}.", "connect the prompt of a Flux model.")
         return (dataclasses.replace(conditioning, guidance=guidance),)

@@ -14,7 +14,7 @@ def _size(name: str, tooltip: str):
 class SizeConditioning(StageNode):
     NODE_ID = "DS_SizeConditioning"
     DISPLAY_NAME = "Size Conditioning (Diffusers SDXL)"
-    VERSION = "1.0.0"
+    VERSION = "1.0.1"  # 1.0.1: refuses SD3/Flux prompts (was: accepted, size ignored)
     CATEGORY = category("conditioning")
     DESCRIPTION = ("SDXL micro-conditioning: tells the UNet the original image size, the crop and the target size "
                    "(diffusers' original_size, crops_coords_top_left, target_size). Sizes left at 0 mean the size "
@@ -43,8 +43,9 @@ class SizeConditioning(StageNode):
 
     def run(self, conditioning, original_width=0, original_height=0, crop_left=0, crop_top=0, target_width=0,
             target_height=0):
-        if conditioning.pooled is None:
-            raise InputError("conditioning", f"size conditioning is an SDXL input; this prompt was encoded for "
-                             f"{conditioning.family.display_name}.", "connect the prompt of an SDXL model.")
+        if not conditioning.family.takes_size_conditioning:
+            raise InputError("conditioning", f"{conditioning.family.display_name} takes no size conditioning (an "
+                             "SDXL input); the size would be ignored.", "connect the prompt of an SDXL model, or "
+                             "remove this node.")
         size = (original_height, original_width, crop_top, crop_left, target_height, target_width)
         return (dataclasses.replace(conditioning, size=size),)

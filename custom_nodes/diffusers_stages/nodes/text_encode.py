@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .. import host
@@ -43,16 +45,32 @@ class TextEncode(StageNode):
         }
 
     def run(self, text_encoder, text, clip_skip=0, t5_max_length=0):
-        problem = missing_text_encoders(text_encoder)
-        if problem:
-            raise problem
-        host.ensure_loaded(text_encoder.residency)
-        for part in text_encoder.parts:
-            lora.activate(part.module, text_encoder.loras, text_encoder=True)
-        with torch.inference_mode():
-            conditioning = text_encoder.family.encode_prompt(text_encoder, text, clip_skip, t5_max_length)
-        for embedding in (conditioning.embeds, conditioning.pooled, conditioning.t5):
-            require_finite(embedding, "text_encoder", "the prompt's embedding",
-                           "the text encoder's weights hold NaN/inf (a damaged file), or an fp16 text encoder "
-                           "overflowed: load it in bf16 or fp32.")
-        return (conditioning,)
+        return (encode(text_encoder, text, clip_skip, t5_max_length),)
+
+
+def encode(text_encoder, text: str, clip_skip: int = 0, t5_max_length: int = 0):
+    """The prompt's conditioning, with the text encoder's LoRAs active; it remembers its encoder and settings."""
+    problem = missing_text_encoders(text_encoder)
+    if problem:
+        raise problem
+    host.ensure_loaded(text_encoder.residency)
+    for part in text_encoder.parts:
+        lora.activate(part.module, text_encoder.loras, text_encoder=True)
+    with torch.inference_mode():
+        conditioning = text_encoder.family.encode_prompt(text_encoder, text, clip_skip, t5_max_length)
+    for embedding in (conditioning.embeds, conditioning.pooled, conditioning.t5):
+        require_finite(embedding, "text_encoder", "the prompt's embedding",
+                       "the text encoder's weights hold NaN/inf (a damaged file), or an fp16 text encoder "
+                       "overflowed: load it in bf16 or fp32.")
+    return dataclasses.replace(conditioning, text_encoder=text_encoder, encode_settings=(clip_skip, t5_max_length))
+
+
+def implicit_negative(positive):
+    """What the family's pipeline guides away from when negative_prompt is None (an encoded empty prompt, or
+    zeros), with the positive prompt's size conditioning and ControlNets (the pipelines apply both to the negative
+    half too); None when the pipeline then runs no guidance (Flux) or the encoder is unknown."""
+    encoder = positive.text_encoder
+    if encoder is None:
+        return None
+    negative = positive.family.unconditional(positive, lambda: encode(encoder, "", *positive.encode_settings))
+    return None if negative is None else dataclasses.replace(negative, size=positive.size, controls=positive.controls)

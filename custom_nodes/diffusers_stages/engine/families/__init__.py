@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     import torch
 
@@ -53,6 +53,8 @@ class Family:
     pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values this family loads
     supports_skip_layers = False  # skip-layer guidance (SD3)
     flow_matching = False  # the denoiser predicts flow (velocity) and takes flow-matching schedulers (SD3, Flux)
+    takes_size_conditioning = False  # micro-conditioning on original size, crop and target size (SDXL)
+    takes_distilled_guidance = False  # a guidance value embedded into the denoiser (Flux dev)
     host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
     begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
     inference_dtypes: tuple[str, ...] = ("fp16", "bf16", "fp32")  # preferred first, for dtype "auto" on a GPU
@@ -85,6 +87,11 @@ class Family:
                       t5_max_length: int = 0) -> Conditioning:
         """``t5_max_length``: tokens of the T5 sequence for families with a T5 encoder (0 = the pipeline default)."""
         raise NotImplementedError
+
+    def unconditional(self, positive: Conditioning, encode_empty: Callable[[], Conditioning]) -> Conditioning | None:
+        """The negative the family's pipeline guides away from when it is given none: an encoded empty prompt
+        (``encode_empty()``), zeros (SDXL's ``force_zeros_for_empty_prompt``), or None for no guidance at all."""
+        return encode_empty()
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         """Why ``cond`` cannot drive ``denoiser`` (None if it can)."""

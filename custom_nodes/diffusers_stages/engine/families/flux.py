@@ -59,6 +59,7 @@ def image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
 
 class FluxFamily(Family):
     id = "flux"
+    takes_distilled_guidance = True
     display_name = "Flux.1"
     latent_channels = 16
     spatial_factor = 8
@@ -73,6 +74,10 @@ class FluxFamily(Family):
     lora_pipeline, lora_denoiser = "FluxPipeline", "transformer"
     lora_text_prefixes = ("text_encoder",)  # CLIP-L (diffusers loads no T5 LoRA for Flux)
     text_slots = (TextSlot("clip_l", projection=False), TextSlot("t5", projection=False))
+
+    def unconditional(self, positive, encode_empty):
+        """FluxPipeline runs true CFG only with a negative prompt: without one there is no guidance."""
+        return None
 
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:

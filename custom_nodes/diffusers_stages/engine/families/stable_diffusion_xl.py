@@ -7,6 +7,7 @@ original size, crop top-left and target size, each (height, width).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -37,6 +38,7 @@ _TE2 = "conditioner.embedders.1.model."
 
 class StableDiffusionXLFamily(Family):
     id = "sdxl"
+    takes_size_conditioning = True
     display_name = "Stable Diffusion XL"
     latent_channels = 4
     spatial_factor = 8
@@ -123,10 +125,21 @@ class StableDiffusionXLFamily(Family):
                           load_component(path, CLIPTextModel, "text_encoder", dtype)),
                  TextPart(load_tokenizer(path, CLIPTokenizer, "tokenizer_2"),
                           load_component(path, CLIPTextModelWithProjection, "text_encoder_2", dtype)))
-        return assemble(self, load_component(path, UNet2DConditionModel, "unet", dtype), parts,
-                        load_component(path, AutoencoderKL, "vae", dtype), scheduler_config(path, prediction), path)
+        loaded = assemble(self, load_component(path, UNet2DConditionModel, "unet", dtype), parts,
+                          load_component(path, AutoencoderKL, "vae", dtype), scheduler_config(path, prediction), path)
+        zeros = bool(index.get("force_zeros_for_empty_prompt", True))  # the pipeline's default when not saved
+        return dataclasses.replace(loaded, text_encoder=dataclasses.replace(
+            loaded.text_encoder, force_zeros_for_empty_prompt=zeros))
 
     # ---- conditioning ----------------------------------------------------------------------------
+    def unconditional(self, positive, encode_empty):
+        """StableDiffusionXLPipeline with negative_prompt None: zeros shaped like the positive prompt's (embeds and
+        pooled) when the pipeline's force_zeros_for_empty_prompt is set, else an encoded empty prompt."""
+        if positive.text_encoder is not None and not positive.text_encoder.force_zeros_for_empty_prompt:
+            return encode_empty()
+        return dataclasses.replace(positive, embeds=torch.zeros_like(positive.embeds),
+                                   pooled=torch.zeros_like(positive.pooled), text="")
+
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
         for part in text_encoder.parts:
             check_clip_skip(part, clip_skip, reserved=1)
