@@ -124,11 +124,11 @@ def test_latent_of_another_family(nodes, sd1_graph):
 
 
 def test_invalid_sampler_schedule_combination(nodes, sd1_graph):
-    message = nodes["DS_Scheduler"].VALIDATE_INPUTS(sampler_name="euler_ancestral", schedule="karras")
+    message = nodes["DS_Scheduler"].VALIDATE_INPUTS(sampler_name="ddim", schedule="karras")
     assert isinstance(message, str) and "Scheduler (Diffusers)" in message and "karras" in message
     refused(lambda: nodes["DS_Scheduler"].execute(scheduler=sd1_graph.default_scheduler,
-                                                  sampler_name="euler_ancestral", schedule="karras"),
-            "Scheduler (Diffusers)", "schedule", "no 'karras' schedule")
+                                                  sampler_name="ddim", schedule="karras"),
+            "Scheduler (Diffusers)", "schedule", "'karras' schedule cannot be used with the DDIMScheduler")
     assert nodes["DS_Scheduler"].VALIDATE_INPUTS(sampler_name="dpmpp_2m", schedule="karras") is True
 
 

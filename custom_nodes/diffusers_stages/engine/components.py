@@ -80,6 +80,7 @@ class SchedulerSpec:
     config: tuple[tuple[str, Any], ...]  # frozen items of the diffusers scheduler config
     sampler: str = "model default"
     schedule: str = "model default"
+    explicit_schedule: str = ""  # a schedule the class has no flag for, given as explicit sigmas (engine/sigmas.py)
 
     @property
     def config_dict(self) -> dict[str, Any]:

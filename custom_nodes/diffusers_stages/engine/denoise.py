@@ -27,6 +27,7 @@ from .controlnet import ControlPlan
 from .errors import InputError, require_finite
 from .families import Family, ModelInputs
 from .schedulers import build_scheduler, is_flow, steps_error, uses_generator
+from .sigmas import apply_schedule
 
 StepCallback = Callable[[int, int, "torch.Tensor | None"], None]  # (step index, total, x0 prediction or None)
 
@@ -72,12 +73,14 @@ def check_scheduler(denoiser: Denoiser, spec: SchedulerSpec, steps: int) -> None
 
 
 def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int, strength: float,
-             generator: torch.Generator, txt2img: bool) -> Plan:
+             generator: torch.Generator, txt2img: bool, explicit_schedule: str = "") -> Plan:
     """Timesteps and starting latents (model space, [B, C, h, w]); noise is drawn in that shape, as the pipelines do."""
     from diffusers.utils.torch_utils import randn_tensor
 
     try:
         family.set_timesteps(scheduler, steps, samples_model)
+        if explicit_schedule:
+            apply_schedule(scheduler, explicit_schedule, steps, samples_model.device)
     except ValueError as exc:  # diffusers refuses step counts a scheduler cannot take (DDIM, LCM, …)
         raise InputError("steps", f"the {type(scheduler).__name__} sampler refused {steps} steps ({exc}).",
                          "use fewer steps or another sampler.") from exc
@@ -184,7 +187,8 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     copies = 2 if inputs.cfg is not None and guider.guides else 1
     controls = ControlPlan(denoiser, guider.positive.controls, guider.negative.controls if guider.negative else (),
                            image_size, batch, copies, generator)
-    plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img)
+    plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img,
+                    spec.explicit_schedule)
     step_kwargs = {}
     step_params = inspect.signature(scheduler.step).parameters
     if "eta" in step_params:

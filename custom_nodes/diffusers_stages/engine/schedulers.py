@@ -50,6 +50,10 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "simple": {"timestep_spacing": "trailing"},
     "sgm_uniform": {"timestep_spacing": "trailing"},
     "ddim_uniform": {"timestep_spacing": "leading", "steps_offset": 1},
+    # diffusers has none of these: explicit sigmas (engine/sigmas.py), over the full linspace range
+    "beta": {"timestep_spacing": "linspace"},
+    "linear_quadratic": {"timestep_spacing": "linspace"},
+    "kl_optimal": {"timestep_spacing": "linspace"},
 }
 
 # Flow-matching models (Flux, SD3) take their shifted sigma schedule from the family; these samplers follow it.
@@ -107,12 +111,29 @@ def combination_error(sampler: str, schedule: str) -> InputError | None:
                           f"choose one of: {', '.join(SCHEDULE_NAMES)}.")
     if schedule == MODEL_DEFAULT or sampler == MODEL_DEFAULT:
         return None  # "model default" sampler: checked against the model's class when the spec is made
-    class_name = SAMPLERS[sampler][0]
-    missing = set(SCHEDULES[schedule]) - _init_parameters(class_name)
-    if missing:
-        return InputError("schedule", f"sampler '{sampler}' ({class_name}) has no '{schedule}' schedule (it lacks "
-                          f"{', '.join(sorted(missing))}).", "pick another sampler or schedule.")
+    try:
+        _schedule_settings(SAMPLERS[sampler][0], schedule)
+    except InputError as error:
+        return error
     return None
+
+
+def _schedule_settings(class_name: str, schedule: str) -> tuple[dict[str, Any], str]:
+    """(config settings, schedule given as explicit sigmas or "") for a schedule on a scheduler class."""
+    from .sigmas import DIFFUSERS_CONVERSIONS, EXPLICIT_SCHEDULES, takes_explicit_sigmas
+
+    settings = SCHEDULES[schedule]
+    missing = set(settings) - _init_parameters(class_name)
+    if schedule not in EXPLICIT_SCHEDULES and not missing:
+        return settings, ""  # diffusers' own schedule for this class
+    if (schedule in EXPLICIT_SCHEDULES or schedule in DIFFUSERS_CONVERSIONS) and takes_explicit_sigmas(class_name):
+        return {"timestep_spacing": "linspace"}, schedule
+    able = [name for name, (cls, _) in SAMPLERS.items() if schedule in DIFFUSERS_CONVERSIONS and not (
+        set(settings) - _init_parameters(cls)) or takes_explicit_sigmas(cls)]
+    raise InputError("schedule", f"the '{schedule}' schedule cannot be used with the {class_name} sampler (it takes "
+                     "no explicit sigmas" + (f" and lacks {', '.join(sorted(missing))}" if missing else "") + ").",
+                     f"pick another schedule (\"normal\" and \"simple\" work with most samplers), or a sampler that "
+                     f"takes '{schedule}': {', '.join(able)}.")
 
 
 # The most steps a sampler's diffusers scheduler accepts with the usual config (diffusers refuses more):
@@ -169,22 +190,13 @@ def derive_spec(base: SchedulerSpec, sampler: str, schedule: str) -> SchedulerSp
         class_name, sampler_settings = base.class_name, {}
     else:
         class_name, sampler_settings = SAMPLERS[sampler]
-    schedule_settings = {} if schedule == MODEL_DEFAULT else SCHEDULES[schedule]
-    accepted = _init_parameters(class_name)
-    missing = set(schedule_settings) - accepted
-    if missing:
-        raise InputError(
-            "schedule",
-            f"the '{schedule}' schedule cannot be used with the {class_name} sampler (it lacks "
-            f"{', '.join(sorted(missing))}).",
-            "pick another schedule (\"normal\" and \"simple\" work with most samplers) or another sampler.",
-        )
+    schedule_settings, explicit = ({}, "") if schedule == MODEL_DEFAULT else _schedule_settings(class_name, schedule)
     config = base.config_dict
     if schedule != MODEL_DEFAULT:
         config = {k: v for k, v in config.items() if k not in _SCHEDULE_FLAGS}
     config.update(sampler_settings)
     config.update(schedule_settings)
-    return SchedulerSpec(class_name, _freeze(config), sampler, schedule)
+    return SchedulerSpec(class_name, _freeze(config), sampler, schedule, explicit)
 
 
 def build_scheduler(spec: SchedulerSpec, seed: int):

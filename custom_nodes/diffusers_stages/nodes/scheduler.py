@@ -7,10 +7,12 @@ from .base import SCHEDULER, StageNode, category
 class Scheduler(StageNode):
     NODE_ID = "DS_Scheduler"
     DISPLAY_NAME = "Scheduler (Diffusers)"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"  # 1.1.0: beta, linear_quadratic, kl_optimal schedules; karras/exponential on euler_ancestral
     CATEGORY = category("sampling")
     DESCRIPTION = ("Picks the sampler and noise schedule by their ComfyUI names and maps them onto the matching "
-                   "diffusers scheduler, keeping the model's own settings (betas, prediction type). Flow-matching "
+                   "diffusers scheduler, keeping the model's own settings (betas, prediction type). Schedules "
+                   "diffusers lacks for a sampler (beta, linear_quadratic, kl_optimal; karras/exponential for "
+                   "euler_ancestral) are given to it as explicit sigmas. Flow-matching "
                    "models (SD3, Flux) keep their own shifted schedule and take euler, euler_ancestral, heun, lcm, "
                    "dpmpp_2m or uni_pc_bh2.")
     RETURN_TYPES = (SCHEDULER,)
