@@ -172,8 +172,8 @@ def test_family_mismatch_between_component_files_is_refused(nodes, flux_folder):
 def test_t5_without_a_tokenizer_says_where_to_put_one(models_root):
     from safetensors.torch import load_file
 
-    from diffusers_stages.engine.component_files import t5_part
     from diffusers_stages.engine.errors import InputError
+    from diffusers_stages.engine.text_files import t5_part
 
     with pytest.raises(InputError, match="no T5 tokenizer was found.*models/text_encoders/t5_tokenizer"):
         t5_part(load_file(models_root["flux_t5"]), torch.float32, [models_root["root"]], "t5")

@@ -12,7 +12,7 @@ import pytest
 
 
 def meta(module_class, config):
-    from diffusers_stages.engine.component_files import empty
+    from diffusers_stages.engine.weights import empty
 
     return empty(module_class, config)
 
@@ -62,10 +62,10 @@ def test_flux_release_configs_are_read_back(guidance):
 def test_unet_release_configs_are_read_back(variant, heads):
     from diffusers import UNet2DConditionModel
 
+    from diffusers_stages.engine.families.bundled_configs import bundled_config, infer_unet_config
     from diffusers_stages.engine.families.ldm_keys import unet_key_to_ldm
-    from diffusers_stages.engine.families.stable_diffusion import _bundled_config, infer_unet_config
 
-    released = _bundled_config(variant)["unet"]
+    released = bundled_config(variant)["unet"]
     model = meta(UNet2DConditionModel, released)
     up_attention = tuple("CrossAttn" in t for t in model.config.up_block_types)
     shapes = {}
@@ -93,9 +93,9 @@ def _same(a, b) -> bool:
 def test_clip_release_configs_are_read_back(kind):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from diffusers_stages.engine.families.stable_diffusion import _bundled_config, infer_text_encoder_config
+    from diffusers_stages.engine.families.bundled_configs import bundled_config, infer_text_encoder_config
 
-    released = _bundled_config("sdxl")["text_encoder" if kind == "clip_l" else "text_encoder_2"]
+    released = bundled_config("sdxl")["text_encoder" if kind == "clip_l" else "text_encoder_2"]
     model = meta(CLIPTextModelWithProjection, CLIPTextConfig(**{k: v for k, v in released.items()
                                                                   if k != "architectures"}))
     inferred = infer_text_encoder_config(released, shapes_of(model.state_dict()), "clip", "text_model.")
@@ -107,7 +107,7 @@ def test_clip_release_configs_are_read_back(kind):
 def test_t5_xxl_config_is_read_back():
     from transformers import T5Config, T5EncoderModel
 
-    from diffusers_stages.engine.component_files import t5_config
+    from diffusers_stages.engine.text_files import t5_config
 
     released = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                     relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
@@ -126,11 +126,11 @@ def test_controlnet_release_configs_are_read_back(variant, layout):
 
     from diffusers import ControlNetModel
 
-    from diffusers_stages.engine.controlnet import controlnet_config
+    from diffusers_stages.engine.families.bundled_configs import bundled_config
+    from diffusers_stages.engine.families.controlnet_files import controlnet_config
     from diffusers_stages.engine.families.ldm_keys import controlnet_key_to_ldm
-    from diffusers_stages.engine.families.stable_diffusion import _bundled_config
 
-    released = _bundled_config(variant)["unet"]
+    released = bundled_config(variant)["unet"]
     accepted = inspect.signature(ControlNetModel.__init__).parameters
     model = meta(ControlNetModel, {k: v for k, v in released.items() if k in accepted})
     state = shapes_of(model.state_dict())

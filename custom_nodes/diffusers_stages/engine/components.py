@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from .families import Family
+    from .family import Family
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,7 +120,6 @@ class Conditioning:
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
     text: str = ""
-    encoder_source: str = ""
     # SDXL micro-conditioning: (original h, w, crop top, left, target h, w); None = the generated size, no crop
     size: tuple[int, int, int, int, int, int] | None = None
     # guidance-distilled models (Flux dev): the guidance value the transformer is told; None = the family default

@@ -16,7 +16,6 @@ The family adapter supplies the schedule, the model inputs and the latent layout
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ import torch
 from .components import Denoiser, Guider, SchedulerSpec
 from .controlnet import ControlPlan
 from .errors import InputError, require_finite
-from .families import Family, ModelInputs
+from .family import Family, ModelInputs
 from .schedulers import build_scheduler, is_flow, steps_error, uses_generator
 from .sigmas import apply_schedule
 
@@ -154,7 +153,7 @@ def preview_x0(scheduler, output, latents: torch.Tensor, prediction: torch.Tenso
 
 
 def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.Tensor, seed: int, steps: int,
-            strength: float = 1.0, on_step: StepCallback | None = None, eta: float = 0.0) -> torch.Tensor:
+            strength: float = 1.0, on_step: StepCallback | None = None) -> torch.Tensor:
     """Run the sampler on a raw-VAE-space latent batch and return the denoised raw latents."""
     check_inputs(denoiser, guider, samples)
     if steps < 1:
@@ -190,9 +189,6 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img,
                     spec.explicit_schedule)
     step_kwargs = {}
-    step_params = inspect.signature(scheduler.step).parameters
-    if "eta" in step_params:
-        step_kwargs["eta"] = eta
     if uses_generator(scheduler):
         step_kwargs["generator"] = generator
 

@@ -1,8 +1,9 @@
-"""Finding and loading models: diffusers folders, single-file checkpoints, Hugging Face repo ids.
-
-Only safetensors (and diffusers folders of safetensors) are loaded: pickle formats
-(.ckpt, .pt, .bin) can run code when unpickled and are refused. Loading never
-touches the network unless the user allowed a download for a repo id.
+"""Loading whole models, the entry points above the family adapters: diffusers folders, single-file checkpoints,
+Hugging Face repo ids. Where a file format is read: ``weights`` (safetensors, pickle refusal, meta-device
+building), ``text_files`` (CLIP/T5 text encoders from tensors), ``vae_loading`` (VAEs from tensors),
+``families/dit_files`` and ``families/bundled_configs`` (SD3/Flux transformers, SD/SDXL configs from shapes),
+``families/folders`` (diffusers folder components), ``component_files`` (a denoiser file of any family).
+Loading never touches the network unless the user allowed a download for a repo id.
 """
 
 from __future__ import annotations
@@ -11,31 +12,15 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
-
-import torch
+from collections.abc import Iterable
 
 from .errors import InputError
-from .families import Family, LoadedModel, all_families, family_for_checkpoint, family_for_pipeline_class
+from .families import all_families, family_for_checkpoint, family_for_pipeline_class
+from .family import LoadedModel
+from .weights import DtypeChoice, open_safetensors, resolve_dtype
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTIONS = ("auto", "epsilon", "v_prediction")
-# a dtype, or a function giving the dtype for the family once it is known (how a node passes "auto")
-DtypeChoice = torch.dtype | Callable[[Family], torch.dtype]  # "auto": what the model's scheduler config says
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def safe_join(root: str, name: str, input_name: str = "model", folder: str = "model") -> str:
-    """``root/name`` for a name chosen in a node; refuses absolute paths and any '..' step out of ``root``.
-    ``folder`` names the kind of folder in the message (model, input, output)."""
-    parts = re.split(r"[\\/]+", name)
-    if os.path.isabs(name) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-        raise InputError(input_name, f"'{name}' points outside the {folder} folder.",
-                         f"choose a name from the list; names are relative to the {folder} folder and may not "
-                         "contain '..'.")
-    return os.path.join(root, *[p for p in parts if p])
 
 
 def list_diffusers_folders(roots: list[str]) -> list[str]:
@@ -49,59 +34,6 @@ def list_diffusers_folders(roots: list[str]) -> list[str]:
                 found.add(os.path.relpath(current, root).replace(os.sep, "/"))
                 dirs.clear()  # a pipeline's component folders are not models of their own
     return sorted(found)
-
-
-def read_checkpoint_shapes(path: str, input_name: str = "model") -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a safetensors file, read from its header (no weights loaded)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for damaged headers
-        if _looks_like_pickle(path):
-            raise InputError(input_name, f"'{os.path.basename(path)}' is a pickle (PyTorch .ckpt/.pt) file with a "
-                             ".safetensors name; pickle files can run arbitrary code when loaded, so this pack does "
-                             "not open them.", "use the real .safetensors release of the model.") from exc
-        raise InputError(input_name, f"'{os.path.basename(path)}' is not a readable safetensors file ({exc}).",
-                         "the file is damaged or incomplete: download it again.") from exc
-
-
-def _looks_like_pickle(path: str) -> bool:
-    """torch.save writes a zip archive (PK..), older PyTorch a bare pickle (protocol byte 0x80)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head.startswith((b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"))
-
-
-def refuse_pickle(path: str, input_name: str = "model") -> None:
-    if path.lower().endswith(PICKLE_SUFFIXES):
-        raise InputError(
-            input_name,
-            f"'{os.path.basename(path)}' is a pickle checkpoint; pickle files can run arbitrary code when loaded, "
-            "so this pack does not open them.",
-            "use the .safetensors release of the model, or convert the file once with a trusted tool.",
-        )
-
-
-def resolve_dtype(dtype: DtypeChoice, family: Family) -> torch.dtype:
-    return dtype(family) if callable(dtype) else dtype
-
-
-def open_safetensors(path: str, input_name: str = "model") -> dict[str, tuple[int, ...]]:
-    """Tensor shapes of a safetensors model file chosen in ``input_name``; pickle files, other formats and missing
-    files are refused with the input named."""
-    refuse_pickle(path, input_name)
-    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
-        raise InputError(input_name, f"'{os.path.basename(path)}' is not a .safetensors file.",
-                         "choose a .safetensors model file.")
-    if not os.path.isfile(path):
-        raise InputError(input_name, f"'{path}' does not exist.",
-                         "put the file in its ComfyUI model folder and refresh the node list.")
-    return read_checkpoint_shapes(path, input_name)
 
 
 def supported_families() -> str:

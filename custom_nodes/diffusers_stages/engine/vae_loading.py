@@ -13,6 +13,7 @@ import torch
 
 from .components import Vae
 from .errors import InputError
+from .weights import empty, fill, open_safetensors, read_tensors
 
 _BASE = {"act_fn": "silu", "norm_num_groups": 32, "sample_size": 512}
 
@@ -61,8 +62,21 @@ def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None,
 
 
 def load_vae_file(path: str, dtype: torch.dtype) -> Vae:
-    from .component_files import read_tensors, vae_from_tensors
-    from .loading import open_safetensors
 
     _, _, prefix = vae_config(open_safetensors(path, "vae_name"))
     return vae_from_tensors(read_tensors(path, prefix), None, dtype, path, "vae_name")
+
+
+# ---- VAE ----------------------------------------------------------------------------------------------
+def vae_from_tensors(tensors: dict[str, torch.Tensor], family, dtype: torch.dtype, source: str,
+                     input_name: str) -> Vae:
+    """A VAE from tensors in the original (LDM) or diffusers layout, prefix already removed."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    config, layout, _ = vae_config({k: tuple(v.shape) for k, v in tensors.items()}, input_name=input_name)
+    if family is not None:
+        config["scaling_factor"], config["shift_factor"] = family.latent_scaling
+    state = convert_ldm_vae_checkpoint(tensors, config) if layout == "ldm" else tensors
+    vae = fill(empty(AutoencoderKL, config), state, dtype, "VAE", input_name)
+    return Vae(family, vae, source)

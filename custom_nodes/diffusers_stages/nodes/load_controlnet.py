@@ -4,7 +4,7 @@ import dataclasses
 import os
 
 from .. import host
-from ..engine import loading
+from ..engine import weights
 from ..engine.controlnet import load_controlnet
 from .base import CONTROLNET, StageNode, category
 from .model_files import locate
@@ -26,7 +26,7 @@ def available_controlnets() -> list[str]:
                 dirs.clear()  # the folder's weights are not models of their own
                 continue
             found.update(f if relative == "." else f"{relative}/{f}" for f in files
-                         if f.lower().endswith(loading.SAFETENSORS_SUFFIXES))
+                         if f.lower().endswith(weights.SAFETENSORS_SUFFIXES))
     return sorted(found)
 
 
@@ -52,7 +52,7 @@ class LoadControlNet(StageNode):
                     "tooltip": "A diffusers ControlNet folder in models/controlnet (e.g. "
                                "lllyasviel/control_v11p_sd15_canny, diffusers/controlnet-canny-sdxl-1.0), or an "
                                "SD1.x/2.x or SDXL ControlNet .safetensors file."}),
-                "dtype": (["auto", *loading.DTYPES], {"default": "auto",
+                "dtype": (["auto", *weights.DTYPES], {"default": "auto",
                                                       "tooltip": "Weight precision. auto: the host's choice."}),
             }
         }
@@ -66,6 +66,6 @@ class LoadControlNet(StageNode):
         return locate(FOLDER, name, "controlnet_name", os.path.exists)
 
     def run(self, controlnet_name, dtype="auto"):
-        torch_dtype = host.default_dtype if dtype == "auto" else loading.DTYPES[dtype]  # auto: by family
+        torch_dtype = host.default_dtype if dtype == "auto" else weights.DTYPES[dtype]  # auto: by family
         controlnet = load_controlnet(self.resolve(controlnet_name), torch_dtype)
         return (dataclasses.replace(controlnet, residency=host.manage([controlnet.module], "denoiser")),)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from .. import host
-from ..engine import loading
+from ..engine import weights
 from ..engine.component_files import load_denoiser_file
 from ..engine.schedulers import spec_from_config
 from .base import DENOISER, SCHEDULER, StageNode, category
@@ -34,10 +34,10 @@ class LoadDiffusionModel(StageNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": (host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES), {
+                "model_name": (host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES), {
                     "tooltip": "A diffusion model file from models/diffusion_models (Flux.1, SD3/3.5, SD1.x/2.x or "
                                "SDXL U-Net, in the original release layout)."}),
-                "dtype": (["auto", *loading.DTYPES], {
+                "dtype": (["auto", *weights.DTYPES], {
                     "default": "auto",
                     "tooltip": "Weight precision. auto: the host's choice for the family (on most GPUs bf16 for "
                                "Flux, fp16 for the others; fp32 on the CPU). "
@@ -50,7 +50,7 @@ class LoadDiffusionModel(StageNode):
         return cls.check_call(locate, FOLDER, model_name, "model_name")
 
     def run(self, model_name, dtype="auto"):
-        torch_dtype = host.default_dtype if dtype == "auto" else loading.DTYPES[dtype]  # auto: by family
+        torch_dtype = host.default_dtype if dtype == "auto" else weights.DTYPES[dtype]  # auto: by family
         denoiser, scheduler = load_denoiser_file(locate(FOLDER, model_name, "model_name"), torch_dtype)
         return (dataclasses.replace(denoiser, residency=host.manage([denoiser.module], "denoiser")),
                 spec_from_config(scheduler))

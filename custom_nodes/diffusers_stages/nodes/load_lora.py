@@ -4,7 +4,7 @@ import dataclasses
 import os
 
 from .. import host
-from ..engine import loading
+from ..engine import weights
 from ..engine.errors import InputError
 from ..engine.lora import load_lora
 from .base import DENOISER, TEXT_ENCODER, StageNode, category
@@ -35,7 +35,7 @@ class LoadLoRA(StageNode):
                 "denoiser": (DENOISER, {"tooltip": "The denoiser to add the LoRA to."}),
                 "text_encoder": (TEXT_ENCODER, {"tooltip": "The text encoder to add the LoRA to (if the LoRA has "
                                                            "text encoder weights)."}),
-                "lora_name": (host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES),
+                "lora_name": (host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES),
                               {"tooltip": "A LoRA .safetensors file from models/loras."}),
                 "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                              "tooltip": "Strength on the denoiser (diffusers' adapter weight). "

@@ -4,7 +4,7 @@ import dataclasses
 import os
 
 from .. import host
-from ..engine import loading
+from ..engine import loading, weights
 from ..engine.errors import InputError
 from .base import DENOISER, SCHEDULER, TEXT_ENCODER, VAE, StageNode, category
 from .model_files import locate, t5_tokenizer_dirs
@@ -16,7 +16,7 @@ CHECKPOINTS = "checkpoints"
 def available_models() -> list[str]:
     """Entries of the model list: 'diffusers/<folder>' and 'checkpoints/<file>', as found on disk."""
     folders = loading.list_diffusers_folders(host.model_roots(FOLDER))
-    files = host.list_model_files(CHECKPOINTS, loading.SAFETENSORS_SUFFIXES)
+    files = host.list_model_files(CHECKPOINTS, weights.SAFETENSORS_SUFFIXES)
     return [f"{FOLDER}/{f}" for f in folders] + [f"{CHECKPOINTS}/{f}" for f in files]
 
 
@@ -59,7 +59,7 @@ class LoadModel(StageNode):
                     "default": "",
                     "tooltip": "Optional Hugging Face repo id (owner/name). Read from the local Hugging Face cache; "
                                "downloaded only if allow_download is on."}),
-                "dtype": (["auto", *loading.DTYPES], {
+                "dtype": (["auto", *weights.DTYPES], {
                     "default": "auto",
                     "tooltip": "Weight precision. auto: the host's choice for the model's family (on most GPUs "
                                "bf16 for Flux, fp16 for the others; fp32 on the CPU)."}),
@@ -89,7 +89,7 @@ class LoadModel(StageNode):
         return True if repo_id or model is None else cls.check_call(resolve_model, model)
 
     def run(self, model, repo_id="", dtype="auto", prediction="auto", allow_download=False):
-        torch_dtype = host.default_dtype if dtype == "auto" else loading.DTYPES[dtype]  # auto: by family
+        torch_dtype = host.default_dtype if dtype == "auto" else weights.DTYPES[dtype]  # auto: by family
         if repo_id.strip():
             loaded = loading.load_repo_id(repo_id.strip(), torch_dtype, prediction, allow_download)
         else:

@@ -4,16 +4,11 @@ import dataclasses
 import os
 
 from .. import host
-from ..engine import loading
-from ..engine.component_files import (
-    TEXT_KINDS,
-    read_tensors,
-    text_encoder_from_parts,
-    text_part_from_tensors,
-)
+from ..engine import weights
 from ..engine.errors import InputError
 from ..engine.families import all_families
-from ..engine.loading import open_safetensors
+from ..engine.text_files import TEXT_KINDS, text_encoder_from_parts, text_part_from_tensors
+from ..engine.weights import open_safetensors, read_tensors
 from .base import TEXT_ENCODER, StageNode, category
 from .model_files import locate, t5_tokenizer_dirs
 
@@ -42,14 +37,14 @@ class LoadTextEncoders(StageNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = [NONE, *host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES)]
+        files = [NONE, *host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES)]
         inputs = {"family": (list(families_with_text_files()), {
             "tooltip": "The model family the text encoders are for (it decides which files are needed and how the "
                        "prompt is encoded): sd15 = SD1.x, sdxl = SDXL, sd3 = SD3/3.5, flux = Flux.1."})}
         for kind, label in TEXT_KINDS.items():
             inputs[kind] = (files, {"default": NONE, "tooltip": f"The {label} text encoder file, or none if the "
                                                                 "family does not use it."})
-        inputs["dtype"] = (["auto", *loading.DTYPES], {"default": "auto",
+        inputs["dtype"] = (["auto", *weights.DTYPES], {"default": "auto",
                                                        "tooltip": "Weight precision. auto: the host's choice."})
         return {"required": inputs}
 
@@ -81,7 +76,7 @@ class LoadTextEncoders(StageNode):
 
     def run(self, family, clip_l=NONE, clip_g=NONE, t5=NONE, dtype="auto"):
         family, paths = self.files(family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5})
-        torch_dtype = host.default_dtype(family) if dtype == "auto" else loading.DTYPES[dtype]
+        torch_dtype = host.default_dtype(family) if dtype == "auto" else weights.DTYPES[dtype]
         slots = {slot.kind: slot for slot in family.text_slots}
         parts = {}
         for kind, path in paths.items():

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from .. import host
-from ..engine import loading
+from ..engine import weights
 from ..engine.vae_loading import load_vae_file
 from .base import VAE, StageNode, category
 from .model_files import locate
@@ -27,9 +27,9 @@ class LoadVAE(StageNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "vae_name": (host.list_model_files(FOLDER, loading.SAFETENSORS_SUFFIXES),
+                "vae_name": (host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES),
                              {"tooltip": "A .safetensors VAE in models/vae."}),
-                "dtype": (["auto", *loading.DTYPES], {"default": "auto",
+                "dtype": (["auto", *weights.DTYPES], {"default": "auto",
                                                       "tooltip": "Weight precision. auto: the host's choice."}),
             }
         }
@@ -43,6 +43,6 @@ class LoadVAE(StageNode):
         return locate(FOLDER, name, "vae_name")
 
     def run(self, vae_name, dtype="auto"):
-        torch_dtype = host.default_dtype() if dtype == "auto" else loading.DTYPES[dtype]
+        torch_dtype = host.default_dtype() if dtype == "auto" else weights.DTYPES[dtype]
         vae = load_vae_file(self.resolve(vae_name), torch_dtype)
         return (dataclasses.replace(vae, residency=host.manage([vae.module], "vae")),)

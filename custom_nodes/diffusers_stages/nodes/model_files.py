@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from .. import host
-from ..engine import loading
+from ..engine import loading, weights
 from ..engine.errors import InputError
 
 T5_TOKENIZER_REPO = "google/t5-v1_1-xxl"  # the tokenizer SD3's and Flux's T5-XXL were trained with
@@ -15,9 +15,9 @@ T5_TOKENIZER_REPO = "google/t5-v1_1-xxl"  # the tokenizer SD3's and Flux's T5-XX
 def locate(kind: str, relative: str, input_name: str, is_model: Callable[[str], bool] = os.path.isfile) -> str:
     """The first ``<root>/<relative>`` of the ``kind`` folders that ``is_model`` accepts; pickle files and names
     leaving the folder are refused, and a missing model names every folder searched."""
-    loading.refuse_pickle(relative, input_name)
+    weights.refuse_pickle(relative, input_name)
     for root in host.model_roots(kind):
-        path = loading.safe_join(root, relative, input_name)
+        path = weights.safe_join(root, relative, input_name)
         if is_model(path):
             return path
     where = ", ".join(host.model_roots(kind)) or f"models/{kind}"

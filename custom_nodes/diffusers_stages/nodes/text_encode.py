@@ -6,8 +6,8 @@ import torch
 
 from .. import host
 from ..engine import lora
-from ..engine.component_files import missing_text_encoders
 from ..engine.errors import require_finite
+from ..engine.text_files import missing_text_encoders
 from .base import CONDITIONING, TEXT_ENCODER, StageNode, category
 
 

@@ -65,7 +65,7 @@ def _runner(args):
 def demo(folder: str) -> list[str]:
     import glob
 
-    from ..tiny.demo import prepare_demo, tiny_overrides
+    from ..tiny.demo import demo_plan, prepare_demo
     from .api import Runner
 
     models, inputs, output = prepare_demo(folder)
@@ -74,12 +74,8 @@ def demo(folder: str) -> list[str]:
     written = []
     # 256 px: the tiny U-Nets' attention at 512 px and more costs minutes on a CPU for nothing but noise
     for path in sorted(glob.glob(os.path.join(WORKFLOWS, "*.json"))):
-        name = os.path.splitext(os.path.basename(path))[0]
-        repeat = 2 if name.startswith("sd15") else 1
-        sets = tiny_overrides(path, 256, steps=None if repeat == 2 else 8)
-        if name == "sd15_txt2img":  # the same tiny weights as a single-file checkpoint, as ComfyUI users have them
-            sets.append("Load Diffusers Model.model=checkpoints/tiny-sd15.safetensors")
-        written += runner.run(path, sets=sets, repeat=repeat, batch=name)
+        sets, repeat = demo_plan(path)
+        written += runner.run(path, sets=sets, repeat=repeat, batch=os.path.splitext(os.path.basename(path))[0])
     return written
 
 

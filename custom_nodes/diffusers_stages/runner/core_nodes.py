@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from ..engine.errors import InputError
-from ..engine.loading import safe_join
+from ..engine.weights import safe_join
 from .files import atomic_file
 
 

@@ -1,18 +1,16 @@
 """Node definitions in ComfyUI's /object_info shape, used to read UI-format workflows.
 
 UI workflows store widget values by position, so converting one needs each node type's
-input order. Ours come from our classes; the few core nodes our workflows use are in
-``core_nodes.json`` (structure only); a full /object_info dump can be added for others.
+input order. Ours and the headless core nodes' (Load Image, Save Image, Preview Image) come from their
+classes; a full /object_info dump can be added for other node types.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-_CORE_FILE = os.path.join(os.path.dirname(__file__), "core_nodes.json")
 
 
 def definition_of(cls) -> dict[str, Any]:
@@ -33,9 +31,9 @@ def definition_of(cls) -> dict[str, Any]:
 
 
 def load_definitions(classes: dict[str, type], extra_files: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """Definitions for the given classes, the bundled core subset and any /object_info dumps (later wins)."""
+    """Definitions for the given classes and any /object_info dumps (the classes win)."""
     definitions: dict[str, dict[str, Any]] = {}
-    for path in (_CORE_FILE, *extra_files):
+    for path in extra_files:
         with open(path, encoding="utf-8") as f:
             definitions.update(json.load(f))
     definitions.update({node_id: definition_of(cls) for node_id, cls in classes.items()})

@@ -45,6 +45,18 @@ def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> l
     return sets
 
 
+def demo_plan(workflow_path: str) -> tuple[list[str], int]:
+    """(--set overrides, runs) of a shipped workflow in the demo, at 256 px (the tiny U-Nets' attention at 512 px
+    and more costs minutes on a CPU for nothing but noise): the SD1.5 ones run twice, as a batch; SD1.5
+    text-to-image from the single-file checkpoint, as ComfyUI users have their models."""
+    name = os.path.splitext(os.path.basename(workflow_path))[0]
+    repeat = 2 if name.startswith("sd15") else 1
+    sets = tiny_overrides(workflow_path, 256, steps=None if repeat == 2 else 8)
+    if name == "sd15_txt2img":
+        sets.append("Load Diffusers Model.model=checkpoints/tiny-sd15.safetensors")
+    return sets, repeat
+
+
 def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))

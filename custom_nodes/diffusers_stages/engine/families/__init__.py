@@ -1,150 +1,17 @@
-"""Model families: the only place where the differences between model families live.
+"""The family registry: every family adapter, and finding the one a file or folder belongs to.
 
-A family adapter knows how to load its models (diffusers folder, single file),
-how to turn a prompt into conditioning, how to call its denoiser for one step, its
-latent layout and its preview colours. The denoise loop and the nodes ask the
-adapter and never branch on the family themselves.
+The adapters (one module each) are the only place where the differences between model families live; the
+interface they implement is ``engine/family.py``. Helpers shared by several adapters live beside them
+(``folders``, ``clip_text``, ``t5_text``, ``dit_keys``, ``ldm_keys``, ``dit_files``, ``bundled_configs``,
+``controlnet_files``) and import no adapter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-
-    import torch
-
-    from ..components import Conditioning, Denoiser, Guider, SchedulerSpec, TextEncoder, Vae
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """Per-run keyword arguments for ``Family.predict``.
-
-    ``cond``: the positive prompt alone. ``cfg``: one batched [uncond, cond] call (SD, SDXL, SD3).
-    ``uncond``: the negative prompt alone, for families whose pipeline runs CFG as two calls, cond
-    first (Flux true CFG). Neither ``cfg`` nor ``uncond``: the model cannot take CFG (guidance-distilled).
-    """
-
-    cfg: dict[str, Any] | None
-    cond: dict[str, Any]
-    uncond: dict[str, Any] | None = None
-    skip: dict[str, Any] | None = None  # positive prompt with some layers skipped (skip-layer guidance)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    denoiser: Denoiser
-    text_encoder: TextEncoder
-    vae: Vae
-    scheduler: SchedulerSpec
-
-
-class Family:
-    """Interface of a family adapter. Subclasses fill in every method."""
-
-    id: str
-    display_name: str
-    latent_channels: int
-    spatial_factor: int  # pixels per latent cell
-    size_multiple: int  # width/height must be multiples of this
-    pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values this family loads
-    supports_skip_layers = False  # skip-layer guidance (SD3)
-    flow_matching = False  # the denoiser predicts flow (velocity) and takes flow-matching schedulers (SD3, Flux)
-    takes_size_conditioning = False  # micro-conditioning on original size, crop and target size (SDXL)
-    takes_distilled_guidance = False  # a guidance value embedded into the denoiser (Flux dev)
-    host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
-    begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
-    inference_dtypes: tuple[str, ...] = ("fp16", "bf16", "fp32")  # preferred first, for dtype "auto" on a GPU
-    latent_scaling: tuple[float, float] = (1.0, 0.0)  # the family's VAE scaling/shift, for a denoiser loaded alone
-    text_slots: tuple = ()  # the TextSlots (component_files) a text encoder of this family is made of, in order
-    lora_pipeline: str = ""  # the diffusers pipeline whose LoRA loader reads this family's LoRAs ("" = none yet)
-    lora_denoiser = "unet"  # the denoiser's key prefix in LoRA files (U-Net: "unet", DiT: "transformer")
-    lora_text_prefixes: tuple[str, ...] = ()  # its text encoders' key prefixes in LoRA files, in part order
-
-    def claims_checkpoint(self, keys: set[str]) -> bool:
-        raise NotImplementedError
-
-    def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
-        raise NotImplementedError
-
-    def claims_denoiser(self, keys) -> bool:
-        """A diffusion-model file (models/diffusion_models) of this family."""
-        return False
-
-    def denoiser_from_file(self, path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
-                           input_name: str) -> tuple[Any, dict[str, Any]]:
-        """(denoiser module, the family's default scheduler config) from a diffusion-model file."""
-        raise NotImplementedError
-
-    def load_single_file(self, path: str, keys: dict[str, tuple[int, ...]], dtype: torch.dtype, prediction: str,
-                         vocab_dirs: tuple[str, ...], t5_dirs: Iterable[str] = ()) -> LoadedModel:
-        raise NotImplementedError
-
-    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int,
-                      t5_max_length: int = 0) -> Conditioning:
-        """``t5_max_length``: tokens of the T5 sequence for families with a T5 encoder (0 = the pipeline default)."""
-        raise NotImplementedError
-
-    def unconditional(self, positive: Conditioning, encode_empty: Callable[[], Conditioning]) -> Conditioning | None:
-        """The negative the family's pipeline guides away from when it is given none: an encoded empty prompt
-        (``encode_empty()``), zeros (SDXL's ``force_zeros_for_empty_prompt``), or None for no guidance at all."""
-        return encode_empty()
-
-    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        """Why ``cond`` cannot drive ``denoiser`` (None if it can)."""
-        raise NotImplementedError
-
-    def model_inputs(self, denoiser: Denoiser, guider: Guider, batch: int, image_size: tuple[int, int]) -> ModelInputs:
-        """Everything besides latents and timestep the denoiser needs, for a batch of ``batch`` images of
-        ``image_size`` (height, width) pixels."""
-        raise NotImplementedError
-
-    def predict(self, denoiser: Denoiser, model_input: torch.Tensor, timestep: Any, inputs: dict[str, Any]):
-        raise NotImplementedError
-
-    control_shared_across_cfg_calls = False  # two-call CFG reuses the positive call's ControlNet residuals (Flux)
-
-    def prepare_control(self, control, height: int, width: int, batch: int, copies: int,
-                        generator: torch.Generator) -> torch.Tensor:
-        """A control's input for this family's ControlNets, as its ControlNet pipeline prepares it (``copies``
-        batches side by side when CFG is batched). Default: the control image in 0..1 (U-Net ControlNets)."""
-        import torch
-
-        from ..controlnet import control_pixels
-
-        module = control.controlnet.module
-        pixels = control_pixels(control, height, width, batch, normalize=False)
-        return torch.cat([pixels] * copies).to(device=module.device, dtype=module.dtype)
-
-    def control_problem(self, denoiser: Denoiser, controlnet) -> str | None:
-        """Why this ControlNet (of the right family) cannot steer this denoiser, or None."""
-        return None
-
-    def control_residuals(self, denoiser: Denoiser, control, controlnet, model_input: torch.Tensor, timestep: Any,
-                          inputs: dict[str, Any], control_input: torch.Tensor, scale: float) -> dict[str, Any]:
-        """One ControlNet's contribution to a denoiser call (keyword arguments ``predict`` passes on)."""
-        raise NotImplementedError(f"ControlNet is not supported for {self.display_name} yet")
-
-    def latent_channels_of(self, denoiser: Denoiser) -> int:
-        """Channels of the LATENT this denoiser works on."""
-        return denoiser.module.config.in_channels
-
-    def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
-        """Timesteps for a run on ``latents`` (model space, unpacked); families with shifted schedules override."""
-        scheduler.set_timesteps(steps, device=latents.device)
-
-    def to_model_layout(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B, C, h, w] -> the layout the denoiser and scheduler work on (Flux packs 2x2 patches)."""
-        return latents
-
-    def from_model_layout(self, latents: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return latents
-
-    def __repr__(self) -> str:
-        return f"<family {self.id}>"
+    from ..family import Family
 
 
 def all_families() -> list[Family]:

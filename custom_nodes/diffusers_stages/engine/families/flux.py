@@ -15,11 +15,12 @@ import os
 import numpy as np
 import torch
 
-from ..component_files import TextSlot, load_dit, load_dit_checkpoint
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..errors import InputError
-from . import Family, LoadedModel, ModelInputs, dit_keys
+from ..family import Family, LoadedModel, ModelInputs, TextSlot
+from . import dit_keys
 from .clip_text import encode_clip, repeat_batch
+from .dit_files import load_dit, load_dit_checkpoint
 from .folders import assemble, load_component, load_tokenizer, scheduler_config
 from .t5_text import encode_t5
 
@@ -59,6 +60,11 @@ def image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
 
 class FluxFamily(Family):
     id = "flux"
+    controlnet_classes = ("FluxControlNetModel",)
+
+    def claims_controlnet(self, class_name, config):
+        return class_name == "FluxControlNetModel"
+
     takes_distilled_guidance = True
     display_name = "Flux.1"
     latent_channels = 16
@@ -119,7 +125,7 @@ class FluxFamily(Family):
         clip, t5 = text_encoder.parts
         pooled = encode_clip(clip, text, None, final_norm=False).pooled
         embeds = encode_t5(t5, text, t5_max_length or T5_MAX_LENGTH)
-        return Conditioning(self, embeds, pooled, text, text_encoder.source)
+        return Conditioning(self, embeds, pooled, text)
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         if cond.family is not self:
@@ -178,7 +184,7 @@ class FluxFamily(Family):
     def prepare_control(self, control, height, width, batch, copies, generator):
         """As FluxControlNetPipeline: the image in -1..1; for InstantX-style ControlNets (no input hint block) its VAE
         posterior is sampled with the run's generator (before the initial noise is drawn), shifted, scaled, packed."""
-        from ..controlnet import control_latents, control_pixels
+        from ..control_inputs import control_latents, control_pixels
 
         net = control.controlnet.module
         pixels = control_pixels(control, height, width, batch, normalize=True)

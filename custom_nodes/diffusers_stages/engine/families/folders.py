@@ -10,8 +10,8 @@ import torch
 
 from ..components import Denoiser, TextEncoder, TextPart, Vae
 from ..errors import InputError
+from ..family import Family, LoadedModel
 from ..schedulers import spec_from_config
-from . import Family, LoadedModel
 
 
 def weights_variant(folder: str, component: str) -> str | None:

@@ -14,10 +14,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ..component_files import TextSlot, load_dit, load_dit_checkpoint
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
-from . import Family, LoadedModel, ModelInputs, dit_keys
+from ..family import Family, LoadedModel, ModelInputs, TextSlot
+from . import dit_keys
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
+from .dit_files import load_dit, load_dit_checkpoint
 from .flux import calculate_shift
 from .folders import assemble, load_component, load_tokenizer, scheduler_config
 from .t5_text import encode_t5
@@ -28,6 +29,11 @@ SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timest
 
 class StableDiffusion3Family(Family):
     id = "sd3"
+    controlnet_classes = ("SD3ControlNetModel",)
+
+    def claims_controlnet(self, class_name, config):
+        return class_name == "SD3ControlNetModel"
+
     display_name = "Stable Diffusion 3"
     latent_channels = 16
     spatial_factor = 8
@@ -89,7 +95,7 @@ class StableDiffusion3Family(Family):
             t5_embeds = encode_t5(t5[0], text, length)
         else:  # no T5: the pipeline puts zeros of the transformer's joint width in its place
             t5_embeds = None
-        return Conditioning(self, clip_embeds, pooled, text, text_encoder.source,
+        return Conditioning(self, clip_embeds, pooled, text,
                             t5=t5_embeds, t5_length=length)
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
@@ -145,7 +151,7 @@ class StableDiffusion3Family(Family):
         batch when CFG is batched), shifted (unless the ControlNet zeroes the pooled prompt, as InstantX's) and
         scaled. The pipeline samples the posterior from torch's global generator, which no seed reaches; this takes
         its mode, as VAE Encode does, so a seed gives one image."""
-        from ..controlnet import control_latents, control_pixels
+        from ..control_inputs import control_latents, control_pixels
 
         pixels = control_pixels(control, height, width, batch, normalize=True)
         zero_shift = control.controlnet.module.config.force_zeros_for_pooled_projection

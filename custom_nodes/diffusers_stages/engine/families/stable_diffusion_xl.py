@@ -14,19 +14,16 @@ import tempfile
 
 import torch
 
-from ..component_files import TextSlot
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..errors import InputError
-from . import Family, LoadedModel, ModelInputs
+from ..family import Family, LoadedModel, ModelInputs, TextSlot
+from . import controlnet_files
+from .bundled_configs import bundled_config, infer_text_encoder_config, infer_unet_config, infer_vae_config
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
 from .folders import assemble, load_component, load_tokenizer, scheduler_config, with_prediction
 from .stable_diffusion import (
     StableDiffusionFamily,
-    _bundled_config,
     has_text_time_embedding,
-    infer_text_encoder_config,
-    infer_unet_config,
-    infer_vae_config,
     is_unet_file,
     unet_from_file,
     write_skeleton,
@@ -38,6 +35,18 @@ _TE2 = "conditioner.embedders.1.model."
 
 class StableDiffusionXLFamily(Family):
     id = "sdxl"
+    controlnet_classes = ("ControlNetModel", "ControlNetUnionModel")
+
+    def claims_controlnet(self, class_name, config):
+        return class_name == "ControlNetUnionModel" or (class_name == "ControlNetModel" and
+                                                        config.get("addition_embed_type") == "text_time")
+
+    def claims_controlnet_file(self, shapes, name):
+        return controlnet_files.controlnet_kind(shapes, name) == "sdxl"
+
+    def controlnet_from_file(self, path, shapes, dtype):
+        return controlnet_files.controlnet_from_file(path, shapes, dtype)
+
     takes_size_conditioning = True
     display_name = "Stable Diffusion XL"
     latent_channels = 4
@@ -63,14 +72,14 @@ class StableDiffusionXLFamily(Family):
     def denoiser_from_file(self, path, shapes, dtype, input_name):
         """An SDXL U-Net alone: 64-wide heads; the time-id embedding width is SDXL's 256 (a U-Net file does not
         record it; a text encoder whose pooled width does not fit is refused when the denoiser runs)."""
-        base = _bundled_config("sdxl")
+        base = bundled_config("sdxl")
         return unet_from_file(path, shapes, dtype, base["unet"], "per64", input_name), dict(base["scheduler"])
 
     def single_file_skeleton(self, shapes, prediction: str, vocab_dirs: tuple[str, ...], directory: str) -> None:
         """A config-only diffusers folder for an SDXL checkpoint: bundled SDXL configs, sizes from the tensors."""
         from ..clip_vocab import build_clip_tokenizer
 
-        base = _bundled_config("sdxl")
+        base = bundled_config("sdxl")
         scheduler = with_prediction(base["scheduler"], prediction)
         text = infer_text_encoder_config(base["text_encoder"], shapes, "clip", _TE1)
         text_2 = infer_text_encoder_config(base["text_encoder_2"], shapes, "open_clip", _TE2)
@@ -146,7 +155,7 @@ class StableDiffusionXLFamily(Family):
         # SDXL takes the penultimate layer without the final norm; clip_skip k goes k layers further back
         outs = [encode_clip(part, text, -(clip_skip + 2), final_norm=False) for part in text_encoder.parts]
         embeds = torch.cat([out.embeds for out in outs], dim=-1)
-        return Conditioning(self, embeds, outs[-1].pooled, text, text_encoder.source)
+        return Conditioning(self, embeds, outs[-1].pooled, text)
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         if cond.family is not self:

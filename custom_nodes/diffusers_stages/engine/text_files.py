@@ -1,0 +1,158 @@
+"""Text encoders read from tensors, as ComfyUI users keep them (``models/text_encoders``, or bundled in a
+checkpoint): CLIP-L, CLIP-G and T5 in the transformers layout, their configs read from the shapes, their
+tokenizers found offline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+
+from .components import TextEncoder, TextPart
+from .errors import InputError
+from .family import TextSlot
+from .weights import empty, fill
+
+TEXT_KINDS = {"clip_l": "CLIP-L (clip_l.safetensors)", "clip_g": "CLIP-G (clip_g.safetensors)",
+              "t5": "T5-XXL (t5xxl_*.safetensors)"}
+
+
+CLIP_PAD_TOKENS = {"clip_l": "<|endoftext|>", "clip_g": "!"}  # as the released tokenizers (OpenCLIP-G pads with "!")
+
+
+# ---- text encoders --------------------------------------------------------------------------------------
+def _clip_prefix(keys) -> str | None:
+    for prefix in ("text_model.", ""):
+        if f"{prefix}embeddings.token_embedding.weight" in keys:
+            return prefix
+    return None
+
+
+def text_kind(keys) -> str | None:
+    """'clip' or 't5' for the tensors of one text encoder (transformers layout), None for anything else."""
+    if _clip_prefix(keys) is not None:
+        return "clip"
+    if "encoder.block.0.layer.0.SelfAttention.q.weight" in keys:
+        return "t5"
+    return None
+
+
+def clip_part(state: dict[str, torch.Tensor], kind: str, projection: bool, dtype: torch.dtype,
+              vocab_dirs: tuple[str, ...], input_name: str) -> TextPart:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .clip_vocab import build_clip_tokenizer
+    from .families.bundled_configs import clip_base_config, infer_text_encoder_config
+
+    prefix = _clip_prefix(state)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    base = clip_base_config(kind)
+    config = infer_text_encoder_config(base, shapes, "clip", prefix)
+    if projection:
+        if "text_projection.weight" not in state:
+            raise InputError(input_name, f"this {TEXT_KINDS[kind]} file has no text projection, which this model "
+                             "uses for its pooled prompt.", "use the text encoder file released with the model.")
+        config["projection_dim"] = state["text_projection.weight"].shape[0]
+    body = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k != "text_projection.weight"}
+    if projection:
+        cls, renamed = CLIPTextModelWithProjection, {f"text_model.{k}": v for k, v in body.items()}
+        renamed["text_projection.weight"] = state["text_projection.weight"]
+    else:
+        cls, renamed = CLIPTextModel, body
+    renamed = {k: v for k, v in renamed.items() if not k.endswith("position_ids")}  # a buffer, not saved any more
+    module = fill(empty(cls, CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})),
+                  renamed, dtype, f"{TEXT_KINDS[kind]} text encoder", input_name)
+    tokenizer = build_clip_tokenizer(config["vocab_size"], CLIP_PAD_TOKENS[kind], vocab_dirs)
+    return TextPart(tokenizer, module)
+
+
+def t5_config(shapes: dict[str, tuple[int, ...]]) -> dict:
+    """T5 encoder config from its tensors: T5 v1.1 (gated GELU, as SD3/Flux's T5-XXL) or the original (ReLU)."""
+    import re
+
+    vocab, width = shapes.get("shared.weight") or shapes["encoder.embed_tokens.weight"]
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.block\.(\d+)\.", k))}
+    buckets, heads = shapes["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in shapes
+    ff = shapes["encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"][0]
+    return dict(vocab_size=vocab, d_model=width, d_kv=shapes["encoder.block.0.layer.0.SelfAttention.q.weight"][0]
+                // heads, d_ff=ff, num_layers=len(layers), num_heads=heads, relative_attention_num_buckets=buckets,
+                feed_forward_proj="gated-gelu" if gated else "relu", pad_token_id=0, eos_token_id=1,
+                decoder_start_token_id=0, is_encoder_decoder=False, use_cache=False)
+
+
+def t5_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: Iterable[str],
+            input_name: str) -> TextPart:
+    from transformers import T5Config, T5EncoderModel
+
+    state = dict(state)
+    embedding = state.get("shared.weight", state.get("encoder.embed_tokens.weight"))
+    state.setdefault("shared.weight", embedding)
+    state.setdefault("encoder.embed_tokens.weight", embedding)
+    config = t5_config({k: tuple(v.shape) for k, v in state.items()})
+    module = fill(empty(T5EncoderModel, T5Config(**config)), state, dtype, "T5 text encoder", input_name)
+    return TextPart(find_t5_tokenizer(tokenizer_dirs, config["vocab_size"], input_name), module)
+
+
+def find_t5_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str):
+    """The first T5 tokenizer in ``dirs`` whose vocabulary fits the encoder's embedding table."""
+    from transformers import AutoTokenizer
+
+    for directory in dirs:
+        if not os.path.isdir(directory) or not any(
+                os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer.json", "spiece.model")):
+            continue
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except Exception:  # not a tokenizer transformers can read: try the next place
+            continue
+        if "T5" in type(tokenizer).__name__ and len(tokenizer) <= vocab_rows:
+            return tokenizer
+    raise InputError(input_name, "no T5 tokenizer was found for this T5 text encoder (a .safetensors file holds "
+                     "only the weights).", "inside ComfyUI the one ComfyUI ships is used; elsewhere put the "
+                     "tokenizer files (tokenizer.json or spiece.model, e.g. of google/t5-v1_1-xxl) in "
+                     "models/text_encoders/t5_tokenizer, or keep a diffusers SD3/Flux folder in models/diffusers.")
+
+
+def text_encoder_from_parts(family, parts: dict[str, TextPart], source: str) -> TextEncoder:
+    """The family's TextEncoder from parts by kind; a missing required part is named with its file type."""
+    ordered = []
+    for slot in family.text_slots:
+        part = parts.get(slot.kind)
+        if part is None:
+            if slot.required:
+                raise InputError(slot.kind, f"{family.display_name} needs a {TEXT_KINDS[slot.kind]} text encoder.",
+                                 f"choose the {TEXT_KINDS[slot.kind]} file from models/text_encoders.")
+            continue
+        ordered.append(part)
+    return TextEncoder(family, tuple(ordered), source)
+
+
+# ---- whole checkpoints of DiT families (SD3, Flux) -------------------------------------------------------
+CHECKPOINT_TEXT_PREFIXES = {"clip_l": "text_encoders.clip_l.transformer.",
+                            "clip_g": "text_encoders.clip_g.transformer.", "t5": "text_encoders.t5xxl.transformer."}
+
+
+def text_part_from_tensors(state: dict[str, torch.Tensor], slot: TextSlot, dtype: torch.dtype,
+                           vocab_dirs: tuple[str, ...], t5_dirs: Iterable[str], input_name: str,
+                           name: str = "the file") -> TextPart:
+    found = text_kind(state)
+    if found != ("t5" if slot.kind == "t5" else "clip"):
+        what = f"a {found.upper()} text encoder" if found else "no text encoder (no CLIP or T5 tensors)"
+        raise InputError(input_name, f"{name} is {what}, not the {TEXT_KINDS[slot.kind]} text encoder.",
+                         f"choose the {TEXT_KINDS[slot.kind]} file from models/text_encoders.")
+    if slot.kind == "t5":
+        return t5_part(state, dtype, t5_dirs, input_name)
+    return clip_part(state, slot.kind, slot.projection, dtype, vocab_dirs, input_name)
+
+
+def missing_text_encoders(text_encoder: TextEncoder) -> InputError | None:
+    """Why ``text_encoder`` cannot encode (a checkpoint that came without its text encoders), or None."""
+    if text_encoder.parts:
+        return None
+    needed = " + ".join(TEXT_KINDS[s.kind] for s in text_encoder.family.text_slots if s.required)
+    return InputError("text_encoder", f"'{os.path.basename(text_encoder.source)}' came without its text encoders "
+                      f"({text_encoder.family.display_name} needs {needed}).",
+                      "load them with 'Load Text Encoders (Diffusers)' from models/text_encoders and connect its "
+                      "text_encoder output here.")
