@@ -227,8 +227,8 @@ def test_short_widget_lists_are_reported_naming_the_node(folders, capsys, caplog
     runner = Runner(folders["models"], folders["input"], folders["output"])
     with caplog.at_level("WARNING", logger="diffusers_stages.runner"):
         runner.load(str(path))
-    assert f"node {denoise['id']} (Denoise (Diffusers)): the workflow holds 2 widget values, the node has 4; " \
-           "steps, denoise take the default" in caplog.text
+    assert f"node {denoise['id']} (Denoise (Diffusers)): the workflow holds 2 widget values, the node has 6; " \
+           "steps, denoise, denoising_start, denoising_end take the default" in caplog.text
 
 
 def test_unexpected_errors_are_wrapped_with_the_node_and_debug_shows_the_traceback(folders, capsys, monkeypatch):

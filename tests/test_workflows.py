@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusers_stages.nodes import NODE_CLASS_MAPPINGS
 from diffusers_stages.runner.api import Runner
 from diffusers_stages.runner.convert import Converter
 from diffusers_stages.runner.execute import WorkflowError
@@ -78,7 +79,8 @@ def test_png_round_trip(runner, tmp_path):
         ui = json.loads(image.text["workflow"])
         pixels = np.asarray(image).copy()
     assert ui["nodes"] and executed["7"]["inputs"]["seed"] == 4242
-    assert ui["extra"]["diffusers_stages"]["node_versions"]["DS_Denoise"] == "1.0.0"  # for later migrations
+    versions = ui["extra"]["diffusers_stages"]["node_versions"]  # for later migrations
+    assert versions["DS_Denoise"] == NODE_CLASS_MAPPINGS["DS_Denoise"].VERSION
     reloaded = runner.load(first)
     assert reloaded.prompt == executed  # the embedded UI workflow holds the values that ran
     again = runner.run(first)[0]  # run the PNG itself: the same picture

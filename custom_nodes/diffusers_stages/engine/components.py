@@ -122,6 +122,8 @@ class Conditioning:
     text: str = ""
     # SDXL micro-conditioning: (original h, w, crop top, left, target h, w); None = the generated size, no crop
     size: tuple[int, int, int, int, int, int] | None = None
+    # SDXL refiner: the aesthetic score it is told; None = its pipeline's default (6.0 positive, 2.5 negative)
+    aesthetic_score: float | None = None
     # guidance-distilled models (Flux dev): the guidance value the transformer is told; None = the family default
     guidance: float | None = None
     # SD3: the T5 sequence kept apart from the CLIP embeddings (None: no T5 encoder, zeros of t5_length are used)

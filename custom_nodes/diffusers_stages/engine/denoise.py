@@ -37,6 +37,40 @@ class Plan:
     start_latents: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Window:
+    """diffusers' denoising_start / denoising_end: fractions of the noise range (of the training timesteps) a run
+    covers, for handing a partly denoised latent from one model to another (SDXL base -> refiner)."""
+
+    start: float = 0.0
+    end: float = 1.0
+
+    def cutoff(self, fraction: float, scheduler) -> int:
+        total = scheduler.config.num_train_timesteps
+        return int(round(total - fraction * total))
+
+    def first_step(self, scheduler) -> int:
+        """The index of the first timestep below the start cutoff, as StableDiffusionXLImg2ImgPipeline finds it
+        (a second-order scheduler never starts between its two evaluations)."""
+        remaining = int((scheduler.timesteps < self.cutoff(self.start, scheduler)).sum().item())
+        if scheduler.order == 2 and remaining % 2 == 0:
+            remaining += 1
+        return len(scheduler.timesteps) - remaining
+
+    def clip_end(self, timesteps: torch.Tensor, scheduler) -> torch.Tensor:
+        """The timesteps at or above the end cutoff, as StableDiffusionXLPipeline keeps them."""
+        if self.end >= 1.0:
+            return timesteps
+        cutoff = self.cutoff(self.end, scheduler)
+        return timesteps[:len([t for t in timesteps if t >= cutoff])]
+
+
+@dataclass(frozen=True)
+class Denoised:
+    raw: torch.Tensor  # raw VAE space, what LATENT holds
+    model: torch.Tensor  # the same in the denoiser's space (scaled/shifted): handed on exactly to the next run
+
+
 def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> None:
     family = denoiser.family
     for name, cond in (("guider", guider.positive), ("guider", guider.negative)):
@@ -72,8 +106,9 @@ def check_scheduler(denoiser: Denoiser, spec: SchedulerSpec, steps: int) -> None
 
 
 def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int, strength: float,
-             generator: torch.Generator, txt2img: bool, explicit_schedule: str = "") -> Plan:
-    """Timesteps and starting latents (model space, [B, C, h, w]); noise is drawn in that shape, as the pipelines do."""
+             generator: torch.Generator, txt2img: bool, explicit_schedule: str = "", window: Window = Window()) -> Plan:
+    """Timesteps and starting latents (model space, [B, C, h, w]); noise is drawn in that shape, as the pipelines do.
+    A window start continues a partly denoised latent: no noise is added (diffusers' add_noise=False)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     try:
@@ -83,16 +118,21 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
     except ValueError as exc:  # diffusers refuses step counts a scheduler cannot take (DDIM, LCM, …)
         raise InputError("steps", f"the {type(scheduler).__name__} sampler refused {steps} steps ({exc}).",
                          "use fewer steps or another sampler.") from exc
+    if window.start > 0.0:
+        begin = window.first_step(scheduler)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        return Plan(window.clip_end(scheduler.timesteps[begin:], scheduler), samples_model)
     if txt2img:
         if family.begin_index_on_full_run and hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
         noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
                              dtype=samples_model.dtype)
         sigma = getattr(scheduler, "init_noise_sigma", None)  # flow-matching schedulers start at unit noise
-        return Plan(scheduler.timesteps, noise if sigma is None else noise * sigma)
+        return Plan(window.clip_end(scheduler.timesteps, scheduler), noise if sigma is None else noise * sigma)
     run_steps = min(int(steps * strength), steps)
     begin = max(steps - run_steps, 0) * scheduler.order
-    timesteps = scheduler.timesteps[begin:]
+    timesteps = window.clip_end(scheduler.timesteps[begin:], scheduler)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
     if len(timesteps) == 0:
@@ -155,12 +195,27 @@ def preview_x0(scheduler, output, latents: torch.Tensor, prediction: torch.Tenso
 def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.Tensor, seed: int, steps: int,
             strength: float = 1.0, on_step: StepCallback | None = None) -> torch.Tensor:
     """Run the sampler on a raw-VAE-space latent batch and return the denoised raw latents."""
+    return run(denoiser, guider, spec, samples, seed, steps, strength, on_step).raw
+
+
+def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.Tensor, seed: int, steps: int,
+        strength: float = 1.0, on_step: StepCallback | None = None, window: Window = Window(),
+        samples_in_model_space: torch.Tensor | None = None) -> Denoised:
+    """``denoise`` with a denoising window; ``samples_in_model_space``: the exact model-space latents an earlier
+    run handed over (dividing by the VAE scale and multiplying back is not exact in floating point)."""
     check_inputs(denoiser, guider, samples)
     if steps < 1:
         raise InputError("steps", f"{steps} steps is not a run.", "use at least 1 step.")
     if not 0.0 <= strength <= 1.0:
         raise InputError("denoise", f"{strength} is outside 0..1.",
                          "use 1.0 for text-to-image, less for image-to-image.")
+    if not 0.0 <= window.start < window.end <= 1.0:
+        raise InputError("denoising_start", f"the window {window.start}..{window.end} is not a part of 0..1.",
+                         "make denoising_start smaller than denoising_end (0 and 1: the whole run).")
+    if window.start > 0.0 and strength < 1.0:
+        raise InputError("denoise", "denoise below 1.0 and a denoising_start both say where to start.",
+                         "use denoising_start to continue a partly denoised latent, or denoise for image-to-image, "
+                         "not both (diffusers ignores strength when denoising_start is set).")
     check_scheduler(denoiser, spec, steps)
     require_finite(samples, "latent", "the input latent", "the node that made the latent overflowed.")
 
@@ -170,10 +225,13 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     device, dtype = module.device, module.dtype
     batch = samples.shape[0]
     txt2img = strength >= 1.0 and not bool(samples.any())
-    samples_model = samples.to(device=device, dtype=dtype)
-    if denoiser.latent_shift:
-        samples_model = samples_model - denoiser.latent_shift
-    samples_model = samples_model * denoiser.latent_scale
+    if samples_in_model_space is not None:
+        samples_model = samples_in_model_space.to(device=device, dtype=dtype)
+    else:
+        samples_model = samples.to(device=device, dtype=dtype)
+        if denoiser.latent_shift:
+            samples_model = samples_model - denoiser.latent_shift
+        samples_model = samples_model * denoiser.latent_scale
 
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler = build_scheduler(spec, seed)
@@ -186,8 +244,8 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     copies = 2 if inputs.cfg is not None and guider.guides else 1
     controls = ControlPlan(denoiser, guider.positive.controls, guider.negative.controls if guider.negative else (),
                            image_size, batch, copies, generator)
-    plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img,
-                    spec.explicit_schedule)
+    plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img and
+                    window.start == 0.0, spec.explicit_schedule, window)
     step_kwargs = {}
     if uses_generator(scheduler):
         step_kwargs["generator"] = generator
@@ -212,4 +270,4 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
     raw = latents / denoiser.latent_scale
     if denoiser.latent_shift:
         raw = raw + denoiser.latent_shift
-    return raw
+    return Denoised(raw, latents)

@@ -65,6 +65,10 @@ class Family:
     lora_denoiser = "unet"  # the denoiser's key prefix in LoRA files (U-Net: "unet", DiT: "transformer")
     lora_text_prefixes: tuple[str, ...] = ()  # its text encoders' key prefixes in LoRA files, in part order
 
+    def lora_text_targets(self, text_encoder: TextEncoder) -> list[tuple[Any, str]]:
+        """(text encoder module, its key prefix in LoRA files) for each part that takes LoRA weights."""
+        return list(zip(text_encoder.modules, self.lora_text_prefixes))
+
     def claims_checkpoint(self, keys: set[str]) -> bool:
         raise NotImplementedError
 

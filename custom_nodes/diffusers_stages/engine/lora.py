@@ -46,8 +46,10 @@ def _layers_in(state: dict, prefix: str) -> int:
                                                                          "lora_linear_layer.down.weight")))
 
 
-def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraReport:
-    """Load the LoRA file as an adapter into the denoiser and the text encoders it has weights for."""
+def load_lora(path: str, family, denoiser_module, text_targets: list[tuple]) -> LoraReport:
+    """Load the LoRA file as an adapter into the denoiser and the text encoders it has weights for.
+    ``text_targets``: (text encoder module, its key prefix in LoRA files), from the family."""
+    text_modules = [module for module, _ in text_targets]
     import diffusers
 
     if not family.lora_pipeline:
@@ -69,13 +71,13 @@ def load_lora(path: str, family, denoiser_module, text_modules: list) -> LoraRep
     except Exception as exc:  # diffusers raises ValueError/KeyError for layouts it cannot convert
         raise InputError("lora_name", f"'{os.path.basename(path)}' is not a LoRA diffusers can read ({exc}).",
                          "use a LoRA .safetensors file (diffusers, kohya/A1111 or ComfyUI format).") from exc
-    prefixes = (f"{family.lora_denoiser}.", *(f"{p}." for p in family.lora_text_prefixes))
+    prefixes = (f"{family.lora_denoiser}.", *(f"{prefix}." for _, prefix in text_targets))
     in_file = sum(_layers_in(state, p) for p in prefixes)
     other = [k for k in state if not k.startswith(prefixes)] + left_out
     try:
         if name not in _tried(denoiser_module):
             load_into_denoiser(loader, family, state, alphas, metadata, denoiser_module, name)
-        for module, prefix in zip(text_modules, family.lora_text_prefixes):
+        for module, prefix in text_targets:
             if name not in _tried(module):
                 loader.load_lora_into_text_encoder(state, alphas, text_encoder=module, prefix=prefix,
                                                    lora_scale=1.0, adapter_name=name, metadata=metadata)

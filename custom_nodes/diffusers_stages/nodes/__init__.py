@@ -1,5 +1,6 @@
 """The pack's nodes, one module per stage."""
 
+from .aesthetic_score import AestheticScore
 from .cfg_guider import CFGGuider
 from .controlnet_apply import ApplyControlNet
 from .denoise import Denoise
@@ -19,8 +20,8 @@ from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
 ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA, TextEncode, SizeConditioning,
-             FluxGuidance, Scheduler, CFGGuider, SkipLayerGuidance, LoadControlNet, ApplyControlNet, EmptyLatent,
-             Denoise, VAEDecode, VAEEncode)
+             AestheticScore, FluxGuidance, Scheduler, CFGGuider, SkipLayerGuidance, LoadControlNet, ApplyControlNet,
+             EmptyLatent, Denoise, VAEDecode, VAEEncode)
 
 for _node in ALL_NODES:  # the version shows in the node's description (V1 nodes have no field of their own)
     if "[node v" not in _node.DESCRIPTION:

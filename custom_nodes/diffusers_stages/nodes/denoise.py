@@ -14,7 +14,7 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 class Denoise(StageNode):
     NODE_ID = "DS_Denoise"
     DISPLAY_NAME = "Denoise (Diffusers)"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"  # 1.1.0: denoising_start / denoising_end (optional, advanced)
     CATEGORY = category("sampling")
     DESCRIPTION = ("Runs the sampler: from an empty latent at denoise 1.0 (text-to-image), or from an encoded "
                    "image with denoise below 1.0 (image-to-image, like diffusers' strength). Gives the same latents "
@@ -41,7 +41,18 @@ class Denoise(StageNode):
                                       "tooltip": "How much to change the input. 1.0 on an empty latent is "
                                                  "text-to-image; below 1.0 runs the last int(steps x denoise) "
                                                  "steps on the input, as diffusers' img2img strength."}),
-            }
+            },
+            "optional": {
+                "denoising_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
+                                              "tooltip": "Continue a partly denoised latent from this fraction of "
+                                                         "the noise range, adding no noise (diffusers' "
+                                                         "denoising_start): the refiner's half of an SDXL base -> "
+                                                         "refiner hand-off. 0 = start from the top."}),
+                "denoising_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
+                                            "tooltip": "Stop at this fraction of the noise range and hand the still "
+                                                       "noisy latent on (diffusers' denoising_end): the base's half "
+                                                       "of an SDXL base -> refiner hand-off. 1 = denoise fully."}),
+            },
         }
 
     @classmethod
@@ -55,7 +66,8 @@ class Denoise(StageNode):
         class_name = schedulers.sampler_of(source[1].get("sampler_name"))
         return cls.check(schedulers.steps_error(class_name, steps) if class_name else None)
 
-    def run(self, denoiser, guider, scheduler, latent, seed, steps, denoise=1.0):
+    def run(self, denoiser, guider, scheduler, latent, seed, steps, denoise=1.0, denoising_start=0.0,
+            denoising_end=1.0):
         if "noise_mask" in latent:
             raise InputError("latent", "the latent carries a noise mask (inpainting), which this version of the "
                              "pack does not support yet.", "remove the Set Latent Noise Mask node.")
@@ -66,10 +78,28 @@ class Denoise(StageNode):
         progress = host.Progress(0, denoiser.family.host_latent_format, self.DISPLAY_NAME)
         try:
             with torch.inference_mode():
-                raw = engine_denoise.denoise(denoiser, guider, scheduler, latent["samples"], seed, steps, denoise,
-                                             on_step=progress.step)
+                result = engine_denoise.run(denoiser, guider, scheduler, latent["samples"], seed, steps, denoise,
+                                            progress.step, engine_denoise.Window(denoising_start, denoising_end),
+                                            handed_over(latent, denoiser))
         finally:
             progress.close()
-        out = {k: v for k, v in latent.items() if k != "samples"}
-        out["samples"] = raw.to(device=host.intermediate_device(), dtype=torch.float32)  # core keeps fp32 latents
+        out = {k: v for k, v in latent.items() if k not in ("samples", HANDOFF)}
+        out["samples"] = result.raw.to(device=host.intermediate_device(), dtype=torch.float32)  # core: fp32 latents
+        out[HANDOFF] = {"samples": out["samples"], "scale": denoiser.latent_scale, "shift": denoiser.latent_shift,
+                        "model": result.model.to(device=host.intermediate_device())}
         return (out,)
+
+
+# A LATENT our Denoise made also carries its latents in the denoiser's own (scaled) space: the next Denoise on the
+# same VAE scaling continues from those exactly (raw / scale * scale is not exact in floating point), as diffusers
+# hands latents from the SDXL base to the refiner. A node that changes "samples" (any core latent node) breaks
+# the link, and the raw samples are used as always.
+HANDOFF = "diffusers_stages_model_space"
+
+
+def handed_over(latent: dict, denoiser):
+    entry = latent.get(HANDOFF)
+    if (isinstance(entry, dict) and entry.get("samples") is latent["samples"]
+            and entry.get("scale") == denoiser.latent_scale and entry.get("shift") == denoiser.latent_shift):
+        return entry["model"]
+    return None

@@ -56,7 +56,7 @@ class LoadLoRA(StageNode):
                              "connect the text encoder and denoiser of the same model.")
         path = locate(FOLDER, lora_name, "lora_name")
         host.ensure_loaded(denoiser.residency, text_encoder.residency)
-        report = load_lora(path, denoiser.family, denoiser.module, text_encoder.modules)
+        report = load_lora(path, denoiser.family, denoiser.module, denoiser.family.lora_text_targets(text_encoder))
         if report.layers_matched >= 0:
             print(f"[Diffusers Stages] LoRA {os.path.basename(path)}: {report.layers_matched} of "
                   f"{report.layers_in_file} layers matched")

@@ -20,6 +20,8 @@ TINY_FILES = {
              "DS_LoadTextEncoders": {"clip_l": "tiny-flux-clip_l.safetensors", "t5": "tiny-flux-t5xxl.safetensors"},
              "DS_LoadVAE": {"vae_name": "tiny-flux-ae.safetensors"}},
 }
+# loaders found by their title in a shipped workflow (a second model): input and tiny model
+TINY_BY_TITLE = {"Load Refiner": ("model", "diffusers/tiny-sdxl-refiner")}
 TITLES = {"DS_LoadDiffusionModel": "Load Diffusion Model (Diffusers)", "DS_LoadTextEncoders": "Load Text Encoders "
           "(Diffusers)", "DS_LoadVAE": "Load VAE (Diffusers)", "DS_LoadControlNet": "Load ControlNet (Diffusers)",
           "DS_LoadLoRA": "Load LoRA (Diffusers)"}
@@ -30,14 +32,18 @@ def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> l
     import json
 
     with open(workflow_path, encoding="utf-8") as f:
-        types = {node["type"] for node in json.load(f)["nodes"]}
+        nodes = json.load(f)["nodes"]
+    types = {node["type"] for node in nodes}
     family = os.path.basename(workflow_path).split("_")[0]
     sets = [f"Load Diffusers Model.model=diffusers/{TINY_MODELS[family]}"] if "DS_LoadModel" in types else []
     for node_type, values in TINY_FILES.get(family, {}).items():
         if node_type in types:
             sets += [f"{TITLES[node_type]}.{name}={value}" for name, value in values.items()]
-    if steps:
-        sets.append(f"Denoise (Diffusers).steps={steps}")
+    sets += [f"{node['title']}.{TINY_BY_TITLE[node['title']][0]}={TINY_BY_TITLE[node['title']][1]}" for node in nodes
+             if node.get("title") in TINY_BY_TITLE]
+    if steps:  # every Denoise the same steps (a base -> refiner hand-off splits one schedule)
+        sets += [f"{node.get('title') or 'Denoise (Diffusers)'}.steps={steps}" for node in nodes
+                 if node["type"] == "DS_Denoise"]
     if "DS_EmptyLatent" in types:
         sets += [f"Empty Latent (Diffusers).width={size}", f"Empty Latent (Diffusers).height={size}"]
     if "LoadImage" in types:
@@ -60,7 +66,8 @@ def demo_plan(workflow_path: str) -> tuple[list[str], int]:
 def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
-    if not os.path.isfile(os.path.join(models, "loras", "tiny-sdxl-lora.safetensors")):  # the newest file
+    newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors")
+    if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 
         print(f"Building tiny random-weight models in {models} (no download) …")

@@ -106,10 +106,14 @@ def clip_to_open_clip_ldm(text_encoder, prefix: str = "cond_stage_model.model.",
 
 
 def save_sdxl_checkpoint(pipe, path: str) -> None:
-    """Save a StableDiffusionXLPipeline as an SDXL single file (conditioner.embedders.0/1)."""
-    tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae),
-               **clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer.text_model."),
-               **clip_to_open_clip_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model.", extra_block=False)}
+    """Save an SDXL pipeline as an SDXL single file: the base with CLIP-L and OpenCLIP-G (conditioner.embedders.0/1),
+    the refiner (no first text encoder) with OpenCLIP-G alone as conditioner.embedders.0, as released."""
+    tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae)}
+    if pipe.text_encoder is None:  # the refiner
+        tensors.update(clip_to_open_clip_ldm(pipe.text_encoder_2, "conditioner.embedders.0.model.", extra_block=False))
+    else:
+        tensors.update(clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer.text_model."))
+        tensors.update(clip_to_open_clip_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model.", extra_block=False))
     save(tensors, path)
 
 

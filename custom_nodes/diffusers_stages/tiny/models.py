@@ -117,6 +117,35 @@ def build_sdxl_pipeline(sample_size: int = 8):
     )
 
 
+def build_sdxl_refiner_pipeline(sample_size: int = 8):
+    """A StableDiffusionXLImg2ImgPipeline shaped like SDXL's refiner: no first text encoder, the U-Net conditioned on
+    the second (CLIP-G-like, 48 wide) alone, with five time ids (original size, crop, aesthetic score)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(10)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 1, 1), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=5 * 256 + 32, cross_attention_dim=48, norm_num_groups=16,
+    )
+    torch.manual_seed(11)
+    vae = tiny_vae(4, sample_size * 8, scaling_factor=0.13025, force_upcast=True)
+    torch.manual_seed(12)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=1000, hidden_size=48, intermediate_size=37, num_attention_heads=1, num_hidden_layers=10,
+        max_position_embeddings=77, bos_token_id=998, eos_token_id=999, pad_token_id=999, hidden_act="gelu",
+        projection_dim=32))
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=_tokenizer(1000, "!"),
+        unet=unet, scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER), requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+
+
 def t5_tokenizer():
     """A small Unigram T5 tokenizer built in memory (pads with 0, ends with </s> = 1, as T5's)."""
     import string
@@ -219,6 +248,11 @@ def write_models(root: str) -> dict[str, str]:
     sdxl.save_pretrained(paths["sdxl_folder"], safe_serialization=True)
     paths["sdxl_single"] = os.path.join(root, "checkpoints", "tiny-sdxl.safetensors")
     save_sdxl_checkpoint(sdxl, paths["sdxl_single"])
+    refiner = build_sdxl_refiner_pipeline()
+    paths["sdxl_refiner_folder"] = os.path.join(root, "diffusers", "tiny-sdxl-refiner")
+    refiner.save_pretrained(paths["sdxl_refiner_folder"], safe_serialization=True)
+    paths["sdxl_refiner_single"] = os.path.join(root, "checkpoints", "tiny-sdxl-refiner.safetensors")
+    save_sdxl_checkpoint(refiner, paths["sdxl_refiner_single"])
     flux = build_flux_pipeline()
     paths["flux_folder"] = os.path.join(root, "diffusers", "tiny-flux")
     flux.save_pretrained(paths["flux_folder"], safe_serialization=True)
