@@ -153,12 +153,12 @@ def test_txt2img_through_post_prompt(server):
 
 
 def test_queue_time_validation_names_node_and_input(server):
-    status, body = server.post("/prompt", {"prompt": txt2img(sampler="euler_ancestral", schedule="karras")})
+    status, body = server.post("/prompt", {"prompt": txt2img(sampler="ddim", schedule="karras")})
     assert status == 400
     text = json.dumps(body)
     assert "Scheduler (Diffusers)" in text and "karras" in text
     # ComfyUI repeats a VALIDATE_INPUTS message once per input the method names: sampler_name and schedule
-    assert text.count("has no 'karras' schedule") == 2
+    assert text.count("the 'karras' schedule cannot be used with the DDIMScheduler") == 2
 
 
 def test_run_time_error_is_clear_and_server_survives(server):
@@ -252,7 +252,8 @@ def test_shipped_workflows_through_post_prompt(server, name):
     prompt, ui = converted(server, name)
     entry = server.run(prompt, extra_data={"extra_pnginfo": {"workflow": ui}})
     assert entry["status"]["status_str"] == "success", entry["status"]
-    assert len(entry["outputs"]["9"]["images"]) == 1
+    save = next(nid for nid, node in prompt.items() if node["class_type"] == "SaveImage")
+    assert len(entry["outputs"][save]["images"]) == 1
 
 
 @pytest.mark.parametrize("name", [n for n in WORKFLOW_NAMES if "txt2img" in n])
