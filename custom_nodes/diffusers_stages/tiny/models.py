@@ -82,9 +82,27 @@ SDXL_SCHEDULER = dict(  # the Euler config shipped with SDXL base 1.0
 )
 
 
+def _sdxl_unet(sample_size: int, cross_attention_dim: int, time_ids: int):
+    """A tiny SDXL-shaped U-Net: the base's (prompt from both text encoders, 6 time ids) or the refiner's (CLIP-G
+    alone, 5 time ids); the pooled prompt is 32 wide."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        # heads follow SDXL's 64-wide rule (at least 1), which the single-file loader assumes
+        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 1, 1), use_linear_projection=True,
+        # SDXL's own time-id width (256): a U-Net file does not record it, so loaders assume the released value
+        addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=time_ids * 256 + 32,
+        cross_attention_dim=cross_attention_dim, norm_num_groups=16,
+    )
+
+
 def build_sdxl_pipeline(sample_size: int = 8):
     """A StableDiffusionXLPipeline with random weights (text encoders 32 and 48 wide, as CLIP-L and -G differ)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     def clip_config(hidden, layers, act):
@@ -93,17 +111,7 @@ def build_sdxl_pipeline(sample_size: int = 8):
                               eos_token_id=999, pad_token_id=999, hidden_act=act, projection_dim=32)
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        # heads follow SDXL's 64-wide rule (at least 1), which the single-file loader assumes
-        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 1, 1), use_linear_projection=True,
-        # SDXL's own time-id width (256): a U-Net file does not record it, so loaders assume the released value
-        addition_embed_type="text_time", addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=6 * 256 + 32,
-        cross_attention_dim=32 + 48, norm_num_groups=16,
-    )
+    unet = _sdxl_unet(sample_size, cross_attention_dim=32 + 48, time_ids=6)
     torch.manual_seed(1)
     vae = tiny_vae(4, sample_size * 8, scaling_factor=0.13025, force_upcast=True)
     torch.manual_seed(2)
@@ -120,18 +128,11 @@ def build_sdxl_pipeline(sample_size: int = 8):
 def build_sdxl_refiner_pipeline(sample_size: int = 8):
     """A StableDiffusionXLImg2ImgPipeline shaped like SDXL's refiner: no first text encoder, the U-Net conditioned on
     the second (CLIP-G-like, 48 wide) alone, with five time ids (original size, crop, aesthetic score)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     torch.manual_seed(10)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(1, 1, 1), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=5 * 256 + 32, cross_attention_dim=48, norm_num_groups=16,
-    )
+    unet = _sdxl_unet(sample_size, cross_attention_dim=48, time_ids=5)
     torch.manual_seed(11)
     vae = tiny_vae(4, sample_size * 8, scaling_factor=0.13025, force_upcast=True)
     torch.manual_seed(12)
