@@ -155,10 +155,15 @@ class Guider:
         """The pipeline's window: strictly between steps*start and steps*stop (so never at step 0)."""
         return bool(self.skip_layers) and steps * self.skip_start < step < steps * self.skip_stop
 
+    @staticmethod
+    def scale_guides(scale: float) -> bool:
+        """A scale that guides: above 1, as diffusers decides (ComfyUI skips CFG only at exactly 1)."""
+        return scale > 1.0
+
     @property
     def guides(self) -> bool:
-        """CFG runs at all: a negative prompt and a scale above 1 (as diffusers decides)."""
-        return self.scale > 1.0 and self.negative is not None
+        """CFG runs at all: a negative prompt and a scale that guides."""
+        return self.scale_guides(self.scale) and self.negative is not None
 
     def active_at(self, step: int, steps: int) -> bool:
         """CFG applies at this step: ``guides`` and the step inside [start, end)."""

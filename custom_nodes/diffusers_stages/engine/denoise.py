@@ -25,6 +25,7 @@ from .components import Denoiser, Guider, SchedulerSpec
 from .controlnet import ControlPlan
 from .errors import InputError, require_finite
 from .family import Family, ModelInputs
+from .guidance import Guidance, check_guider
 from .schedulers import build_scheduler, is_flow, steps_error, uses_generator
 from .sigmas import apply_schedule
 
@@ -80,9 +81,7 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
         if problem:
             raise InputError(name, f"{problem}.",
                              "encode both prompts with the text encoder of the model you denoise with.")
-    if guider.skip_layers and not family.supports_skip_layers:
-        raise InputError("guider", f"skip-layer guidance is an SD3 feature; {family.display_name} does not take it.",
-                         "remove the Skip Layer Guidance node, or use it with an SD3/SD3.5 model.")
+    check_guider(guider, family)
     channels = family.latent_channels_of(denoiser)
     if samples.ndim != 4 or samples.shape[1] != channels:
         shape = "x".join(str(s) for s in samples.shape)
@@ -147,13 +146,14 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
     return Plan(timesteps, start)
 
 
-def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: torch.Tensor, t, use_cfg: bool,
-                      inputs: ModelInputs, skip_layers: bool = False, controls: ControlPlan | None = None,
-                      step: int = 0, total: int = 1) -> torch.Tensor:
-    """One step's prediction with classifier-free guidance, batched or in two calls as the family's pipeline does."""
+def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents: torch.Tensor, t,
+                      inputs: ModelInputs, controls: ControlPlan | None = None, step: int = 0,
+                      total: int = 1) -> torch.Tensor:
+    """One step's prediction: the predictions ``guidance`` says this step needs, run batched or as separate calls
+    (positive first), and combined by it."""
     family = denoiser.family
-    batched = use_cfg and inputs.cfg is not None
-    model_input = torch.cat([latents] * 2) if batched else latents
+    needs = guidance.needs(step, total)
+    model_input = torch.cat([latents] * 2) if needs.batched else latents
     if hasattr(scheduler, "scale_model_input"):
         model_input = scheduler.scale_model_input(model_input, t)
 
@@ -162,22 +162,15 @@ def guided_prediction(denoiser: Denoiser, guider: Guider, scheduler, latents: to
             call_inputs = {**call_inputs, **controls.residuals(model_input, t, call_inputs, halves, step, total)}
         return family.predict(denoiser, model_input, t, call_inputs)
 
-    if not use_cfg:
-        return predict(inputs.cond, ("positive",))
-    if batched:
+    if not needs.negative:
+        return guidance.combine(predict(inputs.cond, ("positive",)))
+    if needs.batched:
         uncond, cond = predict(inputs.cfg, ("negative", "positive")).chunk(2)
-    else:  # two calls, positive first
+    else:
         cond = predict(inputs.cond, ("positive",))
         uncond = predict(inputs.uncond, ("negative",))
-    guided = uncond + guider.scale * (cond - uncond)
-    if skip_layers and inputs.skip is not None:  # skip-layer guidance, as StableDiffusion3Pipeline applies it
-        skipped = family.predict(denoiser, latents, t, inputs.skip)
-        guided = guided + (cond - skipped) * guider.skip_scale
-    if guider.rescale > 0.0:
-        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-
-        guided = rescale_noise_cfg(guided, cond, guidance_rescale=guider.rescale)
-    return guided
+    skipped = family.predict(denoiser, latents, t, inputs.skip) if needs.skip else None
+    return guidance.combine(cond, uncond, skipped)
 
 
 def preview_x0(scheduler, output, latents: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor | None:
@@ -239,11 +232,11 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
     # without a negative prompt CFG never runs; the positive stands in so families build their inputs as usual
     complete = guider if guider.negative is not None else dataclasses.replace(guider, negative=guider.positive)
     inputs = denoiser.family.model_inputs(denoiser, complete, batch, image_size)
+    guidance = Guidance(guider, inputs)
     # control inputs before the initial noise, as the pipelines prepare them (Flux samples them from the same
     # generator); two copies side by side when CFG runs batched
-    copies = 2 if inputs.cfg is not None and guider.guides else 1
     controls = ControlPlan(denoiser, guider.positive.controls, guider.negative.controls if guider.negative else (),
-                           image_size, batch, copies, generator)
+                           image_size, batch, guidance.batch_copies, generator)
     plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img and
                     window.start == 0.0, spec.explicit_schedule, window)
     step_kwargs = {}
@@ -253,9 +246,7 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
     latents = denoiser.family.to_model_layout(plan.start_latents)
     total = len(plan.timesteps)
     for i, t in enumerate(plan.timesteps):
-        use_cfg = (inputs.cfg is not None or inputs.uncond is not None) and guider.active_at(i, total)
-        prediction = guided_prediction(denoiser, guider, scheduler, latents, t, use_cfg, inputs,
-                                       guider.skip_active_at(i, total), controls, i, total)
+        prediction = guided_prediction(denoiser, guidance, scheduler, latents, t, inputs, controls, i, total)
         before = latents
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample

@@ -52,7 +52,7 @@ class CFGGuider(StageNode):
         return cls.check(window_error(start_percent, end_percent))
 
     def run(self, positive, cfg, guidance_rescale=0.0, start_percent=0.0, end_percent=1.0, negative=None):
-        if negative is None and cfg > 1.0:  # as the family's pipeline with negative_prompt=None
+        if negative is None and Guider.scale_guides(cfg):  # as the family's pipeline with negative_prompt=None
             negative = implicit_negative(positive)
         if negative is not None and positive.family is not negative.family:
             raise InputError("negative", f"the negative prompt was encoded for {negative.family.display_name} but "
