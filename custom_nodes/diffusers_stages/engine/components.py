@@ -150,6 +150,10 @@ class Guider:
     skip_scale: float = 2.8
     skip_start: float = 0.01
     skip_stop: float = 0.2
+    # how positive and negative combine: "cfg", or a diffusers guider run as its modular pipelines run it
+    # ("cfg_zero_star", "apg"), with that guider's own settings
+    method: str = "cfg"
+    method_options: tuple[tuple[str, Any], ...] = ()
 
     def skip_active_at(self, step: int, steps: int) -> bool:
         """The pipeline's window: strictly between steps*start and steps*stop (so never at step 0)."""

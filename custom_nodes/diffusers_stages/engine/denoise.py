@@ -152,7 +152,7 @@ def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents
     """One step's prediction: the predictions ``guidance`` says this step needs, run batched or as separate calls
     (positive first), and combined by it."""
     family = denoiser.family
-    needs = guidance.needs(step, total)
+    needs = guidance.needs(step, total, t)
     model_input = torch.cat([latents] * 2) if needs.batched else latents
     if hasattr(scheduler, "scale_model_input"):
         model_input = scheduler.scale_model_input(model_input, t)

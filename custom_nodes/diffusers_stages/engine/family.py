@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 class ModelInputs:
     """Per-run keyword arguments for ``Family.predict``.
 
-    ``cond``: the positive prompt alone. ``cfg``: one batched [uncond, cond] call (SD, SDXL, SD3).
-    ``uncond``: the negative prompt alone, for families whose pipeline runs CFG as two calls, cond
-    first (Flux true CFG). Neither ``cfg`` nor ``uncond``: the model cannot take CFG (guidance-distilled).
+    ``cond``: the positive prompt alone. ``cfg``: one batched [uncond, cond] call (SD, SDXL, SD3: how their
+    pipelines run CFG). ``uncond``: the negative prompt alone, for CFG as two calls, cond first (Flux true CFG;
+    diffusers' guiders as its modular pipelines run them). Neither: the model takes no CFG (guidance-distilled).
     """
 
     cfg: dict[str, Any] | None

@@ -1,7 +1,9 @@
 """The pack's nodes, one module per stage."""
 
 from .aesthetic_score import AestheticScore
+from .apg_guider import APGGuider
 from .cfg_guider import CFGGuider
+from .cfg_zero_star_guider import CFGZeroStarGuider
 from .controlnet_apply import ApplyControlNet
 from .denoise import Denoise
 from .empty_latent import EmptyLatent
@@ -20,7 +22,8 @@ from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
 ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA, TextEncode, SizeConditioning,
-             AestheticScore, FluxGuidance, Scheduler, CFGGuider, SkipLayerGuidance, LoadControlNet, ApplyControlNet,
+             AestheticScore, FluxGuidance, Scheduler, CFGGuider, CFGZeroStarGuider, APGGuider, SkipLayerGuidance,
+             LoadControlNet, ApplyControlNet,
              EmptyLatent, Denoise, VAEDecode, VAEEncode)
 
 for _node in ALL_NODES:  # the version shows in the node's description (V1 nodes have no field of their own)

@@ -52,6 +52,12 @@ class CFGGuider(StageNode):
         return cls.check(window_error(start_percent, end_percent))
 
     def run(self, positive, cfg, guidance_rescale=0.0, start_percent=0.0, end_percent=1.0, negative=None):
+        return (self.guider(positive, negative, cfg, guidance_rescale, start_percent, end_percent),)
+
+    @staticmethod
+    def guider(positive, negative, cfg, guidance_rescale, start_percent, end_percent, method: str = "cfg",
+               options: tuple = ()) -> Guider:
+        """The Guider of a CFG-style node (this one, or a node for one of diffusers' guiders)."""
         if negative is None and Guider.scale_guides(cfg):  # as the family's pipeline with negative_prompt=None
             negative = implicit_negative(positive)
         if negative is not None and positive.family is not negative.family:
@@ -61,4 +67,5 @@ class CFGGuider(StageNode):
         if start_percent > end_percent:
             raise InputError("start_percent", f"start ({start_percent}) is after end ({end_percent}).",
                              "make start_percent less than or equal to end_percent.")
-        return (Guider(positive, negative, cfg, guidance_rescale, start_percent, end_percent),)
+        return Guider(positive, negative, cfg, guidance_rescale, start_percent, end_percent, method=method,
+                      method_options=options)

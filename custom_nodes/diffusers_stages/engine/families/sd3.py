@@ -143,8 +143,9 @@ class StableDiffusion3Family(Family):
         cond = {"encoder_hidden_states": pos_seq, "pooled_projections": pos_pool}
         cfg = {"encoder_hidden_states": torch.cat([neg_seq, pos_seq]),
                "pooled_projections": torch.cat([neg_pool, pos_pool])}
+        uncond = {"encoder_hidden_states": neg_seq, "pooled_projections": neg_pool}
         skip = dict(cond, skip_layers=list(guider.skip_layers)) if guider.skip_layers else None
-        return ModelInputs(cfg, cond, skip=skip)
+        return ModelInputs(cfg, cond, uncond, skip=skip)
 
     def prepare_control(self, control, height, width, batch, copies, generator):
         """The control image as SD3ControlNetPipeline prepares it: -1..1, encoded by the VAE (the [uncond, cond]

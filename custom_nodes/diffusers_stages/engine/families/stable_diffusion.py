@@ -205,7 +205,8 @@ class StableDiffusionFamily(Family):
         cond = {"encoder_hidden_states": positive, "timestep_cond": timestep_cond}
         if timestep_cond is not None:
             return ModelInputs(None, cond)
-        return ModelInputs({"encoder_hidden_states": torch.cat([negative, positive]), "timestep_cond": None}, cond)
+        return ModelInputs({"encoder_hidden_states": torch.cat([negative, positive]), "timestep_cond": None}, cond,
+                           {"encoder_hidden_states": negative, "timestep_cond": None})
 
     def predict(self, denoiser, model_input, timestep, inputs):
         return denoiser.module(model_input, timestep, **inputs, return_dict=False)[0]

@@ -240,7 +240,8 @@ class StableDiffusionXLFamily(Family):
         cfg = {"encoder_hidden_states": torch.cat([neg[0], pos[0]]),
                "added_cond_kwargs": {"text_embeds": torch.cat([neg[1], pos[1]]),
                                      "time_ids": torch.cat([neg[2], pos[2]])}}
-        return ModelInputs(cfg, cond)
+        uncond = {"encoder_hidden_states": neg[0], "added_cond_kwargs": {"text_embeds": neg[1], "time_ids": neg[2]}}
+        return ModelInputs(cfg, cond, uncond)
 
     def predict(self, denoiser, model_input, timestep, inputs):
         return denoiser.module(model_input, timestep, **inputs, return_dict=False)[0]
