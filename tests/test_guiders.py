@@ -1,11 +1,12 @@
-"""diffusers' guiders as nodes (CFG-Zero*, APG), against the code that runs them in diffusers: the SDXL modular
-pipeline (StableDiffusionXLModularPipeline) with that guider as its ``guider`` component. The modular loop runs the
-positive and negative predictions as two calls, positive first; the guidance object does the same for these
-methods (plain CFG stays batched, as the classic pipelines run it)."""
+"""diffusers' guiders as nodes (CFG-Zero*, APG, TCFG), against the code that runs them in diffusers: the SDXL and
+SD3 modular pipelines (StableDiffusionXL/3ModularPipeline) with that guider as their ``guider`` component. The
+modular loop runs the positive and negative predictions as two calls, positive first; the guidance object does
+the same for these methods (plain CFG stays batched, as the classic pipelines run it)."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -16,25 +17,36 @@ PROMPT, NEGATIVE, SEED, STEPS = "a photo of a cat", "blurry", 4, 5
 
 @pytest.fixture(scope="module")
 def modular(models_root):
+    """The SDXL or SD3 modular pipeline on the tiny folder (loaded once per module)."""
     from diffusers import ModularPipeline
 
-    logging.disable(logging.ERROR)  # the modular loader logs tracebacks for the SDXL folder's null components
-    try:
-        pipe = ModularPipeline.from_pretrained(models_root["sdxl_folder"], local_files_only=True)
-        pipe.load_components(dtype=torch.float32)
-    finally:
-        logging.disable(logging.NOTSET)
-    return pipe
+    loaded = {}
+
+    def pipeline(folder: str):
+        if folder not in loaded:
+            logging.disable(logging.ERROR)  # the modular loader logs tracebacks for a folder's null components
+            try:
+                pipe = ModularPipeline.from_pretrained(os.path.join(models_root["root"], folder), local_files_only=True)
+                pipe.load_components(dtype=torch.float32)
+            finally:
+                logging.disable(logging.NOTSET)
+            loaded[folder] = pipe
+        return loaded[folder]
+
+    return pipeline
 
 
-def reference(modular, guider):
-    modular.update_components(guider=guider)
-    return modular(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, width=64, height=64,
+FOLDERS = ["diffusers/tiny-sdxl", "diffusers/tiny-sd3"]  # StableDiffusionXL/3ModularPipeline
+
+
+def reference(pipe, guider):
+    pipe.update_components(guider=guider)
+    return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, width=64, height=64,
                    generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", output="images")
 
 
-def ours(nodes, node_id, **settings):
-    graph = Graph(nodes, "diffusers/tiny-sdxl")
+def ours(nodes, node_id, folder="diffusers/tiny-sdxl", **settings):
+    graph = Graph(nodes, folder)
     guider = nodes[node_id].execute(positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE), **settings)[0]
     latent = graph.denoise(guider, graph.default_scheduler, graph.empty(), seed=SEED, steps=STEPS)
     return bchw(graph.decode(latent))
@@ -45,12 +57,12 @@ def ours(nodes, node_id, **settings):
     ({"cfg": 7.0, "zero_init_steps": 0, "guidance_rescale": 0.5, "end_percent": 0.6},
      {"zero_init_steps": 0, "guidance_rescale": 0.5, "stop": 0.6}),
 ])
-def test_cfg_zero_star_equals_the_modular_pipeline(nodes, modular, settings, options):
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_cfg_zero_star_equals_the_modular_pipeline(nodes, modular, folder, settings, options):
     from diffusers.guiders import ClassifierFreeZeroStarGuidance
 
-    scale = settings["cfg"]
-    expected = reference(modular, ClassifierFreeZeroStarGuidance(guidance_scale=scale, **options))
-    assert torch.equal(ours(nodes, "DS_CFGZeroStarGuider", **settings), expected)
+    expected = reference(modular(folder), ClassifierFreeZeroStarGuidance(guidance_scale=settings["cfg"], **options))
+    assert torch.equal(ours(nodes, "DS_CFGZeroStarGuider", folder, **settings), expected)
 
 
 @pytest.mark.parametrize("settings, options", [
@@ -59,11 +71,22 @@ def test_cfg_zero_star_equals_the_modular_pipeline(nodes, modular, settings, opt
      {"eta": 0.0, "adaptive_projected_guidance_rescale": 2.5, "adaptive_projected_guidance_momentum": -0.5,
       "start": 0.2}),
 ])
-def test_apg_equals_the_modular_pipeline(nodes, modular, settings, options):
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_apg_equals_the_modular_pipeline(nodes, modular, folder, settings, options):
     from diffusers.guiders import AdaptiveProjectedGuidance
 
-    expected = reference(modular, AdaptiveProjectedGuidance(guidance_scale=settings["cfg"], **options))
-    assert torch.equal(ours(nodes, "DS_APGGuider", **settings), expected)
+    expected = reference(modular(folder), AdaptiveProjectedGuidance(guidance_scale=settings["cfg"], **options))
+    assert torch.equal(ours(nodes, "DS_APGGuider", folder, **settings), expected)
+
+
+@pytest.mark.parametrize("settings", [{"cfg": 5.0}, {"cfg": 8.0, "start_percent": 0.4, "guidance_rescale": 0.3}])
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_tcfg_equals_the_modular_pipeline(nodes, modular, folder, settings):
+    from diffusers.guiders import TangentialClassifierFreeGuidance
+
+    options = {"start": settings.get("start_percent", 0.0), "guidance_rescale": settings.get("guidance_rescale", 0.0)}
+    expected = reference(modular(folder), TangentialClassifierFreeGuidance(guidance_scale=settings["cfg"], **options))
+    assert torch.equal(ours(nodes, "DS_TCFGGuider", folder, **settings), expected)
 
 
 def test_the_guiders_change_the_image_and_cfg_stays_batched(nodes):
@@ -71,3 +94,11 @@ def test_the_guiders_change_the_image_and_cfg_stays_batched(nodes):
     zero_star = ours(nodes, "DS_CFGZeroStarGuider", cfg=5.0)
     apg = ours(nodes, "DS_APGGuider", cfg=5.0, eta=0.0)
     assert not torch.equal(plain, zero_star) and not torch.equal(plain, apg)
+
+
+@pytest.mark.parametrize("folder", ["diffusers/tiny-sd15", "diffusers/tiny-flux"])
+def test_the_guiders_run_on_the_families_without_a_modular_pipeline(nodes, folder):
+    """SD1.x (no modular blocks in diffusers) and Flux true CFG: the same guider objects on the same two calls."""
+    for node in ("DS_CFGZeroStarGuider", "DS_APGGuider", "DS_TCFGGuider"):
+        image = ours(nodes, node, folder, cfg=4.0)
+        assert torch.isfinite(image).all() and image.std() > 0

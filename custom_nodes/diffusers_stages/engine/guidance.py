@@ -34,7 +34,8 @@ def check_guider(guider: Guider, family: Family) -> None:
 
 
 # Guider.method -> the diffusers guider that runs it (diffusers.guiders, experimental in 0.42: pinned by the tests)
-DIFFUSERS_GUIDERS = {"cfg_zero_star": "ClassifierFreeZeroStarGuidance", "apg": "AdaptiveProjectedGuidance"}
+DIFFUSERS_GUIDERS = {"cfg_zero_star": "ClassifierFreeZeroStarGuidance", "apg": "AdaptiveProjectedGuidance",
+                     "tcfg": "TangentialClassifierFreeGuidance"}
 
 
 class Guidance:

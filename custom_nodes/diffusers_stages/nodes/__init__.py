@@ -17,12 +17,14 @@ from .load_vae import LoadVAE
 from .scheduler import Scheduler
 from .size_conditioning import SizeConditioning
 from .skip_layer_guidance import SkipLayerGuidance
+from .tcfg_guider import TCFGGuider
 from .text_encode import TextEncode
 from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
 ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA, TextEncode, SizeConditioning,
-             AestheticScore, FluxGuidance, Scheduler, CFGGuider, CFGZeroStarGuider, APGGuider, SkipLayerGuidance,
+             AestheticScore, FluxGuidance, Scheduler, CFGGuider, CFGZeroStarGuider, APGGuider, TCFGGuider,
+             SkipLayerGuidance,
              LoadControlNet, ApplyControlNet,
              EmptyLatent, Denoise, VAEDecode, VAEEncode)
 
