@@ -233,3 +233,9 @@ def test_guidance_distilled_unet_matches_pipeline(nodes, models_root, tmp_path):
     ref = pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=4, guidance_scale=8.0, width=64,
                height=64, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert torch.equal(bchw(image), ref)
+    from diffusers_stages.engine.errors import StageError
+
+    apg = nodes["DS_APGGuider"].execute(positive=graph.encode("a cat"), negative=graph.encode("blurry"), cfg=8.0)[0]
+    with pytest.raises(StageError, match="guider: AdaptiveProjectedGuidance guides with a negative prediction, which "
+                                         "this guidance-distilled model"):
+        graph.denoise(apg, graph.default_scheduler, graph.empty())

@@ -43,6 +43,10 @@ class Guidance:
         self.guider, self.inputs = guider, inputs
         self.takes_cfg = inputs.cfg is not None or inputs.uncond is not None  # as the family's adapter built them
         self.diffusers_guider = None
+        if guider.method != "cfg" and guider.negative is not None and not self.takes_cfg:
+            raise InputError("guider", f"{DIFFUSERS_GUIDERS[guider.method]} guides with a negative prediction, which "
+                             "this guidance-distilled model (e.g. LCM: the scale is an embedding) does not take.",
+                             "use CFG Guider, whose cfg such a model reads as its embedded guidance.")
         if guider.method != "cfg":  # run as diffusers' modular pipelines run it: its own window, two calls
             import diffusers.guiders
 
