@@ -102,3 +102,39 @@ def test_the_guiders_run_on_the_families_without_a_modular_pipeline(nodes, folde
     for node in ("DS_CFGZeroStarGuider", "DS_APGGuider", "DS_TCFGGuider"):
         image = ours(nodes, node, folder, cfg=4.0)
         assert torch.isfinite(image).all() and image.std() > 0
+
+
+@pytest.mark.parametrize("settings", [
+    {"cfg": 5.0, "pag_scale": 3.0},
+    {"cfg": 6.0, "pag_scale": 2.0, "pag_layers": "mid, up.0", "pag_end_percent": 0.6},
+])
+def test_pag_equals_the_modular_pipeline(nodes, modular, settings):
+    from diffusers.guiders import PerturbedAttentionGuidance
+    from diffusers.hooks import LayerSkipConfig
+
+    pipe = modular("diffusers/tiny-sdxl")
+    configs = []
+    for name in settings.get("pag_layers", "mid").split(", "):  # every transformer block of those attentions
+        block = pipe.unet.mid_block if name == "mid" else pipe.unet.up_blocks[int(name.split(".")[1])]
+        prefix = "mid_block" if name == "mid" else f"up_blocks.{name.split('.')[1]}"
+        configs += [LayerSkipConfig(indices=list(range(len(a.transformer_blocks))), fqn=f"{prefix}.attentions.{i}"
+                                    ".transformer_blocks", skip_attention=False, skip_attention_scores=True,
+                                    skip_ff=False) for i, a in enumerate(block.attentions)]
+    guider = PerturbedAttentionGuidance(guidance_scale=settings["cfg"], perturbed_guidance_scale=settings["pag_scale"],
+                                        perturbed_guidance_start=0.0,
+                                        perturbed_guidance_stop=settings.get("pag_end_percent", 1.0),
+                                        perturbed_guidance_config=configs)
+    expected = reference(pipe, guider)
+    ours_image = ours(nodes, "DS_PAGGuider", **settings)
+    assert torch.equal(ours_image, expected)
+    assert not torch.equal(ours_image, ours(nodes, "DS_CFGGuider", cfg=settings["cfg"]))
+
+
+def test_pag_on_a_denoiser_it_cannot_perturb_is_refused(nodes):
+    from diffusers_stages.engine.errors import StageError
+
+    for folder in ("diffusers/tiny-sd3", "diffusers/tiny-flux"):
+        with pytest.raises(StageError, match="guider: perturbed-attention guidance cannot perturb .*Fix: use PAG with"):
+            ours(nodes, "DS_PAGGuider", folder, cfg=4.0)
+    with pytest.raises(StageError, match="pag_layers: 'down.0' names no attention block"):
+        ours(nodes, "DS_PAGGuider", cfg=4.0, pag_layers="down.0")

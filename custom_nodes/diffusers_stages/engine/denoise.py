@@ -149,11 +149,11 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
 def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents: torch.Tensor, t,
                       inputs: ModelInputs, controls: ControlPlan | None = None, step: int = 0,
                       total: int = 1) -> torch.Tensor:
-    """One step's prediction: the predictions ``guidance`` says this step needs, run batched or as separate calls
-    (positive first), and combined by it."""
+    """One step's prediction: the calls ``guidance`` says this step needs, run in its order, combined by it."""
     family = denoiser.family
-    needs = guidance.needs(step, total, t)
-    model_input = torch.cat([latents] * 2) if needs.batched else latents
+    calls = guidance.calls(step, total, t)
+    batched = any(call.prompt == "both" for call in calls)
+    model_input = torch.cat([latents] * 2) if batched else latents
     if hasattr(scheduler, "scale_model_input"):
         model_input = scheduler.scale_model_input(model_input, t)
 
@@ -162,15 +162,18 @@ def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents
             call_inputs = {**call_inputs, **controls.residuals(model_input, t, call_inputs, halves, step, total)}
         return family.predict(denoiser, model_input, t, call_inputs)
 
-    if not needs.negative:
-        return guidance.combine(predict(inputs.cond, ("positive",)))
-    if needs.batched:
-        uncond, cond = predict(inputs.cfg, ("negative", "positive")).chunk(2)
-    else:
-        cond = predict(inputs.cond, ("positive",))
-        uncond = predict(inputs.uncond, ("negative",))
-    skipped = family.predict(denoiser, latents, t, inputs.skip) if needs.skip else None
-    return guidance.combine(cond, uncond, skipped)
+    predictions = {}
+    for call in calls:
+        if call.prompt == "both":
+            predictions["pred_uncond"], predictions["pred_cond"] = predict(
+                inputs.cfg, ("negative", "positive")).chunk(2)
+        elif call.prompt == "skip":  # as StableDiffusion3Pipeline: the unscaled latents, no ControlNet
+            predictions[call.name] = family.predict(denoiser, latents, t, inputs.skip)
+        else:
+            with guidance.around(call, denoiser.module):
+                positive = call.prompt == "positive"
+                predictions[call.name] = predict(inputs.cond if positive else inputs.uncond, (call.prompt,))
+    return guidance.combine(predictions)
 
 
 def preview_x0(scheduler, output, latents: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor | None:
@@ -232,7 +235,7 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
     # without a negative prompt CFG never runs; the positive stands in so families build their inputs as usual
     complete = guider if guider.negative is not None else dataclasses.replace(guider, negative=guider.positive)
     inputs = denoiser.family.model_inputs(denoiser, complete, batch, image_size)
-    guidance = Guidance(guider, inputs)
+    guidance = Guidance(guider, inputs, denoiser.family, denoiser.module)
     # control inputs before the initial noise, as the pipelines prepare them (Flux samples them from the same
     # generator); two copies side by side when CFG runs batched
     controls = ControlPlan(denoiser, guider.positive.controls, guider.negative.controls if guider.negative else (),

@@ -98,6 +98,15 @@ class Family:
         (``encode_empty()``), zeros (SDXL's ``force_zeros_for_empty_prompt``), or None for no guidance at all."""
         return encode_empty()
 
+    def attention_perturbation(self, module, layers: str):
+        """diffusers LayerSkipConfigs perturbing the self-attention of ``layers`` (PAG), or an InputError when the
+        family's denoiser has no attention diffusers' perturbation hooks can take."""
+        from .errors import InputError
+
+        raise InputError("guider", f"perturbed-attention guidance cannot perturb {self.display_name}'s attention "
+                         "(diffusers' PAG hooks do not take its attention processors).",
+                         "use PAG with an SD1.x/2.x or SDXL model, or another guider.")
+
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         """Why ``cond`` cannot drive ``denoiser`` (None if it can)."""
         raise NotImplementedError

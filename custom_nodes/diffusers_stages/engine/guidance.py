@@ -10,7 +10,9 @@ denoise loop asks this object and never decides itself.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,10 +22,15 @@ from .family import Family, ModelInputs
 
 
 @dataclass(frozen=True)
-class StepNeeds:
-    negative: bool  # the negative prompt's prediction
-    batched: bool  # … in one call with the positive, [negative, positive], as the family's pipeline batches CFG
-    skip: bool  # a prediction with some layers skipped (skip-layer guidance)
+class Call:
+    """One denoiser call of a step: ``prompt`` "positive", "negative", "both" ([negative, positive] batched, as the
+    family's pipeline batches CFG) or "skip" (the positive with some layers skipped, SD3's skip-layer guidance);
+    ``name``: the prediction it makes, as diffusers' guiders name them; ``around``: what the guider does to the
+    denoiser for this call (diffusers' prepare_models / cleanup_models, e.g. PAG's attention hooks)."""
+
+    prompt: str
+    name: str = "pred_cond"
+    around: Any = None
 
 
 def check_guider(guider: Guider, family: Family) -> None:
@@ -35,11 +42,12 @@ def check_guider(guider: Guider, family: Family) -> None:
 
 # Guider.method -> the diffusers guider that runs it (diffusers.guiders, experimental in 0.42: pinned by the tests)
 DIFFUSERS_GUIDERS = {"cfg_zero_star": "ClassifierFreeZeroStarGuidance", "apg": "AdaptiveProjectedGuidance",
-                     "tcfg": "TangentialClassifierFreeGuidance"}
+                     "tcfg": "TangentialClassifierFreeGuidance", "pag": "PerturbedAttentionGuidance"}
 
 
 class Guidance:
-    def __init__(self, guider: Guider, inputs: ModelInputs):
+    def __init__(self, guider: Guider, inputs: ModelInputs, family: Family | None = None, module=None):
+        """``family`` and ``module``: the denoiser, for guiders that perturb its layers (PAG)."""
         self.guider, self.inputs = guider, inputs
         self.takes_cfg = inputs.cfg is not None or inputs.uncond is not None  # as the family's adapter built them
         self.diffusers_guider = None
@@ -51,9 +59,12 @@ class Guidance:
             import diffusers.guiders
 
             cls = getattr(diffusers.guiders, DIFFUSERS_GUIDERS[guider.method])
+            options = dict(guider.method_options)
+            if "perturbed_guidance_layers" in options:  # which layers to perturb, in the family's own terms
+                layers = options.pop("perturbed_guidance_layers")
+                options["perturbed_guidance_config"] = family.attention_perturbation(module, layers)
             self.diffusers_guider = cls(guidance_scale=guider.scale, guidance_rescale=guider.rescale,
-                                        start=guider.start_percent, stop=guider.end_percent,
-                                        **dict(guider.method_options))
+                                        start=guider.start_percent, stop=guider.end_percent, **options)
 
     @property
     def batch_copies(self) -> int:
@@ -62,30 +73,49 @@ class Guidance:
         batched = self.inputs.cfg is not None and self.diffusers_guider is None
         return 2 if batched and self.takes_cfg and self.guider.guides else 1
 
-    def needs(self, step: int, total: int, timestep=None) -> StepNeeds:
-        if self.diffusers_guider is not None:  # the modular loop's calls, each step: set_state, prepare_inputs
-            self.diffusers_guider.set_state(step, total, timestep)
-            self.diffusers_guider.prepare_inputs({})  # (APG starts its momentum buffer at step 0 here)
-            negative = (self.takes_cfg and self.inputs.uncond is not None and self.guider.negative is not None
-                        and self.diffusers_guider.num_conditions == 2)
-            return StepNeeds(negative, False, False)
-        negative = self.takes_cfg and self.guider.active_at(step, total)
-        skip = negative and self.inputs.skip is not None and self.guider.skip_active_at(step, total)
-        return StepNeeds(negative, negative and self.inputs.cfg is not None, skip)
+    def calls(self, step: int, total: int, timestep=None) -> list[Call]:
+        """The denoiser calls this step needs, in the order the reference runs them."""
+        if self.diffusers_guider is not None:  # the modular loop, each step: set_state, prepare_inputs, and per
+            guider = self.diffusers_guider  # batch prepare_models / predict / cleanup_models
+            guider.set_state(step, total, timestep)
+            if self.guider.negative is None or not self.takes_cfg:  # guided by the positive prompt alone
+                guider.prepare_inputs({})
+                return [Call("positive")]
+            batches = guider.prepare_inputs({"prompt": ("positive", "negative")})
+            return [Call(batch.prompt, getattr(batch, guider._identifier_key), guider) for batch in batches]
+        if not (self.takes_cfg and self.guider.active_at(step, total)):
+            return [Call("positive")]
+        calls = [Call("both")] if self.inputs.cfg is not None else [Call("positive"), Call("negative", "pred_uncond")]
+        if self.inputs.skip is not None and self.guider.skip_active_at(step, total):
+            calls.append(Call("skip", "pred_cond_skip"))
+        return calls
 
-    def combine(self, cond: torch.Tensor, uncond: torch.Tensor | None = None,
-                skipped: torch.Tensor | None = None) -> torch.Tensor:
-        """The guided prediction: CFG, plus skip-layer guidance as StableDiffusion3Pipeline applies it, then
-        diffusers' guidance rescale; the positive prediction alone when the step needed no negative. A diffusers
-        guider combines them itself (CFG-Zero* may zero even a lone positive prediction)."""
+    @staticmethod
+    @contextlib.contextmanager
+    def around(call: Call, module):
+        if call.around is None:
+            yield
+            return
+        call.around.prepare_models(module)
+        try:
+            yield
+        finally:
+            call.around.cleanup_models(module)
+
+    def combine(self, predictions: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The guided prediction from the step's predictions (``pred_cond``, ``pred_uncond``, ``pred_cond_skip``):
+        CFG, plus skip-layer guidance as StableDiffusion3Pipeline applies it, then diffusers' guidance rescale; the
+        positive prediction alone when the step needed no other. A diffusers guider combines them itself (CFG-Zero*
+        may zero even a lone positive prediction)."""
         if self.diffusers_guider is not None:
-            return self.diffusers_guider.forward(pred_cond=cond, pred_uncond=uncond).pred
+            return self.diffusers_guider.forward(**predictions).pred
+        cond, uncond = predictions["pred_cond"], predictions.get("pred_uncond")
         if uncond is None:
             return cond
         guider = self.guider
         guided = uncond + guider.scale * (cond - uncond)
-        if skipped is not None:
-            guided = guided + (cond - skipped) * guider.skip_scale
+        if "pred_cond_skip" in predictions:
+            guided = guided + (cond - predictions["pred_cond_skip"]) * guider.skip_scale
         if guider.rescale > 0.0:
             from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 

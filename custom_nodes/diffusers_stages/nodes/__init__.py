@@ -14,6 +14,7 @@ from .load_lora import LoadLoRA
 from .load_model import LoadModel
 from .load_text_encoders import LoadTextEncoders
 from .load_vae import LoadVAE
+from .pag_guider import PAGGuider
 from .scheduler import Scheduler
 from .size_conditioning import SizeConditioning
 from .skip_layer_guidance import SkipLayerGuidance
@@ -23,7 +24,7 @@ from .vae_decode import VAEDecode
 from .vae_encode import VAEEncode
 
 ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA, TextEncode, SizeConditioning,
-             AestheticScore, FluxGuidance, Scheduler, CFGGuider, CFGZeroStarGuider, APGGuider, TCFGGuider,
+             AestheticScore, FluxGuidance, Scheduler, CFGGuider, CFGZeroStarGuider, APGGuider, TCFGGuider, PAGGuider,
              SkipLayerGuidance,
              LoadControlNet, ApplyControlNet,
              EmptyLatent, Denoise, VAEDecode, VAEEncode)

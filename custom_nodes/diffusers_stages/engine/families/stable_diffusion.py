@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
+from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import controlnet_files
 from .bundled_configs import bundled_config, infer_text_encoder_config, infer_unet_config, infer_vae_config
@@ -182,6 +183,31 @@ class StableDiffusionFamily(Family):
         return None
 
     # ---- denoising -------------------------------------------------------------------------------
+    def attention_perturbation(self, module, layers: str):
+        """PAG layers as diffusers' PAG pipelines name U-Net blocks: "mid", "down.N", "up.N" (comma-separated);
+        every transformer block's self-attention scores in those blocks."""
+        from diffusers.hooks import LayerSkipConfig
+
+        configs = []
+        for name in [part.strip() for part in layers.split(",") if part.strip()]:
+            kind, _, index = name.partition(".")
+            attentions = {"mid": [module.mid_block] if kind == "mid" else [],
+                          "down": module.down_blocks, "up": module.up_blocks}.get(kind, [])
+            blocks = [attentions[int(index)]] if index.isdigit() and int(index) < len(attentions) else (
+                attentions if kind == "mid" else [])
+            prefix = {"mid": "mid_block", "down": f"down_blocks.{index}", "up": f"up_blocks.{index}"}.get(kind)
+            found = [(i, a) for block in blocks for i, a in enumerate(getattr(block, "attentions", []) or [])]
+            if not found:
+                raise InputError("pag_layers", f"'{name}' names no attention block of this U-Net.",
+                                 "use mid, down.N or up.N for blocks with attention (e.g. mid, up.0).")
+            for i, attention in found:
+                configs.append(LayerSkipConfig(indices=list(range(len(attention.transformer_blocks))),
+                                               fqn=f"{prefix}.attentions.{i}.transformer_blocks", skip_attention=False,
+                                               skip_attention_scores=True, skip_ff=False))
+        if not configs:
+            raise InputError("pag_layers", "no layers given.", "name U-Net blocks to perturb, e.g. mid.")
+        return configs
+
     @staticmethod
     def guidance_embedding(denoiser: Denoiser, scale: float, batch: int):
         """Guidance-distilled (LCM) UNets embed w = scale - 1 like a timestep, as diffusers' pipelines do."""

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from .cfg_guider import CFGGuider
+
+
+class PAGGuider(CFGGuider):
+    NODE_ID = "DS_PAGGuider"
+    DISPLAY_NAME = "PAG Guider (Diffusers)"
+    VERSION = "1.0.0"
+    DESCRIPTION = ("Perturbed-Attention Guidance (Ahn et al. 2024) with CFG: a third prediction with the "
+                   "self-attention of some layers replaced by identity, and the image pushed away from it by "
+                   "pag_scale. Runs diffusers' PerturbedAttentionGuidance as its modular pipelines run it (three "
+                   "denoiser calls: positive, negative, perturbed; diffusers' step windows). U-Net models (SD1.x/2.x, "
+                   "SDXL): diffusers' perturbation hooks do not take the SD3/Flux attention processors.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        spec = super().INPUT_TYPES()
+        spec["required"].update({
+            "pag_scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                    "tooltip": "How far the image is pushed away from the perturbed prediction "
+                                               "(diffusers' perturbed_guidance_scale); 0 = plain CFG."}),
+            "pag_layers": ("STRING", {"default": "mid",
+                                      "tooltip": "U-Net blocks whose self-attention is perturbed, as diffusers' PAG "
+                                                 "pipelines name them: mid, down.N, up.N (comma-separated)."}),
+            "pag_start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
+                                            "tooltip": "PAG starts at this fraction of the steps."}),
+            "pag_end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
+                                          "tooltip": "PAG stops at this fraction of the steps."}),
+        })
+        return spec
+
+    def run(self, positive, cfg, pag_scale=3.0, pag_layers="mid", pag_start_percent=0.0, pag_end_percent=1.0,
+            guidance_rescale=0.0, start_percent=0.0, end_percent=1.0, negative=None):
+        options = (("perturbed_guidance_scale", pag_scale), ("perturbed_guidance_layers", pag_layers),
+                   ("perturbed_guidance_start", pag_start_percent), ("perturbed_guidance_stop", pag_end_percent))
+        return (self.guider(positive, negative, cfg, guidance_rescale, start_percent, end_percent, "pag", options),)
