@@ -136,5 +136,25 @@ def test_pag_on_a_denoiser_it_cannot_perturb_is_refused(nodes):
     for folder in ("diffusers/tiny-sd3", "diffusers/tiny-flux"):
         with pytest.raises(StageError, match="guider: perturbed-attention guidance cannot perturb .*Fix: use PAG with"):
             ours(nodes, "DS_PAGGuider", folder, cfg=4.0)
-    with pytest.raises(StageError, match="pag_layers: 'down.0' names no attention block"):
+    with pytest.raises(StageError, match="layers: .down.0. names no attention block"):
         ours(nodes, "DS_PAGGuider", cfg=4.0, pag_layers="down.0")
+
+
+@pytest.mark.parametrize("settings", [{"cfg": 5.0, "seg_scale": 3.0},
+                                      {"cfg": 6.0, "seg_scale": 2.0, "seg_blur_sigma": 2.0, "seg_layers": "up.0"}])
+def test_seg_equals_the_modular_pipeline(nodes, modular, settings):
+    from diffusers.guiders import SmoothedEnergyGuidance
+    from diffusers.hooks.smoothed_energy_guidance_utils import SmoothedEnergyGuidanceConfig
+
+    pipe = modular("diffusers/tiny-sdxl")
+    name = settings.get("seg_layers", "mid")
+    block = pipe.unet.mid_block if name == "mid" else pipe.unet.up_blocks[int(name.split(".")[1])]
+    prefix = "mid_block" if name == "mid" else f"up_blocks.{name.split('.')[1]}"
+    configs = [SmoothedEnergyGuidanceConfig(indices=list(range(len(a.transformer_blocks))),
+                                            fqn=f"{prefix}.attentions.{i}.transformer_blocks")
+               for i, a in enumerate(block.attentions)]
+    guider = SmoothedEnergyGuidance(guidance_scale=settings["cfg"], seg_guidance_scale=settings["seg_scale"],
+                                    seg_blur_sigma=settings.get("seg_blur_sigma", 9999999.0), seg_guidance_start=0.0,
+                                    seg_guidance_stop=1.0, seg_guidance_config=configs)
+    expected = reference(pipe, guider)
+    assert torch.equal(ours(nodes, "DS_SEGGuider", **settings), expected)

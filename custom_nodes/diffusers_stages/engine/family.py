@@ -98,9 +98,10 @@ class Family:
         (``encode_empty()``), zeros (SDXL's ``force_zeros_for_empty_prompt``), or None for no guidance at all."""
         return encode_empty()
 
-    def attention_perturbation(self, module, layers: str):
-        """diffusers LayerSkipConfigs perturbing the self-attention of ``layers`` (PAG), or an InputError when the
-        family's denoiser has no attention diffusers' perturbation hooks can take."""
+    def attention_blocks(self, module, layers: str) -> list[tuple[str, list[int]]]:
+        """(module path, block indices) of the transformer blocks whose self-attention ``layers`` names, for the
+        guiders that perturb it (PAG, SEG); an InputError when diffusers' hooks cannot take the family's
+        attention."""
         from .errors import InputError
 
         raise InputError("guider", f"perturbed-attention guidance cannot perturb {self.display_name}'s attention "

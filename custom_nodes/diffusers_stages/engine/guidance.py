@@ -42,7 +42,22 @@ def check_guider(guider: Guider, family: Family) -> None:
 
 # Guider.method -> the diffusers guider that runs it (diffusers.guiders, experimental in 0.42: pinned by the tests)
 DIFFUSERS_GUIDERS = {"cfg_zero_star": "ClassifierFreeZeroStarGuidance", "apg": "AdaptiveProjectedGuidance",
-                     "tcfg": "TangentialClassifierFreeGuidance", "pag": "PerturbedAttentionGuidance"}
+                     "tcfg": "TangentialClassifierFreeGuidance", "pag": "PerturbedAttentionGuidance",
+                     "seg": "SmoothedEnergyGuidance"}
+
+
+def perturbation_config(method: str, blocks: list[tuple[str, list[int]]]) -> dict:
+    """The diffusers guider's own config for perturbing these blocks' self-attention: PAG replaces the attention
+    scores (a LayerSkipConfig on attention scores only), SEG blurs the queries (SmoothedEnergyGuidanceConfig)."""
+    if method == "pag":
+        from diffusers.hooks import LayerSkipConfig
+
+        return {"perturbed_guidance_config": [LayerSkipConfig(indices=indices, fqn=fqn, skip_attention=False,
+                                                               skip_attention_scores=True, skip_ff=False)
+                                              for fqn, indices in blocks]}
+    from diffusers.hooks.smoothed_energy_guidance_utils import SmoothedEnergyGuidanceConfig
+
+    return {"seg_guidance_config": [SmoothedEnergyGuidanceConfig(indices=indices, fqn=fqn) for fqn, indices in blocks]}
 
 
 class Guidance:
@@ -60,9 +75,9 @@ class Guidance:
 
             cls = getattr(diffusers.guiders, DIFFUSERS_GUIDERS[guider.method])
             options = dict(guider.method_options)
-            if "perturbed_guidance_layers" in options:  # which layers to perturb, in the family's own terms
-                layers = options.pop("perturbed_guidance_layers")
-                options["perturbed_guidance_config"] = family.attention_perturbation(module, layers)
+            if "layers" in options:  # the attention layers to perturb, named in the family's own terms
+                blocks = family.attention_blocks(module, options.pop("layers"))
+                options.update(perturbation_config(guider.method, blocks))
             self.diffusers_guider = cls(guidance_scale=guider.scale, guidance_rescale=guider.rescale,
                                         start=guider.start_percent, stop=guider.end_percent, **options)
 

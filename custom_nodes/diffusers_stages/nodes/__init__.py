@@ -16,6 +16,7 @@ from .load_text_encoders import LoadTextEncoders
 from .load_vae import LoadVAE
 from .pag_guider import PAGGuider
 from .scheduler import Scheduler
+from .seg_guider import SEGGuider
 from .size_conditioning import SizeConditioning
 from .skip_layer_guidance import SkipLayerGuidance
 from .tcfg_guider import TCFGGuider
@@ -25,6 +26,7 @@ from .vae_encode import VAEEncode
 
 ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA, TextEncode, SizeConditioning,
              AestheticScore, FluxGuidance, Scheduler, CFGGuider, CFGZeroStarGuider, APGGuider, TCFGGuider, PAGGuider,
+             SEGGuider,
              SkipLayerGuidance,
              LoadControlNet, ApplyControlNet,
              EmptyLatent, Denoise, VAEDecode, VAEEncode)

@@ -32,6 +32,6 @@ class PAGGuider(CFGGuider):
 
     def run(self, positive, cfg, pag_scale=3.0, pag_layers="mid", pag_start_percent=0.0, pag_end_percent=1.0,
             guidance_rescale=0.0, start_percent=0.0, end_percent=1.0, negative=None):
-        options = (("perturbed_guidance_scale", pag_scale), ("perturbed_guidance_layers", pag_layers),
+        options = (("perturbed_guidance_scale", pag_scale), ("layers", pag_layers),
                    ("perturbed_guidance_start", pag_start_percent), ("perturbed_guidance_stop", pag_end_percent))
         return (self.guider(positive, negative, cfg, guidance_rescale, start_percent, end_percent, "pag", options),)

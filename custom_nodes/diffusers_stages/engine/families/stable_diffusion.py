@@ -183,11 +183,9 @@ class StableDiffusionFamily(Family):
         return None
 
     # ---- denoising -------------------------------------------------------------------------------
-    def attention_perturbation(self, module, layers: str):
-        """PAG layers as diffusers' PAG pipelines name U-Net blocks: "mid", "down.N", "up.N" (comma-separated);
-        every transformer block's self-attention scores in those blocks."""
-        from diffusers.hooks import LayerSkipConfig
-
+    def attention_blocks(self, module, layers: str):
+        """Layers as diffusers' PAG pipelines name U-Net blocks: "mid", "down.N", "up.N" (comma-separated); every
+        transformer block of those blocks' attentions."""
         configs = []
         for name in [part.strip() for part in layers.split(",") if part.strip()]:
             kind, _, index = name.partition(".")
@@ -198,14 +196,13 @@ class StableDiffusionFamily(Family):
             prefix = {"mid": "mid_block", "down": f"down_blocks.{index}", "up": f"up_blocks.{index}"}.get(kind)
             found = [(i, a) for block in blocks for i, a in enumerate(getattr(block, "attentions", []) or [])]
             if not found:
-                raise InputError("pag_layers", f"'{name}' names no attention block of this U-Net.",
+                raise InputError("layers", f"'{name}' names no attention block of this U-Net.",
                                  "use mid, down.N or up.N for blocks with attention (e.g. mid, up.0).")
             for i, attention in found:
-                configs.append(LayerSkipConfig(indices=list(range(len(attention.transformer_blocks))),
-                                               fqn=f"{prefix}.attentions.{i}.transformer_blocks", skip_attention=False,
-                                               skip_attention_scores=True, skip_ff=False))
+                configs.append((f"{prefix}.attentions.{i}.transformer_blocks",
+                                list(range(len(attention.transformer_blocks)))))
         if not configs:
-            raise InputError("pag_layers", "no layers given.", "name U-Net blocks to perturb, e.g. mid.")
+            raise InputError("layers", "no layers given.", "name U-Net blocks to perturb, e.g. mid.")
         return configs
 
     @staticmethod
