@@ -6,6 +6,19 @@ from .base import CONDITIONING, GUIDER, StageNode, category, window_error
 from .text_encode import implicit_negative
 
 
+def layer_guidance_inputs(prefix: str, what: str, scale_tooltip: str) -> dict:
+    """The inputs of a guider that perturbs some U-Net blocks (PAG, SEG): its scale, the blocks, its own window."""
+    return {
+        f"{prefix}_scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": scale_tooltip}),
+        f"{prefix}_layers": ("STRING", {"default": "mid", "tooltip": f"U-Net blocks whose self-attention is {what}, "
+                                        "as diffusers' PAG pipelines name them: mid, down.N, up.N (comma-separated)."}),
+        f"{prefix}_start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
+                                              "tooltip": f"{prefix.upper()} starts at this fraction of the steps."}),
+        f"{prefix}_end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
+                                            "tooltip": f"{prefix.upper()} stops at this fraction of the steps."}),
+    }
+
+
 class CFGGuider(StageNode):
     NODE_ID = "DS_CFGGuider"
     DISPLAY_NAME = "CFG Guider (Diffusers)"

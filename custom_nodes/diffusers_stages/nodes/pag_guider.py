@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from .cfg_guider import CFGGuider
+from .cfg_guider import CFGGuider, layer_guidance_inputs
 
 
 class PAGGuider(CFGGuider):
@@ -16,18 +16,9 @@ class PAGGuider(CFGGuider):
     @classmethod
     def INPUT_TYPES(cls):
         spec = super().INPUT_TYPES()
-        spec["required"].update({
-            "pag_scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                    "tooltip": "How far the image is pushed away from the perturbed prediction "
-                                               "(diffusers' perturbed_guidance_scale); 0 = plain CFG."}),
-            "pag_layers": ("STRING", {"default": "mid",
-                                      "tooltip": "U-Net blocks whose self-attention is perturbed, as diffusers' PAG "
-                                                 "pipelines name them: mid, down.N, up.N (comma-separated)."}),
-            "pag_start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
-                                            "tooltip": "PAG starts at this fraction of the steps."}),
-            "pag_end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
-                                          "tooltip": "PAG stops at this fraction of the steps."}),
-        })
+        spec["required"].update(layer_guidance_inputs(
+            "pag", "perturbed", "How far the image is pushed away from the perturbed prediction (diffusers' "
+            "perturbed_guidance_scale); 0 = plain CFG."))
         return spec
 
     def run(self, positive, cfg, pag_scale=3.0, pag_layers="mid", pag_start_percent=0.0, pag_end_percent=1.0,

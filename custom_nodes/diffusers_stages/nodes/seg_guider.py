@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from .cfg_guider import CFGGuider
+from .cfg_guider import CFGGuider, layer_guidance_inputs
 
 
 class SEGGuider(CFGGuider):
@@ -15,21 +15,13 @@ class SEGGuider(CFGGuider):
     @classmethod
     def INPUT_TYPES(cls):
         spec = super().INPUT_TYPES()
-        spec["required"].update({
-            "seg_scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                    "tooltip": "How far the image is pushed away from the blurred-attention "
-                                               "prediction (diffusers' seg_guidance_scale)."}),
-            "seg_blur_sigma": ("FLOAT", {"default": 9999999.0, "min": 0.0, "max": 9999999.0, "step": 0.1,
-                                         "tooltip": "Blur of the attention queries; at or above 9999 the queries are "
-                                                    "replaced by their mean (infinite blur, the paper's default)."}),
-            "seg_layers": ("STRING", {"default": "mid",
-                                      "tooltip": "U-Net blocks whose self-attention is blurred: mid, down.N, up.N "
-                                                 "(comma-separated)."}),
-            "seg_start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
-                                            "tooltip": "SEG starts at this fraction of the steps."}),
-            "seg_end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
-                                          "tooltip": "SEG stops at this fraction of the steps."}),
-        })
+        spec["required"].update(layer_guidance_inputs(
+            "seg", "blurred", "How far the image is pushed away from the blurred-attention prediction (diffusers' "
+            "seg_guidance_scale)."))
+        spec["required"]["seg_blur_sigma"] = ("FLOAT", {
+            "default": 9999999.0, "min": 0.0, "max": 9999999.0, "step": 0.1,
+            "tooltip": "Blur of the attention queries; at or above 9999 the queries are replaced by their mean "
+                       "(infinite blur, the paper's default)."})
         return spec
 
     def run(self, positive, cfg, seg_scale=3.0, seg_blur_sigma=9999999.0, seg_layers="mid", seg_start_percent=0.0,
