@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
+# model-file digests the runner caches across processes go to a folder of the test run, not the user's ~/.cache
+os.environ.setdefault("DIFFUSERS_STAGES_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="ds-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
