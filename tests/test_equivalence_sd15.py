@@ -236,6 +236,6 @@ def test_guidance_distilled_unet_matches_pipeline(nodes, models_root, tmp_path):
     from diffusers_stages.engine.errors import StageError
 
     apg = nodes["DS_APGGuider"].execute(positive=graph.encode("a cat"), negative=graph.encode("blurry"), cfg=8.0)[0]
-    with pytest.raises(StageError, match="guider: AdaptiveProjectedGuidance guides with a negative prediction, which "
-                                         "this guidance-distilled model"):
+    with pytest.raises(StageError, match="guider: AdaptiveProjectedGuidance guides with predictions besides the "
+                                         "positive one, which this guidance-distilled model"):
         graph.denoise(apg, graph.default_scheduler, graph.empty())

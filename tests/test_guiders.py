@@ -158,3 +158,15 @@ def test_seg_equals_the_modular_pipeline(nodes, modular, settings):
                                     seg_guidance_stop=1.0, seg_guidance_config=configs)
     expected = reference(pipe, guider)
     assert torch.equal(ours(nodes, "DS_SEGGuider", **settings), expected)
+
+
+def test_pag_without_cfg_is_refused_not_ignored(nodes):
+    """diffusers' PAG/SEG guiders perturb nothing when CFG is off (their hooks apply to a CFG step's third call
+    only): cfg 1 is refused rather than silently sampling without PAG."""
+    from diffusers_stages.engine.errors import StageError
+
+    graph = Graph(nodes, "diffusers/tiny-sdxl")
+    for node in ("DS_PAGGuider", "DS_SEGGuider"):
+        guider = nodes[node].execute(positive=graph.encode(PROMPT), cfg=1.0)[0]
+        with pytest.raises(StageError, match="guider: .* perturbs the attention only while CFG runs"):
+            graph.denoise(guider, graph.default_scheduler, graph.empty())

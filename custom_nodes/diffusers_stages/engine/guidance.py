@@ -38,6 +38,12 @@ def check_guider(guider: Guider, family: Family) -> None:
     if guider.skip_layers and not family.supports_skip_layers:
         raise InputError("guider", f"skip-layer guidance is an SD3 feature; {family.display_name} does not take it.",
                          "remove the Skip Layer Guidance node, or use it with an SD3/SD3.5 model.")
+    if guider.method in ("pag", "seg") and not (guider.negative is not None and guider.guides):
+        # diffusers 0.42's guiders hook the denoiser only for the third call of a CFG step: with CFG off the
+        # perturbed call runs unperturbed (on the negative prompt's inputs), and the result is plain sampling
+        raise InputError("guider", f"{DIFFUSERS_GUIDERS[guider.method]} perturbs the attention only while CFG runs "
+                         "(diffusers 0.42); with cfg 1 or below it would change nothing.",
+                         f"set cfg above 1 in the {guider.method.upper()} Guider, or use CFG Guider.")
 
 
 # Guider.method -> the diffusers guider that runs it (diffusers.guiders, experimental in 0.42: pinned by the tests)
@@ -66,10 +72,10 @@ class Guidance:
         self.guider, self.inputs = guider, inputs
         self.takes_cfg = inputs.cfg is not None or inputs.uncond is not None  # as the family's adapter built them
         self.diffusers_guider = None
-        if guider.method != "cfg" and guider.negative is not None and not self.takes_cfg:
-            raise InputError("guider", f"{DIFFUSERS_GUIDERS[guider.method]} guides with a negative prediction, which "
-                             "this guidance-distilled model (e.g. LCM: the scale is an embedding) does not take.",
-                             "use CFG Guider, whose cfg such a model reads as its embedded guidance.")
+        if guider.method != "cfg" and inputs.uncond is None:
+            raise InputError("guider", f"{DIFFUSERS_GUIDERS[guider.method]} guides with predictions besides the "
+                             "positive one, which this guidance-distilled model (e.g. LCM: the scale is an embedding) "
+                             "does not take.", "use CFG Guider, whose cfg such a model reads as its embedded guidance.")
         if guider.method != "cfg":  # run as diffusers' modular pipelines run it: its own window, two calls
             import diffusers.guiders
 
@@ -93,9 +99,8 @@ class Guidance:
         if self.diffusers_guider is not None:  # the modular loop, each step: set_state, prepare_inputs, and per
             guider = self.diffusers_guider  # batch prepare_models / predict / cleanup_models
             guider.set_state(step, total, timestep)
-            if self.guider.negative is None or not self.takes_cfg:  # guided by the positive prompt alone
-                guider.prepare_inputs({})
-                return [Call("positive")]
+            # without a negative prompt the "negative" inputs are the positive's (the loop builds them so): PAG/SEG
+            # at cfg 1 still make their perturbed call, on the positive prompt
             batches = guider.prepare_inputs({"prompt": ("positive", "negative")})
             return [Call(batch.prompt, getattr(batch, guider._identifier_key), guider) for batch in batches]
         if not (self.takes_cfg and self.guider.active_at(step, total)):
