@@ -403,6 +403,7 @@ def test_a_hundred_runs_keep_memory_flat(folders):
     for _ in range(100):
         runner.run(path, sets=[f"7.seed={next(seeds)}"])
     growth = rss() / before - 1
+    assert len(runner.executor.cache) <= 2 * len(json.load(open(path, encoding="utf-8")))  # no pile of old images
     print(f"[memory] RSS after 10 runs {before / 2 ** 20:.1f} MiB, after 110 runs {rss() / 2 ** 20:.1f} MiB "
           f"({growth:+.2%})")
     assert growth <= 0.02
