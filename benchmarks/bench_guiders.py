@@ -1,12 +1,12 @@
-"""diffusers' guiders as our nodes vs the code that runs them in diffusers (the SDXL modular pipeline with that
-guider), side by side in one process, and the guidance object's own cost per step.
+"""The guider nodes vs the code that runs them in diffusers (CFG-Zero*, APG: the SDXL modular pipeline with that
+guider; PAG: StableDiffusionXLPAGPipeline), side by side in one process, and the guidance object's own cost.
 
     python benchmarks/bench_guiders.py [--runs 5] [--steps 20] [--size 128]
 
 The model is the test suite's tiny SDXL (random weights, built here, no download). Wall time: both sides alternate
 (same threads, warm caches); median of --runs after one warm-up each, ratio ours / diffusers (goal <= 1.03). The
-guidance object's share: the time spent in Guidance.calls + Guidance.combine over a whole plain-CFG run, against
-the run's time (goal <= 1 %).
+guidance object's share: the time spent in Guidance.calls, call_inputs and combine over a whole plain-CFG run, against
+the run's time (goal <= 1 %); a plain-CFG run is also timed against StableDiffusionXLPipeline.
 """
 
 from __future__ import annotations
@@ -46,9 +46,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from diffusers import ModularPipeline
-    from diffusers.guiders import AdaptiveProjectedGuidance, ClassifierFreeZeroStarGuidance, PerturbedAttentionGuidance
-    from diffusers.hooks import LayerSkipConfig
+    from diffusers import ModularPipeline, StableDiffusionXLPAGPipeline, StableDiffusionXLPipeline
+    from diffusers.guiders import AdaptiveProjectedGuidance, ClassifierFreeZeroStarGuidance
 
     from diffusers_stages import host
     from diffusers_stages.engine import guidance as guidance_module
@@ -68,15 +67,30 @@ def main() -> None:
     modular.load_components(dtype=torch.float32)
     logging.disable(logging.NOTSET)
     modular.set_progress_bar_config(disable=True)
-    mid = [LayerSkipConfig(indices=list(range(len(a.transformer_blocks))), fqn=f"mid_block.attentions.{i}."
-                           "transformer_blocks", skip_attention=False, skip_attention_scores=True, skip_ff=False)
-           for i, a in enumerate(modular.unet.mid_block.attentions)]
+    pag = StableDiffusionXLPAGPipeline.from_pretrained(folder, local_files_only=True, pag_applied_layers=["mid"])
+    classic = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
+    for pipe in (pag, classic):
+        pipe.set_progress_bar_config(disable=True)
+
+    def with_guider(make):
+        def run():
+            modular.update_components(guider=make())
+            return modular(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, width=args.size,
+                           height=args.size, generator=torch.Generator("cpu").manual_seed(SEED), output="latents")
+        return run
+
+    def classic_pipeline(pipe, **settings):
+        return lambda: pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, width=args.size,
+                            height=args.size, guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(SEED),
+                            output_type="latent", **settings)
+
     cases = {
-        "cfg_zero_star": ("DS_CFGZeroStarGuider", {}, lambda: ClassifierFreeZeroStarGuidance(guidance_scale=5.0)),
-        "apg": ("DS_APGGuider", {"eta": 0.0}, lambda: AdaptiveProjectedGuidance(guidance_scale=5.0, eta=0.0)),
-        "pag": ("DS_PAGGuider", {"pag_scale": 3.0}, lambda: PerturbedAttentionGuidance(
-            guidance_scale=5.0, perturbed_guidance_scale=3.0, perturbed_guidance_start=0.0,
-            perturbed_guidance_stop=1.0, perturbed_guidance_config=mid)),
+        "cfg": ("DS_CFGGuider", {}, classic_pipeline(classic)),
+        "cfg_zero_star": ("DS_CFGZeroStarGuider", {},
+                          with_guider(lambda: ClassifierFreeZeroStarGuidance(guidance_scale=5.0))),
+        "apg": ("DS_APGGuider", {"eta": 0.0}, with_guider(lambda: AdaptiveProjectedGuidance(guidance_scale=5.0,
+                                                                                             eta=0.0))),
+        "pag": ("DS_PAGGuider", {"pag_scale": 3.0}, classic_pipeline(pag, pag_scale=3.0)),
     }
 
     def ours(node_id, settings):  # prompts encoded each run, as the modular pipeline does
@@ -87,21 +101,16 @@ def main() -> None:
             return nodes["DS_Denoise"].execute(denoiser=denoiser, guider=guider, scheduler=scheduler, latent=latent,
                                                seed=SEED, steps=args.steps)[0]
 
-    def theirs(make):
-        modular.update_components(guider=make())
-        return modular(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, width=args.size,
-                       height=args.size, generator=torch.Generator("cpu").manual_seed(SEED), output="latents")
-
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, tiny SDXL {args.size} px, "
           f"{args.runs} runs x {args.steps} steps")
     print(f"{'guider':14s} {'ours s':>8s} {'diffusers s':>12s} {'ratio':>7s}")
-    for name, (node_id, settings, make) in cases.items():
+    for name, (node_id, settings, reference) in cases.items():
         a = median_time(lambda n=node_id, s=settings: ours(n, s), args.runs)
-        b = median_time(lambda m=make: theirs(m), args.runs)
+        b = median_time(reference, args.runs)
         print(f"{name:14s} {a:8.3f} {b:12.3f} {a / b:7.3f}")
 
     spent = [0.0]
-    for method in ("calls", "combine"):  # time the guidance object's own work inside a plain-CFG run
+    for method in ("calls", "call_inputs", "combine"):  # time the guidance object's own work inside a plain-CFG run
         original = getattr(guidance_module.Guidance, method)
 
         def timed(self, *a, _original=original, **k):

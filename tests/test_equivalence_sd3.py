@@ -94,7 +94,7 @@ def test_sd3_without_t5_matches_pipeline(nodes, models_root):
 def test_sd3_refusals(sd3_graph, sd1_graph, nodes):
     with pytest.raises(StageError, match="not a multiple of 16"):
         nodes["DS_EmptyLatent"].execute(denoiser=sd3_graph.denoiser, width=64, height=72, batch_size=1)
-    with pytest.raises(StageError, match="skip-layer guidance is an SD3 feature"):
+    with pytest.raises(StageError, match="skip-layer guidance skips a DiT.s transformer blocks"):
         nodes["DS_SkipLayerGuidance"].execute(guider=sd1_graph.guider("a", ""), layers="1", scale=2.8)
     with pytest.raises(StageError, match="layers"):
         nodes["DS_SkipLayerGuidance"].execute(guider=sd3_graph.guider("a", ""), layers="seven", scale=2.8)

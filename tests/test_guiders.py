@@ -1,7 +1,8 @@
-"""diffusers' guiders as nodes (CFG-Zero*, APG, TCFG), against the code that runs them in diffusers: the SDXL and
-SD3 modular pipelines (StableDiffusionXL/3ModularPipeline) with that guider as their ``guider`` component. The
-modular loop runs the positive and negative predictions as two calls, positive first; the guidance object does
-the same for these methods (plain CFG stays batched, as the classic pipelines run it)."""
+"""The guider nodes against the code that runs them in diffusers. CFG-Zero*, APG, TCFG, SEG: the SDXL and SD3
+modular pipelines (StableDiffusionXL/3ModularPipeline) with that guider as their ``guider`` component; the modular
+loop runs the positive and negative predictions as two calls, positive first, and the guidance object does the
+same for these methods (plain CFG stays batched, as the classic pipelines run it). PAG: the PAG pipelines
+(StableDiffusion(XL/3)PAGPipeline), which batch [negative, positive, perturbed] in one call."""
 
 from __future__ import annotations
 
@@ -89,6 +90,29 @@ def test_tcfg_equals_the_modular_pipeline(nodes, modular, folder, settings):
     assert torch.equal(ours(nodes, "DS_TCFGGuider", folder, **settings), expected)
 
 
+@pytest.mark.parametrize("settings", [{"cfg": 5.0, "cfg_high": 10.0},
+                                      {"cfg": 3.0, "cfg_high": 8.0, "parallel_weight": 0.5, "guidance_rescale": 0.3,
+                                       "end_percent": 0.8}])
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_fdg_equals_the_modular_pipeline(nodes, modular, folder, settings):
+    from diffusers.guiders import FrequencyDecoupledGuidance
+
+    options = {"guidance_scales": [settings["cfg_high"], settings["cfg"]],
+               "parallel_weights": settings.get("parallel_weight"),
+               "guidance_rescale": settings.get("guidance_rescale", 0.0), "stop": settings.get("end_percent", 1.0)}
+    expected = reference(modular(folder), FrequencyDecoupledGuidance(**options))
+    image = ours(nodes, "DS_FDGGuider", folder, **settings)
+    assert torch.equal(image, expected)
+    assert not torch.equal(image, ours(nodes, "DS_CFGGuider", folder, cfg=settings["cfg"]))
+
+
+def test_fdg_needs_spatial_predictions(nodes):
+    from diffusers_stages.engine.errors import StageError
+
+    with pytest.raises(StageError, match="guider: FDG splits the prediction by frequency .*Fix: use another guider"):
+        ours(nodes, "DS_FDGGuider", "diffusers/tiny-flux", cfg=4.0)
+
+
 def test_the_guiders_change_the_image_and_cfg_stays_batched(nodes):
     plain = ours(nodes, "DS_CFGGuider", cfg=5.0)
     zero_star = ours(nodes, "DS_CFGZeroStarGuider", cfg=5.0)
@@ -104,40 +128,96 @@ def test_the_guiders_run_on_the_families_without_a_modular_pipeline(nodes, folde
         assert torch.isfinite(image).all() and image.std() > 0
 
 
-@pytest.mark.parametrize("settings", [
-    {"cfg": 5.0, "pag_scale": 3.0},
-    {"cfg": 6.0, "pag_scale": 2.0, "pag_layers": "mid, up.0", "pag_end_percent": 0.6},
-])
-def test_pag_equals_the_modular_pipeline(nodes, modular, settings):
-    from diffusers.guiders import PerturbedAttentionGuidance
-    from diffusers.hooks import LayerSkipConfig
+PAG_PIPELINES = {"diffusers/tiny-sd15": "StableDiffusionPAGPipeline",
+                 "diffusers/tiny-sdxl": "StableDiffusionXLPAGPipeline",
+                 "diffusers/tiny-sd3": "StableDiffusion3PAGPipeline"}
 
-    pipe = modular("diffusers/tiny-sdxl")
-    configs = []
-    for name in settings.get("pag_layers", "mid").split(", "):  # every transformer block of those attentions
-        block = pipe.unet.mid_block if name == "mid" else pipe.unet.up_blocks[int(name.split(".")[1])]
-        prefix = "mid_block" if name == "mid" else f"up_blocks.{name.split('.')[1]}"
-        configs += [LayerSkipConfig(indices=list(range(len(a.transformer_blocks))), fqn=f"{prefix}.attentions.{i}"
-                                    ".transformer_blocks", skip_attention=False, skip_attention_scores=True,
-                                    skip_ff=False) for i, a in enumerate(block.attentions)]
-    guider = PerturbedAttentionGuidance(guidance_scale=settings["cfg"], perturbed_guidance_scale=settings["pag_scale"],
-                                        perturbed_guidance_start=0.0,
-                                        perturbed_guidance_stop=settings.get("pag_end_percent", 1.0),
-                                        perturbed_guidance_config=configs)
-    expected = reference(pipe, guider)
-    ours_image = ours(nodes, "DS_PAGGuider", **settings)
-    assert torch.equal(ours_image, expected)
-    assert not torch.equal(ours_image, ours(nodes, "DS_CFGGuider", cfg=settings["cfg"]))
+
+@pytest.fixture(scope="module")
+def pag_pipeline(models_root):
+    from conftest import load_pipeline
+
+    loaded = {}
+
+    def pipeline(folder: str, layers: list[str]):
+        key = (folder, tuple(layers))
+        if key not in loaded:
+            loaded[key] = load_pipeline(PAG_PIPELINES[folder], os.path.join(models_root["root"], folder),
+                                        pag_applied_layers=layers)
+        return loaded[key]
+
+    return pipeline
+
+
+@pytest.mark.parametrize("folder, settings", [
+    ("diffusers/tiny-sd15", {"cfg": 5.0, "pag_scale": 3.0}),
+    ("diffusers/tiny-sd15", {"cfg": 1.0, "pag_scale": 2.0, "pag_layers": "mid, up_blocks.1"}),  # PAG alone
+    ("diffusers/tiny-sd15", {"cfg": 6.0, "pag_scale": 4.0, "pag_adaptive_scale": 0.005, "guidance_rescale": 0.4,
+                             "batch": 2}),
+    ("diffusers/tiny-sdxl", {"cfg": 5.0, "pag_scale": 3.0}),
+    ("diffusers/tiny-sdxl", {"cfg": 6.0, "pag_scale": 2.0, "pag_layers": "mid, up_blocks.0"}),
+    ("diffusers/tiny-sd3", {"cfg": 5.0, "pag_scale": 3.0, "pag_layers": "blocks.1"}),
+    ("diffusers/tiny-sd3", {"cfg": 1.0, "pag_scale": 2.5, "pag_layers": "blocks.2, blocks.1"}),
+])
+def test_pag_equals_the_pag_pipelines(nodes, pag_pipeline, folder, settings):
+    """StableDiffusion(XL/3)PAGPipeline: [negative, positive, perturbed] in one call with their PAG processors."""
+    settings = dict(settings)
+    batch = settings.pop("batch", 1)
+    layers = settings.get("pag_layers", "mid").split(", ")
+    pipe = pag_pipeline(folder, layers)
+    extra = {"guidance_rescale": settings["guidance_rescale"]} if "guidance_rescale" in settings else {}
+    expected = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, width=64, height=64,
+                    guidance_scale=settings["cfg"], pag_scale=settings["pag_scale"],
+                    pag_adaptive_scale=settings.get("pag_adaptive_scale", 0.0), num_images_per_prompt=batch,
+                    generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", **extra).images
+    graph = Graph(nodes, folder)
+    guider = nodes["DS_PAGGuider"].execute(positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE),
+                                           **settings)[0]
+    image = bchw(graph.decode(graph.denoise(guider, graph.default_scheduler, graph.empty(batch=batch), seed=SEED,
+                                            steps=STEPS)))
+    assert torch.equal(image, expected)
+    plain = nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE),
+                                          cfg=settings["cfg"])[0]
+    assert not torch.equal(image, bchw(graph.decode(graph.denoise(plain, graph.default_scheduler,
+                                                                  graph.empty(batch=batch), seed=SEED, steps=STEPS))))
+
+
+def test_pag_window_leaves_plain_cfg_outside_it(nodes):
+    graph = Graph(nodes, "diffusers/tiny-sd15")
+    run = {}
+    for name, node, settings in [("cfg", "DS_CFGGuider", {}), ("pag", "DS_PAGGuider", {"pag_scale": 3.0}),
+                                 ("closed", "DS_PAGGuider", {"pag_scale": 3.0, "pag_start_percent": 1.0}),
+                                 ("zero", "DS_PAGGuider", {"pag_scale": 0.0})]:
+        guider = nodes[node].execute(positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE), cfg=5.0,
+                                     **settings)[0]
+        run[name] = graph.denoise(guider, graph.default_scheduler, graph.empty(), seed=SEED, steps=STEPS)["samples"]
+    assert torch.equal(run["cfg"], run["zero"]) and not torch.equal(run["cfg"], run["pag"])
+    assert not torch.equal(run["pag"], run["closed"])
+
+
+def test_pag_layer_names(nodes):
+    """up.N / down.N are short for up_blocks.N / down_blocks.N; on SD3.5's dual-attention blocks only the joint
+    attention is perturbed (StableDiffusion3PAGPipeline fails on the extra self-attention)."""
+    short = ours(nodes, "DS_PAGGuider", "diffusers/tiny-sd15", cfg=4.0, pag_layers="up.1")
+    assert torch.equal(short, ours(nodes, "DS_PAGGuider", "diffusers/tiny-sd15", cfg=4.0, pag_layers="up_blocks.1"))
+    dual = ours(nodes, "DS_PAGGuider", "diffusers/tiny-sd3", cfg=4.0, pag_layers="blocks.0")
+    assert torch.isfinite(dual).all()
+    assert not torch.equal(dual, ours(nodes, "DS_CFGGuider", "diffusers/tiny-sd3", cfg=4.0))
 
 
 def test_pag_on_a_denoiser_it_cannot_perturb_is_refused(nodes):
     from diffusers_stages.engine.errors import StageError
 
-    for folder in ("diffusers/tiny-sd3", "diffusers/tiny-flux"):
-        with pytest.raises(StageError, match="guider: perturbed-attention guidance cannot perturb .*Fix: use PAG with"):
-            ours(nodes, "DS_PAGGuider", folder, cfg=4.0)
-    with pytest.raises(StageError, match="layers: .down.0. names no attention block"):
+    with pytest.raises(StageError, match="guider: perturbed-attention guidance has no diffusers pipeline for Flux.*"
+                                         "Fix: use PAG with an SD1.x/2.x, SDXL or SD3 model"):
+        ours(nodes, "DS_PAGGuider", "diffusers/tiny-flux", cfg=4.0)
+    with pytest.raises(StageError, match="layers: .down.0. names no self-attention layer"):
         ours(nodes, "DS_PAGGuider", cfg=4.0, pag_layers="down.0")
+    with pytest.raises(StageError, match=r"layers: .up.\[. is not a valid layer pattern"):
+        ours(nodes, "DS_PAGGuider", cfg=4.0, pag_layers="up.[")
+    for folder in ("diffusers/tiny-sd3", "diffusers/tiny-flux"):
+        with pytest.raises(StageError, match="guider: SmoothedEnergyGuidance cannot perturb .*Fix: use it with an SD1"):
+            ours(nodes, "DS_SEGGuider", folder, cfg=4.0)
 
 
 @pytest.mark.parametrize("settings", [{"cfg": 5.0, "seg_scale": 3.0},
@@ -160,13 +240,112 @@ def test_seg_equals_the_modular_pipeline(nodes, modular, settings):
     assert torch.equal(ours(nodes, "DS_SEGGuider", **settings), expected)
 
 
-def test_pag_without_cfg_is_refused_not_ignored(nodes):
-    """diffusers' PAG/SEG guiders perturb nothing when CFG is off (their hooks apply to a CFG step's third call
-    only): cfg 1 is refused rather than silently sampling without PAG."""
+def test_seg_without_cfg_is_refused_not_ignored(nodes):
+    """diffusers' SEG guider perturbs nothing when CFG is off (its hooks apply to a CFG step's third call only):
+    cfg 1 is refused rather than silently sampling without SEG."""
     from diffusers_stages.engine.errors import StageError
 
     graph = Graph(nodes, "diffusers/tiny-sdxl")
-    for node in ("DS_PAGGuider", "DS_SEGGuider"):
+    for node in ("DS_SEGGuider",):
         guider = nodes[node].execute(positive=graph.encode(PROMPT), cfg=1.0)[0]
-        with pytest.raises(StageError, match="guider: .* perturbs the attention only while CFG runs"):
+        with pytest.raises(StageError, match="guider: .* perturbs the denoiser only while CFG runs"):
             graph.denoise(guider, graph.default_scheduler, graph.empty())
+
+
+@pytest.mark.parametrize("layers, configs, window", [
+    ("0", {"transformer_blocks": [0]}, (0.0, 1.0)),
+    ("0, single.1", {"transformer_blocks": [0], "single_transformer_blocks": [1]}, (0.2, 0.8)),
+])
+def test_skip_layer_guidance_on_flux_equals_diffusers_guider_in_flux_pipeline(nodes, models_root, layers, configs,
+                                                                              window):
+    """No diffusers pipeline runs a guider on Flux (FluxModularPipeline's loop has none). Reference: FluxPipeline
+    with true CFG, its every step's prediction replaced by what diffusers' SkipLayerGuidance object makes of the
+    same calls: the guider picks the calls (positive, negative, then the positive with the blocks skipped) and
+    combines them; prompts, noise, timesteps, scheduler and decoding stay the pipeline's. The skipped blocks are
+    replaced here by functions returning their (encoder, hidden) inputs, because diffusers 0.42's skip hook swaps
+    Flux's streams (pinned below)."""
+    from conftest import load_pipeline
+    from diffusers.guiders import SkipLayerGuidance
+    from diffusers.hooks import LayerSkipConfig
+
+    pipe = load_pipeline("FluxPipeline", models_root["flux_folder"])
+    guider = SkipLayerGuidance(guidance_scale=4.0, skip_layer_guidance_scale=2.0, skip_layer_guidance_start=window[0],
+                               skip_layer_guidance_stop=window[1],
+                               skip_layer_config=[LayerSkipConfig(indices=i, fqn=f) for f, i in configs.items()])
+    transformer, step = pipe.transformer, pipe.scheduler.step
+    forward, seen, skipped = transformer.forward, [], []
+
+    def recording_forward(**kwargs):
+        seen.append(kwargs)
+        return forward(**kwargs)
+
+    def guided_step(noise_pred, t, latents, **kwargs):
+        positive, negative = seen[-2:]  # the pipeline's two true-CFG calls of this step
+        guider.set_state(len(skipped), STEPS, t)
+        predictions = {}
+        for batch in guider.prepare_inputs({"prompt": ("positive", "negative")}):
+            name = getattr(batch, guider._identifier_key)
+            inputs = positive if batch.prompt == "positive" else negative
+            blocks = [transformer.get_submodule(f"{f}.{i}") for f, indices in configs.items() for i in indices]
+            for block in blocks if name == "pred_cond_skip" else ():  # Flux blocks return (encoder, hidden)
+                block.forward = lambda hidden_states, encoder_hidden_states, *a, **k: (encoder_hidden_states,
+                                                                                       hidden_states)
+            predictions[name] = forward(**inputs)[0]
+            for block in blocks if name == "pred_cond_skip" else ():
+                del block.forward
+        skipped.append("pred_cond_skip" in predictions)
+        return step(guider.forward(**predictions).pred, t, latents, **kwargs)
+
+    transformer.forward, pipe.scheduler.step = recording_forward, guided_step
+    expected = pipe(PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=4.0, guidance_scale=3.5,
+                    num_inference_steps=STEPS, width=64, height=64, generator=torch.Generator("cpu").manual_seed(SEED),
+                    output_type="pt").images
+    assert skipped == [window[0] * STEPS // 1 < i < window[1] * STEPS // 1 for i in range(STEPS)] and any(skipped)
+
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    positive = nodes["DS_FluxGuidance"].execute(conditioning=graph.encode(PROMPT), guidance=3.5)[0]
+    cfg = nodes["DS_CFGGuider"].execute(positive=positive, negative=graph.encode(NEGATIVE), cfg=4.0)[0]
+    slg = nodes["DS_SkipLayerGuidance"].execute(guider=cfg, layers=layers, scale=2.0, start_percent=window[0],
+                                                end_percent=window[1])[0]
+    image = bchw(graph.decode(graph.denoise(slg, graph.default_scheduler, graph.empty(), seed=SEED, steps=STEPS)))
+    assert torch.equal(image, expected)
+    plain = bchw(graph.decode(graph.denoise(cfg, graph.default_scheduler, graph.empty(), seed=SEED, steps=STEPS)))
+    assert not torch.equal(image, plain)
+
+
+def test_diffusers_block_skip_hook_still_swaps_flux_streams(models_root):
+    """Why BlockSkip exists: diffusers 0.42's TransformerBlockSkipHook returns (hidden, encoder) for blocks that
+    return (encoder, hidden). When this fails, diffusers fixed it and SkipLayerGuidance's own hooks can be used."""
+    from conftest import load_pipeline
+    from diffusers.hooks import LayerSkipConfig
+    from diffusers.hooks.layer_skip import _apply_layer_skip_hook
+
+    transformer = load_pipeline("FluxPipeline", models_root["flux_folder"]).transformer
+    _apply_layer_skip_hook(transformer, LayerSkipConfig(indices=[0], fqn="transformer_blocks"), name="probe")
+    hidden, encoder = torch.randn(1, 16, 64), torch.randn(1, 7, 64)
+    out = transformer.transformer_blocks[0](hidden_states=hidden, encoder_hidden_states=encoder,
+                                            temb=torch.zeros(1, 32), image_rotary_emb=None)
+    assert out[0] is hidden and out[1] is encoder  # FluxTransformerBlock returns (encoder, hidden)
+
+
+def test_skip_layer_guidance_refusals(nodes):
+    from diffusers_stages.engine.errors import StageError
+
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    positive = nodes["DS_FluxGuidance"].execute(conditioning=graph.encode(PROMPT), guidance=3.5)[0]
+    distilled = nodes["DS_CFGGuider"].execute(positive=positive, cfg=1.0)[0]  # Flux dev without true CFG
+    slg = nodes["DS_SkipLayerGuidance"].execute(guider=distilled, layers="0", scale=2.0)[0]
+    with pytest.raises(StageError, match="guider: Skip-layer guidance .* only while CFG runs.*Fix: connect a negative"):
+        graph.denoise(slg, graph.default_scheduler, graph.empty())
+    cfg = nodes["DS_CFGGuider"].execute(positive=positive, negative=graph.encode(NEGATIVE), cfg=4.0)[0]
+    for layers in ("1", "single.2", "double.0", "x"):
+        slg = nodes["DS_SkipLayerGuidance"].execute(guider=cfg, layers=layers, scale=2.0)[0]
+        with pytest.raises(StageError, match=f"layers: '{layers}' is not a transformer block .*Fix: use block numbers "
+                                             "it has: 0, single.0-1"):
+            graph.denoise(slg, graph.default_scheduler, graph.empty())
+    apg = nodes["DS_APGGuider"].execute(positive=positive, negative=graph.encode(NEGATIVE), cfg=4.0)[0]
+    with pytest.raises(StageError, match="guider: skip-layer guidance adds to plain CFG"):
+        nodes["DS_SkipLayerGuidance"].execute(guider=apg, layers="1", scale=2.0)
+    sd1 = Graph(nodes, "diffusers/tiny-sd15")
+    with pytest.raises(StageError, match="guider: skip-layer guidance skips a DiT's transformer blocks; a Stable Diff"):
+        nodes["DS_SkipLayerGuidance"].execute(guider=sd1.guider(PROMPT, NEGATIVE), layers="1", scale=2.0)

@@ -171,7 +171,11 @@ class Guider:
 
     def active_at(self, step: int, steps: int) -> bool:
         """CFG applies at this step: ``guides`` and the step inside [start, end)."""
-        if not self.guides:
-            return False
-        position = step / steps
-        return self.start_percent <= position and (position < self.end_percent or self.end_percent >= 1.0)
+        return self.guides and in_window(step, steps, self.start_percent, self.end_percent)
+
+
+def in_window(step: int, steps: int, start: float, end: float) -> bool:
+    """A guidance node's step window: the step's fraction of the run in [start, end) (an end of 1 takes the last
+    step too)."""
+    position = step / steps
+    return start <= position and (position < end or end >= 1.0)

@@ -24,7 +24,7 @@ import torch
 from .components import Denoiser, Guider, SchedulerSpec
 from .controlnet import ControlPlan
 from .errors import InputError, require_finite
-from .family import Family, ModelInputs
+from .family import Family
 from .guidance import Guidance, check_guider
 from .schedulers import build_scheduler, is_flow, steps_error, uses_generator
 from .sigmas import apply_schedule
@@ -147,32 +147,22 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
 
 
 def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents: torch.Tensor, t,
-                      inputs: ModelInputs, controls: ControlPlan | None = None, step: int = 0,
-                      total: int = 1) -> torch.Tensor:
+                      controls: ControlPlan | None = None, step: int = 0, total: int = 1) -> torch.Tensor:
     """One step's prediction: the calls ``guidance`` says this step needs, run in its order, combined by it."""
     family = denoiser.family
-    calls = guidance.calls(step, total, t)
-    batched = any(call.prompt == "both" for call in calls)
-    model_input = torch.cat([latents] * 2) if batched else latents
-    if hasattr(scheduler, "scale_model_input"):
-        model_input = scheduler.scale_model_input(model_input, t)
-
-    def predict(call_inputs: dict, halves: tuple[str, ...]) -> torch.Tensor:
-        if controls:
-            call_inputs = {**call_inputs, **controls.residuals(model_input, t, call_inputs, halves, step, total)}
-        return family.predict(denoiser, model_input, t, call_inputs)
-
+    scaled = scheduler.scale_model_input(latents, t) if hasattr(scheduler, "scale_model_input") else latents
     predictions = {}
-    for call in calls:
-        if call.prompt == "both":
-            predictions["pred_uncond"], predictions["pred_cond"] = predict(
-                inputs.cfg, ("negative", "positive")).chunk(2)
-        elif call.prompt == "skip":  # as StableDiffusion3Pipeline: the unscaled latents, no ControlNet
-            predictions[call.name] = family.predict(denoiser, latents, t, inputs.skip)
-        else:
-            with guidance.around(call, denoiser.module):
-                positive = call.prompt == "positive"
-                predictions[call.name] = predict(inputs.cond if positive else inputs.uncond, (call.prompt,))
+    for call in guidance.calls(step, total, t):
+        call_inputs = guidance.call_inputs(call)
+        if call.halves == ("skip",):  # as StableDiffusion3Pipeline: the unscaled latents, no ControlNet
+            predictions[call.names[0]] = family.predict(denoiser, latents, t, call_inputs)
+            continue
+        model_input = torch.cat([scaled] * len(call.halves)) if len(call.halves) > 1 else scaled
+        if controls:
+            call_inputs = {**call_inputs, **controls.residuals(model_input, t, call_inputs, call.halves, step, total)}
+        with call.applied(denoiser.module):
+            output = family.predict(denoiser, model_input, t, call_inputs)
+        predictions.update(zip(call.names, output.chunk(len(call.halves)) if len(call.halves) > 1 else (output,)))
     return guidance.combine(predictions)
 
 
@@ -249,7 +239,7 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
     latents = denoiser.family.to_model_layout(plan.start_latents)
     total = len(plan.timesteps)
     for i, t in enumerate(plan.timesteps):
-        prediction = guided_prediction(denoiser, guidance, scheduler, latents, t, inputs, controls, i, total)
+        prediction = guided_prediction(denoiser, guidance, scheduler, latents, t, controls, i, total)
         before = latents
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample

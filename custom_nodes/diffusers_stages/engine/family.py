@@ -52,7 +52,11 @@ class Family:
     spatial_factor: int  # pixels per latent cell
     size_multiple: int  # width/height must be multiples of this
     pipeline_classes: tuple[str, ...]  # model_index.json `_class_name` values this family loads
-    supports_skip_layers = False  # skip-layer guidance (SD3)
+    supports_skip_layers = False  # skip-layer guidance as the family's own pipeline runs it (SD3)
+    # skip-layer guidance through diffusers' SkipLayerGuidance: the transformer-block lists its layer numbers index,
+    # by the prefix a layer is written with ("" for plain numbers; Flux: "single" for "single.N")
+    skip_layer_lists: dict[str, str] = {}
+    packs_latents = False  # the denoiser works on packed patches, not on the latent image grid (Flux)
     flow_matching = False  # the denoiser predicts flow (velocity) and takes flow-matching schedulers (SD3, Flux)
     takes_size_conditioning = False  # micro-conditioning on original size, crop and target size (SDXL)
     takes_distilled_guidance = False  # a guidance value embedded into the denoiser (Flux dev)
@@ -98,15 +102,26 @@ class Family:
         (``encode_empty()``), zeros (SDXL's ``force_zeros_for_empty_prompt``), or None for no guidance at all."""
         return encode_empty()
 
-    def attention_blocks(self, module, layers: str) -> list[tuple[str, list[int]]]:
-        """(module path, block indices) of the transformer blocks whose self-attention ``layers`` names, for the
-        guiders that perturb it (PAG, SEG); an InputError when diffusers' hooks cannot take the family's
-        attention."""
-        from .errors import InputError
+    attention_hooks = False  # diffusers' attention hooks (its SEG guider's) take the denoiser's self-attention
 
-        raise InputError("guider", f"perturbed-attention guidance cannot perturb {self.display_name}'s attention "
-                         "(diffusers' PAG hooks do not take its attention processors).",
-                         "use PAG with an SD1.x/2.x or SDXL model, or another guider.")
+    # diffusers' PAG attention processors its PAG pipeline sets: (for a batch with CFG's halves, without them)
+    pag_processors: tuple[str, str] | tuple[()] = ()
+
+    def takes_pag_processor(self, attention) -> bool:
+        """This self-attention layer can take the family's PAG processors."""
+        return True
+
+    def batched_inputs(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """One call's keyword arguments for several prompts' inputs batched in order (PAG's [negative, positive,
+        positive]): tensors concatenated along the batch, as the pipelines concatenate them."""
+        import torch
+
+        def joined(values):
+            first = values[0]
+            if isinstance(first, dict):
+                return {key: joined([value[key] for value in values]) for key in first}
+            return torch.cat(values) if isinstance(first, torch.Tensor) else first
+        return joined(parts)
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         """Why ``cond`` cannot drive ``denoiser`` (None if it can)."""

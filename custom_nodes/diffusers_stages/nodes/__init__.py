@@ -7,6 +7,7 @@ from .cfg_zero_star_guider import CFGZeroStarGuider
 from .controlnet_apply import ApplyControlNet
 from .denoise import Denoise
 from .empty_latent import EmptyLatent
+from .fdg_guider import FDGGuider
 from .flux_guidance import FluxGuidance
 from .load_controlnet import LoadControlNet
 from .load_diffusion_model import LoadDiffusionModel
@@ -26,7 +27,7 @@ from .vae_encode import VAEEncode
 
 ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA, TextEncode, SizeConditioning,
              AestheticScore, FluxGuidance, Scheduler, CFGGuider, CFGZeroStarGuider, APGGuider, TCFGGuider, PAGGuider,
-             SEGGuider,
+             SEGGuider, FDGGuider,
              SkipLayerGuidance,
              LoadControlNet, ApplyControlNet,
              EmptyLatent, Denoise, VAEDecode, VAEEncode)

@@ -10,8 +10,11 @@ def layer_guidance_inputs(prefix: str, what: str, scale_tooltip: str) -> dict:
     """The inputs of a guider that perturbs some U-Net blocks (PAG, SEG): its scale, the blocks, its own window."""
     return {
         f"{prefix}_scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": scale_tooltip}),
-        f"{prefix}_layers": ("STRING", {"default": "mid", "tooltip": f"U-Net blocks whose self-attention is {what}, "
-                                        "as diffusers' PAG pipelines name them: mid, down.N, up.N (comma-separated)."}),
+        f"{prefix}_layers": ("STRING", {"default": "mid", "tooltip": f"Self-attention layers {what}, as diffusers' "
+                                        "PAG pipelines select them (pag_applied_layers): comma-separated patterns "
+                                        "searched in the layer names. U-Nets: mid, up.N, down.N (short for "
+                                        "up_blocks.N, down_blocks.N); SD3: blocks.N (a pattern: blocks.1 also takes "
+                                        "blocks.10-19; write blocks.1\\. for one)."}),
         f"{prefix}_start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
                                               "tooltip": f"{prefix.upper()} starts at this fraction of the steps."}),
         f"{prefix}_end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,

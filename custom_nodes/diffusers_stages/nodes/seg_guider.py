@@ -6,7 +6,7 @@ from .cfg_guider import CFGGuider, layer_guidance_inputs
 class SEGGuider(CFGGuider):
     NODE_ID = "DS_SEGGuider"
     DISPLAY_NAME = "SEG Guider (Diffusers)"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"  # 1.1.0: layers selected as PAG Guider selects them (any pattern; mid/up.N/down.N unchanged)
     DESCRIPTION = ("Smoothed Energy Guidance (Hong 2024) with CFG: a third prediction with the self-attention "
                    "queries of some layers blurred (a Gaussian of seg_blur_sigma), and the image pushed away from it "
                    "by seg_scale. Runs diffusers' SmoothedEnergyGuidance as its modular pipelines run it (three "

@@ -18,12 +18,14 @@ def parse_layers(text: str) -> tuple[int, ...]:
 
 class SkipLayerGuidance(StageNode):
     NODE_ID = "DS_SkipLayerGuidance"
-    DISPLAY_NAME = "Skip Layer Guidance (Diffusers SD3)"
-    VERSION = "1.0.0"
+    DISPLAY_NAME = "Skip Layer Guidance (Diffusers)"
+    VERSION = "1.1.0"  # 1.1.0: Flux.1 (diffusers' SkipLayerGuidance) besides SD3
     CATEGORY = category("guidance")
-    DESCRIPTION = ("Skip-layer guidance for SD3/SD3.5, as StableDiffusion3Pipeline's skip_guidance_layers: inside "
-                   "the step window, one more transformer call leaves out these layers, and the guided prediction "
-                   "is pushed away from it. Works on top of CFG (cfg above 1).")
+    DESCRIPTION = ("Skip-layer guidance on DiT models: inside the step window, one more transformer call leaves out "
+                   "these layers, and the guided prediction is pushed away from it. SD3/SD3.5 as "
+                   "StableDiffusion3Pipeline's skip_guidance_layers; Flux.1 through diffusers' SkipLayerGuidance "
+                   "(run as its modular pipelines run guiders). Works on top of CFG: cfg above 1 and a negative "
+                   "prompt (Flux: true CFG).")
     RETURN_TYPES = (GUIDER,)
     RETURN_NAMES = ("guider",)
     OUTPUT_TOOLTIPS = ("The guider with skip-layer guidance; connect to Denoise.",)
@@ -32,10 +34,11 @@ class SkipLayerGuidance(StageNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "guider": (GUIDER, {"tooltip": "A CFG guider of an SD3 model."}),
+                "guider": (GUIDER, {"tooltip": "A CFG Guider of an SD3 or Flux.1 model."}),
                 "layers": ("STRING", {"default": "7, 8, 9",
-                                      "tooltip": "Transformer layers to skip, comma-separated "
-                                                 "(SD3.5 Medium: 7, 8, 9)."}),
+                                      "tooltip": "Transformer blocks to skip, comma-separated (SD3.5 Medium: 7, 8, "
+                                                 "9). Flux.1: numbers are double-stream blocks, single.N "
+                                                 "single-stream blocks."}),
                 "scale": ("FLOAT", {"default": 2.8, "min": 0.0, "max": 10.0, "step": 0.1,
                                     "tooltip": "Strength of the push away from the layer-skipped prediction."}),
                 "start_percent": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -46,8 +49,19 @@ class SkipLayerGuidance(StageNode):
         }
 
     def run(self, guider, layers, scale, start_percent=0.01, end_percent=0.2):
-        if not guider.positive.family.supports_skip_layers:
-            raise InputError("guider", f"skip-layer guidance is an SD3 feature; this guider is for "
-                             f"{guider.positive.family.display_name}.", "use it with an SD3/SD3.5 model.")
-        return (dataclasses.replace(guider, skip_layers=parse_layers(layers), skip_scale=scale,
-                                    skip_start=start_percent, skip_stop=end_percent),)
+        family = guider.positive.family
+        if guider.method != "cfg" or guider.skip_layers:
+            raise InputError("guider", "skip-layer guidance adds to plain CFG, and this guider already guides "
+                             f"another way ({guider.method}).", "feed it from a CFG Guider node.")
+        if family.supports_skip_layers:  # the family's own pipeline runs it
+            return (dataclasses.replace(guider, skip_layers=parse_layers(layers), skip_scale=scale,
+                                        skip_start=start_percent, skip_stop=end_percent),)
+        if not family.skip_layer_lists:
+            raise InputError("guider", f"skip-layer guidance skips a DiT's transformer blocks; a {family.display_name} "
+                             "model has none to skip.", "use it with an SD3/SD3.5 or Flux.1 model.")
+        if start_percent > end_percent:
+            raise InputError("start_percent", f"start ({start_percent}) is after end ({end_percent}).",
+                             "make start_percent less than or equal to end_percent.")
+        options = (("skip_layer_guidance_scale", scale), ("skip_layer_guidance_start", start_percent),
+                   ("skip_layer_guidance_stop", end_percent), ("layers", layers))
+        return (dataclasses.replace(guider, method="slg", method_options=options),)

@@ -66,6 +66,7 @@ class FluxFamily(Family):
         return class_name == "FluxControlNetModel"
 
     takes_distilled_guidance = True
+    skip_layer_lists = {"": "transformer_blocks", "single": "single_transformer_blocks"}  # double / single stream
     display_name = "Flux.1"
     latent_channels = 16
     spatial_factor = 8
@@ -73,6 +74,7 @@ class FluxFamily(Family):
     pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlNetPipeline")
     host_latent_format = "Flux"
     flow_matching = True
+    packs_latents = True  # 2x2 patches (to_model_layout)
     begin_index_on_full_run = True
     control_shared_across_cfg_calls = True
     inference_dtypes = ("bf16", "fp16", "fp32")  # Flux overflows in fp16 more easily: bf16 first, as ComfyUI

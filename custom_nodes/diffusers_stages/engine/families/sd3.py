@@ -43,6 +43,14 @@ class StableDiffusion3Family(Family):
     host_latent_format = "SD3"
     flow_matching = True
     supports_skip_layers = True
+    pag_processors = ("PAGCFGJointAttnProcessor2_0", "PAGJointAttnProcessor2_0")  # StableDiffusion3PAGPipeline
+
+    @staticmethod
+    def takes_pag_processor(attention) -> bool:
+        """The joint (image + text) attention only: SD3.5's extra image self-attention (``attn2`` of its
+        dual-attention blocks) gets no text stream, on which diffusers' joint PAG processors fail (so does
+        StableDiffusion3PAGPipeline when a pattern selects it)."""
+        return attention.add_k_proj is not None
     latent_scaling = (1.5305, 0.0609)
     lora_pipeline, lora_denoiser = "StableDiffusion3Pipeline", "transformer"
     lora_text_prefixes = ("text_encoder", "text_encoder_2")  # the two CLIPs (diffusers loads no T5 LoRA for SD3)

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
-from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import controlnet_files
 from .bundled_configs import bundled_config, infer_text_encoder_config, infer_unet_config, infer_vae_config
@@ -183,27 +182,9 @@ class StableDiffusionFamily(Family):
         return None
 
     # ---- denoising -------------------------------------------------------------------------------
-    def attention_blocks(self, module, layers: str):
-        """Layers as diffusers' PAG pipelines name U-Net blocks: "mid", "down.N", "up.N" (comma-separated); every
-        transformer block of those blocks' attentions."""
-        configs = []
-        for name in [part.strip() for part in layers.split(",") if part.strip()]:
-            kind, _, index = name.partition(".")
-            attentions = {"mid": [module.mid_block] if kind == "mid" else [],
-                          "down": module.down_blocks, "up": module.up_blocks}.get(kind, [])
-            blocks = [attentions[int(index)]] if index.isdigit() and int(index) < len(attentions) else (
-                attentions if kind == "mid" else [])
-            prefix = {"mid": "mid_block", "down": f"down_blocks.{index}", "up": f"up_blocks.{index}"}.get(kind)
-            found = [(i, a) for block in blocks for i, a in enumerate(getattr(block, "attentions", []) or [])]
-            if not found:
-                raise InputError("layers", f"'{name}' names no attention block of this U-Net.",
-                                 "use mid, down.N or up.N for blocks with attention (e.g. mid, up.0).")
-            for i, attention in found:
-                configs.append((f"{prefix}.attentions.{i}.transformer_blocks",
-                                list(range(len(attention.transformer_blocks)))))
-        if not configs:
-            raise InputError("layers", "no layers given.", "name U-Net blocks to perturb, e.g. mid.")
-        return configs
+    # StableDiffusion(XL)PAGPipeline's processors; diffusers' attention hooks (SEG) take the U-Net's attention
+    pag_processors = ("PAGCFGIdentitySelfAttnProcessor2_0", "PAGIdentitySelfAttnProcessor2_0")
+    attention_hooks = True
 
     @staticmethod
     def guidance_embedding(denoiser: Denoiser, scale: float, batch: int):

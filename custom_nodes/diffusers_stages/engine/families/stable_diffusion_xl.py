@@ -250,7 +250,8 @@ class StableDiffusionXLFamily(Family):
     # the U-Net families call a ControlNet the same way (SDXL's added_cond_kwargs travel with the inputs)
     control_residuals = StableDiffusionFamily.control_residuals
     control_problem = StableDiffusionFamily.control_problem
-    attention_blocks = StableDiffusionFamily.attention_blocks
+    attention_hooks = True
+    pag_processors = StableDiffusionFamily.pag_processors
 
 
 STABLE_DIFFUSION_XL = StableDiffusionXLFamily()
