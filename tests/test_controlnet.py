@@ -42,7 +42,7 @@ def controlnets(nodes):
 
 def pipeline_with(class_name, folder, modules, scheduler_from):
     pipe = load_pipeline(class_name, folder, controlnet=modules if len(modules) > 1 else modules[0])
-    pipe.scheduler = scheduler_from.scheduler
+    pipe.scheduler = scheduler_from.shipped_scheduler  # other modules swap the shared pipeline's scheduler
     return pipe
 
 
