@@ -104,6 +104,14 @@ class Family:
 
     attention_hooks = False  # diffusers' attention hooks (its SEG guider's) take the denoiser's self-attention
 
+    cfg_halves = ("negative", "positive")  # the order in which the family's pipeline batches CFG's two prompts
+
+    @staticmethod
+    def combine_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guidance as the family's pipeline computes it (``scale``: the CFG Guider's cfg, where 1
+        means the positive prediction alone)."""
+        return uncond + scale * (cond - uncond)
+
     # diffusers' PAG attention processors its PAG pipeline sets: (for a batch with CFG's halves, without them)
     pag_processors: tuple[str, str] | tuple[()] = ()
 

@@ -44,7 +44,7 @@ class Call:
                 yield
 
 
-BATCHED_CFG = Call(("negative", "positive"), ("pred_uncond", "pred_cond"))
+PREDICTION_OF = {"positive": "pred_cond", "negative": "pred_uncond"}
 
 
 def check_guider(guider: Guider, family: Family) -> None:
@@ -226,7 +226,7 @@ def self_attention_layers(module, layers: str, family: Family) -> list[tuple[str
 
 
 class Guidance:
-    def __init__(self, guider: Guider, inputs: ModelInputs, family: Family | None = None, module=None):
+    def __init__(self, guider: Guider, inputs: ModelInputs, family: Family, module=None):
         """``family`` and ``module``: the denoiser, for guiders that perturb its layers (PAG, SEG)."""
         self.guider, self.inputs, self.family = guider, inputs, family
         self.takes_cfg = inputs.cfg is not None or inputs.uncond is not None  # as the family's adapter built them
@@ -302,11 +302,17 @@ class Guidance:
                          self.perturbed_attention.around(with_cfg=False))]
         if not cfg:
             return [Call(("positive",))]
-        calls = [BATCHED_CFG] if self.inputs.cfg is not None else [Call(("positive",)),
+        calls = [self.batched_cfg] if self.inputs.cfg is not None else [Call(("positive",)),
                                                                    Call(("negative",), ("pred_uncond",))]
         if self.inputs.skip is not None and self.guider.skip_active_at(step, total):
             calls.append(Call(("skip",), ("pred_cond_skip",)))
         return calls
+
+    @property
+    def batched_cfg(self) -> Call:
+        """CFG as one call, its halves in the order the family's pipeline batches them."""
+        halves = self.family.cfg_halves
+        return Call(halves, tuple(PREDICTION_OF[half] for half in halves))
 
     @staticmethod
     def _prepared(guider):
@@ -322,7 +328,7 @@ class Guidance:
     def call_inputs(self, call: Call) -> dict[str, Any]:
         """The denoiser's keyword arguments for a call: the family's own for one prompt or batched CFG, else the
         halves' inputs batched in order."""
-        if call.halves == BATCHED_CFG.halves and self.inputs.cfg is not None:
+        if self.inputs.cfg is not None and call.halves == self.family.cfg_halves:
             return self.inputs.cfg
         if call.halves == ("skip",):
             return self.inputs.skip
@@ -338,7 +344,7 @@ class Guidance:
             return self.diffusers_guider.forward(**predictions).pred
         cond, uncond = predictions["pred_cond"], predictions.get("pred_uncond")
         guider = self.guider
-        guided = cond if uncond is None else uncond + guider.scale * (cond - uncond)
+        guided = cond if uncond is None else self.family.combine_cfg(cond, uncond, guider.scale)
         if "pred_perturbed" in predictions:
             guided = guided + self.pag_scale() * (cond - predictions["pred_perturbed"])
         if uncond is None:
