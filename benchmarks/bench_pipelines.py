@@ -1,11 +1,11 @@
 """Our node graphs vs the diffusers pipelines, same weights and settings, side by side, per family.
 
-    python benchmarks/bench_pipelines.py [--runs 5] [--steps 20] [--cases sd15-tiny,sd15-small,sdxl,sd3,flux]
+    python benchmarks/bench_pipelines.py [--runs 5] [--steps 20] [--cases sd15-tiny,sd15-small,sdxl,sd3,flux,zimage]
 
 Models are random-weight and built here (no download):
 * sd15-tiny: the test suite's SD1.5 model at 64 px (fixed costs dominate);
 * sd15-small: wider U-Net channels (64, 128, 256, 256) at 256 px, where the U-Net dominates;
-* sdxl, sd3, flux: the test suite's tiny models of those families at 128 px.
+* sdxl, sd3, flux, zimage: the test suite's tiny models of those families at 128 px.
 
 Wall time: both sides alternate in one process (same threads, warm caches); median of --runs after one
 warm-up each ('time ratio'), and the ratio of the fastest runs ('min ratio', less sensitive to noise).
@@ -33,20 +33,22 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 PROMPT, NEGATIVE, SEED = "a photo of a cat on a mat", "blurry", 3
-# case -> (pipeline class, builder, size, cfg, pipeline kwargs)
+# case -> (pipeline class, builder, builder kwargs, size, our cfg, the pipeline's guidance_scale for it)
 CASES = {
-    "sd15-tiny": ("StableDiffusionPipeline", "build_sd_pipeline", {}, 64, 7.5),
-    "sd15-small": ("StableDiffusionPipeline", "build_sd_pipeline", {"unet_channels": (64, 128, 256, 256)}, 256, 7.5),
-    "sdxl": ("StableDiffusionXLPipeline", "build_sdxl_pipeline", {}, 128, 6.0),
-    "sd3": ("StableDiffusion3Pipeline", "build_sd3_pipeline", {}, 128, 5.0),
-    "flux": ("FluxPipeline", "build_flux_pipeline", {}, 128, 1.0),
+    "sd15-tiny": ("StableDiffusionPipeline", "build_sd_pipeline", {}, 64, 7.5, 7.5),
+    "sd15-small": ("StableDiffusionPipeline", "build_sd_pipeline", {"unet_channels": (64, 128, 256, 256)}, 256, 7.5,
+                   7.5),
+    "sdxl": ("StableDiffusionXLPipeline", "build_sdxl_pipeline", {}, 128, 6.0, 6.0),
+    "sd3": ("StableDiffusion3Pipeline", "build_sd3_pipeline", {}, 128, 5.0, 5.0),
+    "flux": ("FluxPipeline", "build_flux_pipeline", {}, 128, 1.0, 3.5),  # unguided; 3.5 = its distilled guidance
+    "zimage": ("ZImagePipeline", "build_zimage_pipeline", {}, 128, 4.0, 3.0),  # ZImagePipeline's scale is cfg - 1
 }
 
 
 def build(root: str, case: str) -> str:
     from diffusers_stages.tiny import models
 
-    _, builder, kwargs, _, _ = CASES[case]
+    _, builder, kwargs, _, _, _ = CASES[case]
     path = os.path.join(root, "diffusers", case)
     if not os.path.isdir(path):
         getattr(models, builder)(**kwargs).save_pretrained(path)
@@ -58,7 +60,7 @@ def make_ours(root: str, case: str):
     from diffusers_stages.nodes import NODE_CLASS_MAPPINGS as N
 
     host.set_models_dir(root)
-    _, _, _, size, cfg = CASES[case]
+    _, _, _, size, cfg, _ = CASES[case]
     den, te, vae, spec = N["DS_LoadModel"]().execute(model=f"diffusers/{case}", repo_id="", dtype="fp32")
 
     def run(steps: int):
@@ -79,14 +81,14 @@ def make_diffusers(root: str, case: str):
     import diffusers
     import torch
 
-    pipeline, _, _, size, cfg = CASES[case]
+    pipeline, _, _, size, cfg, guidance = CASES[case]
     pipe = getattr(diffusers, pipeline).from_pretrained(build(root, case), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     # the same negative prompt for every family; Flux only runs CFG with true_cfg_scale > 1, so it stays unguided
-    extra = {"negative_prompt": NEGATIVE} if case != "flux" else {}  # our Flux graph has no negative either
+    extra = {"negative_prompt": NEGATIVE} if cfg > 1.0 else {}  # our Flux graph has no negative either
 
     def run(steps: int):
-        return pipe(PROMPT, num_inference_steps=steps, guidance_scale=cfg if case != "flux" else 3.5, width=size,
+        return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, width=size,
                     height=size, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt",
                     **extra).images
 

@@ -1,5 +1,6 @@
-"""The guider nodes against the code that runs them in diffusers. CFG-Zero*, APG, TCFG, SEG: the SDXL and SD3
-modular pipelines (StableDiffusionXL/3ModularPipeline) with that guider as their ``guider`` component; the modular
+"""The guider nodes against the code that runs them in diffusers. CFG-Zero*, APG, TCFG, FDG, SEG: the SDXL, SD3 and
+Z-Image modular pipelines (StableDiffusionXL/3ModularPipeline, ZImageModularPipeline) with that guider as their
+``guider`` component; the modular
 loop runs the positive and negative predictions as two calls, positive first, and the guidance object does the
 same for these methods (plain CFG stays batched, as the classic pipelines run it). PAG: the PAG pipelines
 (StableDiffusion(XL/3)PAGPipeline), which batch [negative, positive, perturbed] in one call."""
@@ -37,7 +38,8 @@ def modular(models_root):
     return pipeline
 
 
-FOLDERS = ["diffusers/tiny-sdxl", "diffusers/tiny-sd3"]  # StableDiffusionXL/3ModularPipeline
+# StableDiffusionXLModularPipeline, StableDiffusion3ModularPipeline, ZImageModularPipeline
+FOLDERS = ["diffusers/tiny-sdxl", "diffusers/tiny-sd3", "diffusers/tiny-z-image"]
 
 
 def reference(pipe, guider):
@@ -311,6 +313,31 @@ def test_skip_layer_guidance_on_flux_equals_diffusers_guider_in_flux_pipeline(no
     assert torch.equal(image, expected)
     plain = bchw(graph.decode(graph.denoise(cfg, graph.default_scheduler, graph.empty(), seed=SEED, steps=STEPS)))
     assert not torch.equal(image, plain)
+
+
+@pytest.mark.parametrize("layers, configs", [("1", {"layers": [1]}), ("0, 1", {"layers": [0, 1]})])
+def test_skip_layer_guidance_on_z_image_equals_the_modular_pipeline(nodes, modular, monkeypatch, layers, configs):
+    """ZImageModularPipeline runs diffusers' SkipLayerGuidance with its own block-skip hooks. Those look the block's
+    image stream up as "hidden_states", which ZImageTransformerBlock calls x (its first argument): told so here,
+    diffusers' loop, guider and hooks run unchanged."""
+    from diffusers.guiders import SkipLayerGuidance
+    from diffusers.hooks import LayerSkipConfig
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+    from diffusers.models.transformers.transformer_z_image import ZImageTransformerBlock
+
+    monkeypatch.setattr(TransformerBlockRegistry.get(ZImageTransformerBlock), "_cached_parameter_indices",
+                        {"hidden_states": 0})
+
+    guider = SkipLayerGuidance(guidance_scale=4.0, skip_layer_guidance_scale=2.0, skip_layer_guidance_start=0.0,
+                               skip_layer_guidance_stop=1.0,
+                               skip_layer_config=[LayerSkipConfig(indices=i, fqn=f) for f, i in configs.items()])
+    expected = reference(modular("diffusers/tiny-z-image"), guider)
+    graph = Graph(nodes, "diffusers/tiny-z-image")
+    cfg = nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE), cfg=4.0)[0]
+    slg = nodes["DS_SkipLayerGuidance"].execute(guider=cfg, layers=layers, scale=2.0, start_percent=0.0,
+                                                end_percent=1.0)[0]
+    image = bchw(graph.decode(graph.denoise(slg, graph.default_scheduler, graph.empty(), seed=SEED, steps=STEPS)))
+    assert torch.equal(image, expected)
 
 
 def test_diffusers_block_skip_hook_still_swaps_flux_streams(models_root):

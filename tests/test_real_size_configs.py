@@ -141,3 +141,36 @@ def test_controlnet_release_configs_are_read_back(variant, layout):
     config, diffusers_layout = controlnet_config(state)
     assert diffusers_layout == (layout == "diffusers")
     assert shapes_of(meta(ControlNetModel, config).state_dict()) == shapes_of(model.state_dict())
+
+
+def test_z_image_turbo_config_is_read_back():
+    """Tongyi-MAI/Z-Image-Turbo/transformer/config.json (6B), written as the original layout ComfyUI's
+    z_image_turbo_bf16.safetensors uses."""
+    from diffusers import ZImageTransformer2DModel
+
+    from diffusers_stages.engine.families import dit_keys
+
+    config = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30,
+                  n_refiner_layers=2, n_heads=30, n_kv_heads=30, qk_norm=True, cap_feat_dim=2560,
+                  axes_dims=[32, 48, 48])
+    model = meta(ZImageTransformer2DModel, config)
+    original = dit_keys.to_original(model.state_dict(), dit_keys.z_image_rules(config))
+    assert dit_keys.z_image_config(shapes_of(original)) == config
+    assert model.config.axes_lens == [1024, 512, 512] and model.config.rope_theta == 256.0  # the defaults we keep
+
+
+def test_qwen3_4b_config_is_read_back():
+    """Qwen/Qwen3-4B's config (Z-Image's text encoder), from qwen_3_4b.safetensors' names (Qwen3ForCausalLM)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    from diffusers_stages.engine.text_files import qwen3_config, qwen3_prefix
+
+    released = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1000000.0,
+                    rms_norm_eps=1e-6, max_position_embeddings=40960, hidden_act="silu", attention_bias=False,
+                    tie_word_embeddings=True)
+    model = meta(Qwen3Model, Qwen3Config(**released))
+    names = {f"model.{k}": v for k, v in model.state_dict().items()}
+    prefix = qwen3_prefix(names)
+    assert prefix == "model."
+    assert qwen3_config({k[len(prefix):]: tuple(v.shape) for k, v in names.items()}) == released

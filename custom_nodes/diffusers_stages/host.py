@@ -70,6 +70,14 @@ def t5_tokenizer_dirs() -> tuple[str, ...]:
     return (os.path.join(_comfy_package_dir(), "text_encoders", "t5_tokenizer"),)
 
 
+def qwen_tokenizer_dirs() -> tuple[str, ...]:
+    """Folders with a Qwen tokenizer the host ships (ComfyUI: comfy/text_encoders/qwen25_tokenizer, which its own
+    Qwen3 text encoders use)."""
+    if not IN_COMFYUI:
+        return ()
+    return (os.path.join(_comfy_package_dir(), "text_encoders", "qwen25_tokenizer"),)
+
+
 def _comfy_package_dir() -> str:
     # `comfy` is a namespace package in ComfyUI (no __init__.py, so no __file__): locate it through a module
     return os.path.dirname(os.path.abspath(_comfy_utils.__file__))

@@ -116,7 +116,8 @@ class BlockSkip:
     """Whole transformer blocks left out of a call (skip-layer guidance): each block returns its inputs, in the
     order the block itself returns its streams (diffusers' TransformerBlockRegistry says which). diffusers 0.42's
     own TransformerBlockSkipHook returns (hidden, encoder) whatever that order, which swaps Flux's streams (its
-    blocks return (encoder, hidden)); SkipLayerGuidance's hooks are therefore not used."""
+    blocks return (encoder, hidden)), and looks the image stream up as "hidden_states", which Z-Image's blocks call
+    x; SkipLayerGuidance's hooks are therefore not used."""
 
     def __init__(self, module, blocks: dict[str, list[int]]):
         from diffusers.hooks._helpers import TransformerBlockRegistry
@@ -131,9 +132,13 @@ class BlockSkip:
 
         names = list(inspect.signature(type(block).forward).parameters)[1:]
 
+        # diffusers 0.42 registers Z-Image's block with the default argument name although its image stream is
+        # called x: a name the block does not take means its first argument
+        hidden_name = layout.hidden_states_argument_name if layout.hidden_states_argument_name in names else names[0]
+
         def returns_inputs(*args, **kwargs):
             given = {**dict(zip(names, args)), **kwargs}
-            hidden = given[layout.hidden_states_argument_name]
+            hidden = given[hidden_name]
             if layout.return_encoder_hidden_states_index is None:
                 return hidden
             streams = [None, None]

@@ -1,10 +1,11 @@
 """Text encoders read from tensors, as ComfyUI users keep them (``models/text_encoders``, or bundled in a
-checkpoint): CLIP-L, CLIP-G and T5 in the transformers layout, their configs read from the shapes, their
+checkpoint): CLIP-L, CLIP-G, T5 and Qwen3 in the transformers layout, their configs read from the shapes, their
 tokenizers found offline."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 
 import torch
@@ -15,7 +16,7 @@ from .family import TextSlot
 from .weights import empty, fill
 
 TEXT_KINDS = {"clip_l": "CLIP-L (clip_l.safetensors)", "clip_g": "CLIP-G (clip_g.safetensors)",
-              "t5": "T5-XXL (t5xxl_*.safetensors)"}
+              "t5": "T5-XXL (t5xxl_*.safetensors)", "qwen3": "Qwen3 4B (qwen_3_4b*.safetensors)"}
 
 
 CLIP_PAD_TOKENS = {"clip_l": "<|endoftext|>", "clip_g": "!"}  # as the released tokenizers (OpenCLIP-G pads with "!")
@@ -30,11 +31,13 @@ def _clip_prefix(keys) -> str | None:
 
 
 def text_kind(keys) -> str | None:
-    """'clip' or 't5' for the tensors of one text encoder (transformers layout), None for anything else."""
+    """'clip', 't5' or 'qwen3' for the tensors of one text encoder (transformers layout), None for anything else."""
     if _clip_prefix(keys) is not None:
         return "clip"
     if "encoder.block.0.layer.0.SelfAttention.q.weight" in keys:
         return "t5"
+    if qwen3_prefix(keys) is not None:
+        return "qwen3"
     return None
 
 
@@ -69,8 +72,6 @@ def clip_part(state: dict[str, torch.Tensor], kind: str, projection: bool, dtype
 
 def t5_config(shapes: dict[str, tuple[int, ...]]) -> dict:
     """T5 encoder config from its tensors: T5 v1.1 (gated GELU, as SD3/Flux's T5-XXL) or the original (ReLU)."""
-    import re
-
     vocab, width = shapes.get("shared.weight") or shapes["encoder.embed_tokens.weight"]
     layers = {int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.block\.(\d+)\.", k))}
     buckets, heads = shapes["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
@@ -95,24 +96,91 @@ def t5_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: 
     return TextPart(find_t5_tokenizer(tokenizer_dirs, config["vocab_size"], input_name), module)
 
 
-def find_t5_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str):
-    """The first T5 tokenizer in ``dirs`` whose vocabulary fits the encoder's embedding table."""
+def find_tokenizer(dirs: Iterable[str], files: tuple[str, ...], fits):
+    """The first tokenizer in ``dirs`` (folders holding one of ``files``) that transformers reads and ``fits``
+    accepts, or None."""
     from transformers import AutoTokenizer
 
     for directory in dirs:
-        if not os.path.isdir(directory) or not any(
-                os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer.json", "spiece.model")):
+        if not os.path.isdir(directory) or not any(os.path.isfile(os.path.join(directory, f)) for f in files):
             continue
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except Exception:  # not a tokenizer transformers can read: try the next place
             continue
-        if "T5" in type(tokenizer).__name__ and len(tokenizer) <= vocab_rows:
+        if fits(tokenizer):
             return tokenizer
+    return None
+
+
+def find_t5_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str):
+    """The first T5 tokenizer in ``dirs`` whose vocabulary fits the encoder's embedding table."""
+    tokenizer = find_tokenizer(dirs, ("tokenizer.json", "spiece.model"),
+                               lambda found: "T5" in type(found).__name__ and len(found) <= vocab_rows)
+    if tokenizer is not None:
+        return tokenizer
     raise InputError(input_name, "no T5 tokenizer was found for this T5 text encoder (a .safetensors file holds "
                      "only the weights).", "inside ComfyUI the one ComfyUI ships is used; elsewhere put the "
                      "tokenizer files (tokenizer.json or spiece.model, e.g. of google/t5-v1_1-xxl) in "
                      "models/text_encoders/t5_tokenizer, or keep a diffusers SD3/Flux folder in models/diffusers.")
+
+
+# ---- Qwen3 (Z-Image): qwen_3_4b.safetensors as ComfyUI keeps it (Qwen3ForCausalLM's names, model. first) -------
+# Qwen3's chat template, reduced to what a prompt needs: one user turn, then the assistant's turn opened (with
+# thinking on, Qwen3's default, the template adds nothing more). Used for tokenizers that carry another model's
+# template (ComfyUI ships Qwen2.5's tokenizer, whose template adds a system prompt) or none.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}")
+# the released Qwen3 configs' values the tensors do not record
+QWEN3_DEFAULTS = {"rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 40960,
+                  "hidden_act": "silu", "attention_bias": False, "tie_word_embeddings": True}
+
+
+def qwen3_prefix(keys) -> str | None:
+    """The prefix of a Qwen3 text model's keys in this file ('model.' as Qwen3ForCausalLM, or ''), or None."""
+    for prefix in ("model.", ""):
+        if f"{prefix}layers.0.self_attn.q_norm.weight" in keys and f"{prefix}embed_tokens.weight" in keys:
+            return prefix
+    return None
+
+
+def qwen3_config(shapes: dict[str, tuple[int, ...]]) -> dict:
+    vocab, hidden = shapes["embed_tokens.weight"]
+    head_dim = shapes["layers.0.self_attn.q_norm.weight"][0]
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(r"layers\.(\d+)\.", k))}
+    return dict(QWEN3_DEFAULTS, vocab_size=vocab, hidden_size=hidden, head_dim=head_dim,
+                intermediate_size=shapes["layers.0.mlp.gate_proj.weight"][0], num_hidden_layers=len(layers),
+                num_attention_heads=shapes["layers.0.self_attn.q_proj.weight"][0] // head_dim,
+                num_key_value_heads=shapes["layers.0.self_attn.k_proj.weight"][0] // head_dim)
+
+
+def qwen3_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: Iterable[str],
+               input_name: str) -> TextPart:
+    from transformers import Qwen3Config, Qwen3Model
+
+    prefix = qwen3_prefix(state)
+    body = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k != "lm_head.weight"}
+    config = qwen3_config({k: tuple(v.shape) for k, v in body.items()})
+    module = fill(empty(Qwen3Model, Qwen3Config(**config)), body, dtype, "Qwen3 text encoder", input_name)
+    return TextPart(find_qwen_tokenizer(tokenizer_dirs, config["vocab_size"], input_name), module)
+
+
+def find_qwen_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str):
+    """The first Qwen tokenizer in ``dirs`` whose vocabulary fits the embedding table, with Qwen3's chat template
+    unless it brings a Qwen3 one."""
+    tokenizer = find_tokenizer(dirs, ("tokenizer.json", "vocab.json"), lambda found: "Qwen2Tokenizer" in type(
+        found).__name__ and len(found) <= vocab_rows)
+    if tokenizer is None:
+        raise InputError(input_name, "no Qwen tokenizer was found for this Qwen3 text encoder (a .safetensors file "
+                         "holds only the weights).", "inside ComfyUI the one ComfyUI ships is used; elsewhere put "
+                         "the tokenizer files (tokenizer.json + tokenizer_config.json, e.g. the tokenizer folder of "
+                         "Tongyi-MAI/Z-Image-Turbo) in models/text_encoders/qwen_tokenizer, or keep a diffusers "
+                         "Z-Image folder in models/diffusers.")
+    if "enable_thinking" not in (getattr(tokenizer, "chat_template", None) or ""):  # not Qwen3's template
+        tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer
 
 
 def text_encoder_from_parts(family, parts: dict[str, TextPart], source: str) -> TextEncoder:
@@ -135,15 +203,17 @@ CHECKPOINT_TEXT_PREFIXES = {"clip_l": "text_encoders.clip_l.transformer.",
 
 
 def text_part_from_tensors(state: dict[str, torch.Tensor], slot: TextSlot, dtype: torch.dtype,
-                           vocab_dirs: tuple[str, ...], t5_dirs: Iterable[str], input_name: str,
+                           vocab_dirs: tuple[str, ...], tokenizer_dirs: Iterable[str], input_name: str,
                            name: str = "the file") -> TextPart:
     found = text_kind(state)
-    if found != ("t5" if slot.kind == "t5" else "clip"):
-        what = f"a {found.upper()} text encoder" if found else "no text encoder (no CLIP or T5 tensors)"
+    if found != (slot.kind if slot.kind in ("t5", "qwen3") else "clip"):
+        what = f"a {found.upper()} text encoder" if found else "no text encoder (no CLIP, T5 or Qwen3 tensors)"
         raise InputError(input_name, f"{name} is {what}, not the {TEXT_KINDS[slot.kind]} text encoder.",
                          f"choose the {TEXT_KINDS[slot.kind]} file from models/text_encoders.")
     if slot.kind == "t5":
-        return t5_part(state, dtype, t5_dirs, input_name)
+        return t5_part(state, dtype, tokenizer_dirs, input_name)
+    if slot.kind == "qwen3":
+        return qwen3_part(state, dtype, tokenizer_dirs, input_name)
     return clip_part(state, slot.kind, slot.projection, dtype, vocab_dirs, input_name)
 
 

@@ -10,7 +10,7 @@ from ..engine.families import all_families
 from ..engine.text_files import TEXT_KINDS, text_encoder_from_parts, text_part_from_tensors
 from ..engine.weights import open_safetensors, read_tensors
 from .base import TEXT_ENCODER, StageNode, category
-from .model_files import locate, t5_tokenizer_dirs
+from .model_files import locate, tokenizer_dirs
 
 FOLDER = "text_encoders"  # ComfyUI also lists the legacy models/clip folder under this name
 NONE = "none"
@@ -23,14 +23,14 @@ def families_with_text_files():
 class LoadTextEncoders(StageNode):
     NODE_ID = "DS_LoadTextEncoders"
     DISPLAY_NAME = "Load Text Encoders (Diffusers)"
-    VERSION = "1.0.0"
-    MODEL_FILE_INPUTS = {"clip_l": FOLDER, "clip_g": FOLDER, "t5": FOLDER}
+    VERSION = "1.1.0"  # 1.1.0: qwen3 (Z-Image), after dtype so that earlier workflows keep their widget order
+    MODEL_FILE_INPUTS = {"clip_l": FOLDER, "clip_g": FOLDER, "t5": FOLDER, "qwen3": FOLDER}
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a model family's text encoders from separate files in models/text_encoders: Flux.1 takes "
                    "CLIP-L + T5-XXL, SD3/3.5 CLIP-L + CLIP-G (+ T5-XXL, optional), SDXL CLIP-L + CLIP-G, SD1.x "
-                   "CLIP-L. The tokenizers come from "
-                   "ComfyUI's own, the open-clip vocabulary and, for T5 outside ComfyUI, "
-                   "models/text_encoders/t5_tokenizer or a diffusers folder of the family.")
+                   "CLIP-L, Z-Image Qwen3 4B. The tokenizers come from ComfyUI's own, the open-clip vocabulary and, "
+                   "for T5 and Qwen outside ComfyUI, models/text_encoders/t5_tokenizer or qwen_tokenizer, a "
+                   "diffusers folder of the family, or the Hugging Face cache.")
     RETURN_TYPES = (TEXT_ENCODER,)
     RETURN_NAMES = ("text_encoder",)
     OUTPUT_TOOLTIPS = ("The text encoders with their tokenizers; connect to Text Encode.",)
@@ -40,17 +40,21 @@ class LoadTextEncoders(StageNode):
         files = [NONE, *host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES)]
         inputs = {"family": (list(families_with_text_files()), {
             "tooltip": "The model family the text encoders are for (it decides which files are needed and how the "
-                       "prompt is encoded): sd15 = SD1.x, sdxl = SDXL, sd3 = SD3/3.5, flux = Flux.1."})}
-        for kind, label in TEXT_KINDS.items():
-            inputs[kind] = (files, {"default": NONE, "tooltip": f"The {label} text encoder file, or none if the "
-                                                                "family does not use it."})
+                       "prompt is encoded): sd15 = SD1.x, sdxl = SDXL, sd3 = SD3/3.5, flux = Flux.1, zimage = "
+                       "Z-Image."})}
+
+        def file_input(kind):
+            return (files, {"default": NONE, "tooltip": f"The {TEXT_KINDS[kind]} text encoder file, or none if the "
+                                                        "family does not use it."})
+        inputs.update((kind, file_input(kind)) for kind in ("clip_l", "clip_g", "t5"))
         inputs["dtype"] = (["auto", *weights.DTYPES], {"default": "auto",
                                                        "tooltip": "Weight precision. auto: the host's choice."})
+        inputs["qwen3"] = file_input("qwen3")
         return {"required": inputs}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, family, clip_l, clip_g, t5):
-        return cls.check_call(cls.files, family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5})
+    def VALIDATE_INPUTS(cls, family, clip_l, clip_g, t5, qwen3=NONE):
+        return cls.check_call(cls.files, family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5, "qwen3": qwen3})
 
     @staticmethod
     def files(family_id: str, chosen: dict[str, str]) -> tuple[object, dict[str, str]]:
@@ -74,15 +78,14 @@ class LoadTextEncoders(StageNode):
             paths[kind] = locate(FOLDER, name, kind)
         return family, paths
 
-    def run(self, family, clip_l=NONE, clip_g=NONE, t5=NONE, dtype="auto"):
-        family, paths = self.files(family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5})
+    def run(self, family, clip_l=NONE, clip_g=NONE, t5=NONE, dtype="auto", qwen3=NONE):
+        family, paths = self.files(family, {"clip_l": clip_l, "clip_g": clip_g, "t5": t5, "qwen3": qwen3})
         torch_dtype = host.default_dtype(family) if dtype == "auto" else weights.DTYPES[dtype]
         slots = {slot.kind: slot for slot in family.text_slots}
         parts = {}
         for kind, path in paths.items():
             open_safetensors(path, kind)
             parts[kind] = text_part_from_tensors(read_tensors(path), slots[kind], torch_dtype, host.clip_vocab_dirs(),
-                                                 t5_tokenizer_dirs() if kind == "t5" else (), kind,
-                                                 f"'{os.path.basename(path)}'")
+                                                 tokenizer_dirs(kind), kind, f"'{os.path.basename(path)}'")
         text_encoder = text_encoder_from_parts(family, parts, " + ".join(paths.values()))
         return (dataclasses.replace(text_encoder, residency=host.manage(text_encoder.modules, "text_encoder")),)

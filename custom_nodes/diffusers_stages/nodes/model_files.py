@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .. import host
 from ..engine import loading, weights
@@ -40,6 +40,33 @@ def t5_tokenizer_dirs() -> Iterator[str]:
     for root in host.model_roots("diffusers"):
         for folder in loading.list_diffusers_folders([root]):
             yield from (os.path.join(root, folder, sub) for sub in ("tokenizer_3", "tokenizer_2"))
+
+
+QWEN_TOKENIZER_REPOS = ("Tongyi-MAI/Z-Image-Turbo",)  # Hugging Face repos whose tokenizer/ is Qwen3's
+
+
+def qwen_tokenizer_dirs() -> Iterator[str]:
+    """Where a Qwen tokenizer may be, in order: models/text_encoders/qwen_tokenizer, the host's own, the tokenizers
+    of Z-Image diffusers folders in models/diffusers, then the Hugging Face cache of Z-Image. Lazy, as
+    ``t5_tokenizer_dirs``."""
+    yield from (os.path.join(root, "qwen_tokenizer") for root in host.model_roots("text_encoders"))
+    yield from host.qwen_tokenizer_dirs()
+    for root in host.model_roots("diffusers"):
+        for folder in loading.list_diffusers_folders([root]):
+            yield os.path.join(root, folder, "tokenizer")
+    for repo in QWEN_TOKENIZER_REPOS:
+        try:
+            from huggingface_hub import snapshot_download
+
+            yield os.path.join(snapshot_download(repo, allow_patterns=["tokenizer/*"], local_files_only=True),
+                               "tokenizer")
+        except Exception:  # not cached: nothing to add
+            pass
+
+
+def tokenizer_dirs(kind: str) -> Iterable[str]:
+    """Where the tokenizer of a text encoder of this kind may be (CLIP tokenizers are built from a vocabulary)."""
+    return {"t5": t5_tokenizer_dirs, "qwen3": qwen_tokenizer_dirs}.get(kind, tuple)()
 
 
 def existing_path(kind: str, relative) -> str | None:

@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 # shipped workflow (by its name's first word) -> the tiny model of its family
-TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux"}
+TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux",
+               "zimage": "tiny-z-image"}
 # workflows made of component loaders (split files): the tiny file for each loader input, by node type
 TINY_FILES = {
     "sd15": {"DS_LoadControlNet": {"controlnet_name": "tiny-sd1-controlnet"},
@@ -19,6 +20,9 @@ TINY_FILES = {
     "flux": {"DS_LoadDiffusionModel": {"model_name": "tiny-flux1-dev.safetensors"},
              "DS_LoadTextEncoders": {"clip_l": "tiny-flux-clip_l.safetensors", "t5": "tiny-flux-t5xxl.safetensors"},
              "DS_LoadVAE": {"vae_name": "tiny-flux-ae.safetensors"}},
+    "zimage": {"DS_LoadDiffusionModel": {"model_name": "tiny-z-image-turbo.safetensors"},
+               "DS_LoadTextEncoders": {"qwen3": "tiny-qwen-3.safetensors"},
+               "DS_LoadVAE": {"vae_name": "tiny-z-image-ae.safetensors"}},
 }
 # loaders found by their title in a shipped workflow (a second model): input and tiny model
 TINY_BY_TITLE = {"Load Refiner": ("model", "diffusers/tiny-sdxl-refiner")}
@@ -66,7 +70,8 @@ def demo_plan(workflow_path: str) -> tuple[list[str], int]:
 def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
-    newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors")
+    newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors",
+              "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-z-image-lora.safetensors")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 

@@ -125,19 +125,25 @@ def save_ldm_checkpoint(pipe, path: str, open_clip: bool = False) -> None:
 
 # ---- SD3 / Flux: the files ComfyUI users have (diffusion_models, text_encoders, whole checkpoints) --------------
 def dit_to_original(transformer) -> dict[str, torch.Tensor]:
-    """An SD3 or Flux transformer in its original release layout (no prefix, as in models/diffusion_models)."""
+    """An SD3, Flux or Z-Image transformer in its original release layout (no prefix, as in
+    models/diffusion_models); Z-Image's with the final norm the original keeps and diffusers does not use."""
     from ..engine.families import dit_keys
 
+    if "n_refiner_layers" in transformer.config:
+        state = dit_keys.to_original(transformer.state_dict(), dit_keys.z_image_rules(dict(transformer.config)))
+        return {**state, "norm_final.weight": torch.ones(transformer.config.dim)}
     rules = (dit_keys.flux_rules if "num_single_layers" in transformer.config else dit_keys.sd3_rules)
     return dit_keys.to_original(transformer.state_dict(), rules(dict(transformer.config)))
 
 
 def text_encoder_file(text_encoder) -> dict[str, torch.Tensor]:
     """A transformers text encoder as in models/text_encoders: CLIP keys under ``text_model.`` (plus
-    ``text_projection``), T5 encoder keys with the embedding once as ``shared.weight``."""
+    ``text_projection``), T5 encoder keys with the embedding once as ``shared.weight``, Qwen3 under ``model.``."""
     state = text_encoder.state_dict()
     if "shared.weight" in state:
         return {k: v for k, v in state.items() if k != "encoder.embed_tokens.weight"}
+    if "Qwen" in type(text_encoder).__name__:  # as ComfyUI's qwen_3_4b: Qwen3ForCausalLM's names, model. first
+        return {f"model.{k}": v for k, v in state.items()}
     return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
             for k, v in state.items() if not k.endswith("position_ids")}
 

@@ -11,15 +11,19 @@ TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 RANK = 2
 
 
-def lora_layers(pipe, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def lora_layers(pipe, seed: int, text_encoders: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{'<component>.<module path>': (down [r, in], up [out, r])} for the attention projections of the U-Net and
-    every text encoder of ``pipe``; both matrices random (a fresh LoRA's zero up-matrix would change nothing)."""
+    (``text_encoders``) every CLIP text encoder of ``pipe``; both matrices random (a fresh LoRA's zero up-matrix
+    would change nothing)."""
     generator = torch.Generator().manual_seed(seed)
     layers = {}
     denoiser = ("unet", pipe.unet) if hasattr(pipe, "unet") else ("transformer", pipe.transformer)
-    components = [(*denoiser, UNET_TARGETS), ("text_encoder", pipe.text_encoder, TEXT_TARGETS)]
+    components = [(*denoiser, UNET_TARGETS)]
+    if text_encoders:
+        components.append(("text_encoder", pipe.text_encoder, TEXT_TARGETS))
     second = getattr(pipe, "text_encoder_2", None)
-    if second is not None and "CLIP" in type(second).__name__:  # SDXL, SD3 (Flux's second encoder is T5)
+    # SDXL's and SD3's second encoder is a CLIP (Flux's is T5)
+    if text_encoders and second is not None and "CLIP" in type(second).__name__:
         components.append(("text_encoder_2", second, TEXT_TARGETS))
     for prefix, module, targets in components:
         for name, layer in module.named_modules():
@@ -30,9 +34,9 @@ def lora_layers(pipe, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
     return layers
 
 
-def save_diffusers_lora(pipe, path: str, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def save_diffusers_lora(pipe, path: str, seed: int, text_encoders: bool = True):
     """diffusers/peft layout (what ``save_lora_weights`` writes): ``<component>.<path>.lora_A/lora_B.weight``."""
-    layers = lora_layers(pipe, seed)
+    layers = lora_layers(pipe, seed, text_encoders)
     tensors = {}
     for name, (down, up) in layers.items():
         tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"] = down, up

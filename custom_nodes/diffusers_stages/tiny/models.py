@@ -162,6 +162,58 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
+def qwen_tokenizer():
+    """A small byte-level BPE tokenizer in Qwen2Tokenizer's format, with Qwen's special tokens and chat template."""
+    from transformers import Qwen2Tokenizer
+
+    from ..engine.text_files import QWEN3_CHAT_TEMPLATE
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]  # GPT-2's byte alphabet
+    vocab = {symbol: i for i, symbol in enumerate(symbols)}
+    merges = [("Ġ", "a"), ("Ġ", "c"), ("a", "t"), ("Ġc", "at"), ("Ġ", "p"), ("h", "o"), ("Ġp", "ho"), ("t", "o")]
+    for first, second in merges:
+        vocab.setdefault(first + second, len(vocab))
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_qwen3(tokenizer, hidden: int, seed: int):
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    return Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                                  num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                  max_position_embeddings=40960, pad_token_id=tokenizer.pad_token_id,
+                                  rope_parameters={"rope_theta": 1000000.0, "rope_type": "default"},
+                                  tie_word_embeddings=True))  # as the released Qwen3 (qwen_text.QWEN3_DEFAULTS)
+
+
+def build_zimage_pipeline():
+    """A ZImagePipeline with random weights: the Z-Image DiT (refiners + main layers), a Qwen3 text encoder, the
+    Flux.1 VAE layout; the scheduler config of Z-Image-Turbo (shift 3, no dynamic shifting)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    tokenizer = qwen_tokenizer()
+    text_encoder = tiny_qwen3(tokenizer, 32, seed=5)
+    torch.manual_seed(6)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2,
+        n_kv_heads=2, cap_feat_dim=32, axes_dims=[4, 6, 6])  # the released proportions (dit_keys.z_image_rope_axes)
+    torch.manual_seed(7)
+    vae = tiny_vae(16, 64, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                   use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                          transformer=transformer)
+
+
 def build_flux_pipeline(guidance_embeds: bool = True):
     """A FluxPipeline with random weights (dev-like with guidance_embeds, schnell-like without)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -260,10 +312,13 @@ def write_models(root: str) -> dict[str, str]:
     sd3 = build_sd3_pipeline()
     paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
     sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
-    paths.update(write_split_files(root, flux, sd3, sd1))
+    zimage = build_zimage_pipeline()
+    paths["zimage_folder"] = os.path.join(root, "diffusers", "tiny-z-image")
+    zimage.save_pretrained(paths["zimage_folder"], safe_serialization=True)
+    paths.update(write_split_files(root, flux, sd3, sd1, zimage))
     paths.update(write_unet_files(root, sd1, sdxl))
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
-    paths.update(write_loras(root, sd1, sdxl, sd3, flux))
+    paths.update(write_loras(root, sd1, sdxl, sd3, flux, zimage))
     return paths
 
 
@@ -388,9 +443,10 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
     return paths
 
 
-def write_loras(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
+def write_loras(root: str, sd1, sdxl, sd3, flux, zimage) -> dict[str, str]:
     """LoRA files in models/loras: SD1.5 in diffusers format (U-Net + text encoder) and the same weights in
-    kohya/A1111 format, a second SD1.5 LoRA (to stack), and SDXL, SD3 and Flux LoRAs (denoiser + CLIPs)."""
+    kohya/A1111 format, a second SD1.5 LoRA (to stack), SDXL, SD3 and Flux LoRAs (denoiser + CLIPs), and a
+    Z-Image LoRA (transformer: diffusers loads none for its Qwen3 encoder)."""
     from .lora_export import save_comfy_lora, save_diffusers_lora, save_kohya_flux_lora, save_kohya_lora
 
     folder = os.path.join(root, "loras")
@@ -403,7 +459,8 @@ def write_loras(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
              "sd3_lora": os.path.join(folder, "tiny-sd3-lora.safetensors"),
              "sdxl_lora_kohya": os.path.join(folder, "tiny-sdxl-lora-kohya.safetensors"),
              "flux_lora": os.path.join(folder, "tiny-flux-lora.safetensors"),
-             "flux_lora_kohya": os.path.join(folder, "tiny-flux-lora-kohya.safetensors")}
+             "flux_lora_kohya": os.path.join(folder, "tiny-flux-lora-kohya.safetensors"),
+             "zimage_lora": os.path.join(folder, "tiny-z-image-lora.safetensors")}
     layers = save_diffusers_lora(sd1, paths["sd1_lora"], seed=21)
     save_kohya_lora(layers, paths["sd1_lora_kohya"])
     save_comfy_lora(layers, sd1.unet, paths["sd1_lora_comfy"])
@@ -413,6 +470,7 @@ def write_loras(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
     save_diffusers_lora(sd3, paths["sd3_lora"], seed=24)
     save_diffusers_lora(flux, paths["flux_lora"], seed=25)
     save_kohya_flux_lora(flux.transformer, paths["flux_lora_kohya"], seed=26)
+    save_diffusers_lora(zimage, paths["zimage_lora"], seed=27, text_encoders=False)
     return paths
 
 
@@ -431,10 +489,10 @@ def write_unet_files(root: str, sd1, sdxl) -> dict[str, str]:
     })
 
 
-def write_split_files(root: str, flux, sd3, sd1) -> dict[str, str]:
-    """The Flux and SD3 models as ComfyUI users have them: denoisers in diffusion_models (original layout), text
-    encoders in text_encoders, VAEs in vae (original and diffusers layout, as both occur), and whole checkpoints
-    (Flux without T5, as some releases; SD3 with all three)."""
+def write_split_files(root: str, flux, sd3, sd1, zimage) -> dict[str, str]:
+    """The Flux, SD3 and Z-Image models as ComfyUI users have them: denoisers in diffusion_models (original layout),
+    text encoders in text_encoders, VAEs in vae (original and diffusers layout, as both occur), and whole
+    checkpoints (Flux without T5, as some releases; SD3 with all three)."""
     from .ldm_export import dit_to_original, save_dit_checkpoint, text_encoder_file, vae_to_ldm
 
     def ldm_vae(vae):
@@ -451,6 +509,9 @@ def write_split_files(root: str, flux, sd3, sd1) -> dict[str, str]:
         "sd3_clip_l": ("text_encoders", "tiny-sd3-clip_l.safetensors", text_encoder_file(sd3.text_encoder)),
         "sd3_clip_g": ("text_encoders", "tiny-sd3-clip_g.safetensors", text_encoder_file(sd3.text_encoder_2)),
         "sd3_t5": ("text_encoders", "tiny-sd3-t5xxl.safetensors", text_encoder_file(sd3.text_encoder_3)),
+        "zimage_dit": ("diffusion_models", "tiny-z-image-turbo.safetensors", dit_to_original(zimage.transformer)),
+        "zimage_qwen3": ("text_encoders", "tiny-qwen-3.safetensors", text_encoder_file(zimage.text_encoder)),
+        "zimage_vae": ("vae", "tiny-z-image-ae.safetensors", ldm_vae(zimage.vae)),
     })
     paths["flux_single"] = os.path.join(root, "checkpoints", "tiny-flux1-dev.safetensors")
     save_dit_checkpoint(flux, paths["flux_single"], {"clip_l": flux.text_encoder, "t5xxl": flux.text_encoder_2}, "vae.")

@@ -2,8 +2,8 @@
 
 The adapters (one module each) are the only place where the differences between model families live; the
 interface they implement is ``engine/family.py``. Helpers shared by several adapters live beside them
-(``folders``, ``clip_text``, ``t5_text``, ``dit_keys``, ``ldm_keys``, ``dit_files``, ``bundled_configs``,
-``controlnet_files``) and import no adapter.
+(``folders``, ``clip_text``, ``t5_text``, ``qwen_text``, ``dit_keys``, ``ldm_keys``, ``dit_files``,
+``bundled_configs``, ``controlnet_files``) and import no adapter.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ def all_families() -> list[Family]:
     from .sd3 import STABLE_DIFFUSION_3
     from .stable_diffusion import STABLE_DIFFUSION
     from .stable_diffusion_xl import STABLE_DIFFUSION_XL
+    from .z_image import Z_IMAGE
 
-    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL, STABLE_DIFFUSION_3, FLUX]
+    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL, STABLE_DIFFUSION_3, FLUX, Z_IMAGE]
 
 
 def family_for_pipeline_class(class_name: str) -> Family | None:

@@ -1,4 +1,5 @@
-"""The original key layouts of the SD3 (MMDiT, Stability AI) and Flux.1 (Black Forest Labs) transformers.
+"""The original key layouts of the SD3 (MMDiT, Stability AI), Flux.1 (Black Forest Labs) and Z-Image (Tongyi-MAI)
+transformers.
 
 ComfyUI users have these models as the original releases: ``sd3.5_medium.safetensors``,
 ``flux1-dev.safetensors`` and so on, in ``models/checkpoints`` (with ``model.diffusion_model.``
@@ -28,7 +29,7 @@ ORIGINAL_PREFIX = "model.diffusion_model."
 class Rule:
     original: str
     diffusers: tuple[str, ...]
-    kind: str = "copy"  # "copy" | "split" (dim 0, in order) | "swap" (halves exchanged)
+    kind: str = "copy"  # "copy" | "split" (dim 0, in order) | "swap" (halves exchanged) | "drop" (not used)
 
 
 def _linear(original: str, *diffusers: str, kind: str | None = None) -> list[Rule]:
@@ -172,6 +173,63 @@ def flux_rules(config: dict[str, Any]) -> list[Rule]:
     return rules
 
 
+# ---- Z-Image ----------------------------------------------------------------------------------------
+Z_IMAGE_PATCH = "2-1"  # the released models' only patch sizes (2x2 spatial, 1 frame): diffusers' embedder key
+
+
+def is_z_image(keys) -> bool:
+    return any(k.startswith(("context_refiner.", ORIGINAL_PREFIX + "context_refiner.")) for k in keys)
+
+
+def z_image_rope_axes(head_dim: int) -> list[int]:
+    """Rotary dims per axis (caption/frame, row, column): [32, 48, 48] for the released 128-wide heads; the tensors
+    do not record them, narrower heads keep the proportions."""
+    return [head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8]
+
+
+def z_image_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    dim, patch_values = shapes["x_embedder.weight"]
+    head_dim = shapes["layers.0.attention.q_norm.weight"][0]
+    heads = dim // head_dim
+    return {
+        "all_patch_size": (2,), "all_f_patch_size": (1,), "in_channels": patch_values // 4, "dim": dim,
+        "n_layers": len(_indices(shapes, r"layers\.(\d+)\.")),
+        "n_refiner_layers": len(_indices(shapes, r"noise_refiner\.(\d+)\.")), "n_heads": heads,
+        "n_kv_heads": (shapes["layers.0.attention.qkv.weight"][0] // head_dim - heads) // 2, "qk_norm": True,
+        "cap_feat_dim": shapes["cap_embedder.1.weight"][1], "axes_dims": z_image_rope_axes(head_dim),
+    }
+
+
+def z_image_rules(config: dict[str, Any]) -> list[Rule]:
+    def weight(original, diffusers):
+        return [Rule(f"{original}.weight", (f"{diffusers}.weight",))]
+
+    patch = f"all_x_embedder.{Z_IMAGE_PATCH}"
+    rules = [Rule("x_pad_token", ("x_pad_token",)), Rule("cap_pad_token", ("cap_pad_token",)),
+             Rule("norm_final.weight", (), "drop")]  # the original's final norm, which diffusers does not use
+    rules += _linear("x_embedder", patch) + _linear("t_embedder.mlp.0", "t_embedder.mlp.0")
+    rules += _linear("t_embedder.mlp.2", "t_embedder.mlp.2") + weight("cap_embedder.0", "cap_embedder.0")
+    rules += _linear("cap_embedder.1", "cap_embedder.1")
+    final = f"all_final_layer.{Z_IMAGE_PATCH}"
+    rules += _linear("final_layer.linear", f"{final}.linear")
+    rules += _linear("final_layer.adaLN_modulation.1", f"{final}.adaLN_modulation.1")
+    blocks = [(f"noise_refiner.{i}", True) for i in range(config["n_refiner_layers"])]
+    blocks += [(f"context_refiner.{i}", False) for i in range(config["n_refiner_layers"])]
+    blocks += [(f"layers.{i}", True) for i in range(config["n_layers"])]
+    for block, modulated in blocks:  # the same names both ways, except the fused q/k/v and the attention output
+        rules.append(Rule(f"{block}.attention.qkv.weight", tuple(f"{block}.attention.to_{x}.weight" for x in "qkv"),
+                          "split"))
+        rules += weight(f"{block}.attention.out", f"{block}.attention.to_out.0")
+        rules += weight(f"{block}.attention.q_norm", f"{block}.attention.norm_q")
+        rules += weight(f"{block}.attention.k_norm", f"{block}.attention.norm_k")
+        for name in ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "attention_norm1", "ffn_norm1",
+                     "attention_norm2", "ffn_norm2"):
+            rules += weight(f"{block}.{name}", f"{block}.{name}")
+        if modulated:
+            rules += _linear(f"{block}.adaLN_modulation.0", f"{block}.adaLN_modulation.0")
+    return rules
+
+
 # ---- conversion, both ways --------------------------------------------------------------------------
 def _swap(tensor: torch.Tensor) -> torch.Tensor:
     first, second = tensor.chunk(2, dim=0)
@@ -184,6 +242,8 @@ def to_diffusers(original: dict[str, torch.Tensor], rules: list[Rule],
     converted, missing = {}, []
     for rule in rules:
         tensor = original.get(rule.original)
+        if rule.kind == "drop":
+            continue
         if tensor is None:
             missing.append(rule.original)
             continue
@@ -200,6 +260,8 @@ def to_original(state: dict[str, torch.Tensor], rules: list[Rule]) -> dict[str, 
     """The inverse of ``to_diffusers`` (used to write the original layout, e.g. for tests)."""
     out = {}
     for rule in rules:
+        if rule.kind == "drop":
+            continue
         if rule.kind == "split":
             out[rule.original] = torch.cat([state[name] for name in rule.diffusers], dim=0)
         else:

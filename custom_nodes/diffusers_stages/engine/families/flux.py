@@ -38,6 +38,18 @@ def calculate_shift(seq_len: int, base_seq: int, max_seq: int, base_shift: float
     return seq_len * slope + (base_shift - slope * base_seq)
 
 
+def flow_timesteps(scheduler, steps: int, device, sigmas, mu: float) -> None:
+    """A flow pipeline's timesteps: its ``sigmas`` (shifted by ``mu`` when the scheduler shifts dynamically);
+    schedulers that take no sigmas (FlowMatchHeun, the multistep solvers in flow mode) make their own schedule."""
+    config = scheduler.config
+    accepted = inspect.signature(scheduler.set_timesteps).parameters
+    if "sigmas" not in accepted or config.get("use_flow_sigmas"):
+        dynamic = "mu" in accepted and config.get("use_dynamic_shifting")
+        scheduler.set_timesteps(steps, device=device, **({"mu": mu} if dynamic else {}))
+        return
+    scheduler.set_timesteps(sigmas=sigmas, device=device, **({"mu": mu} if config.get("use_dynamic_shifting") else {}))
+
+
 def pack(latents: torch.Tensor) -> torch.Tensor:
     b, c, h, w = latents.shape
     latents = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
@@ -144,21 +156,10 @@ class FluxFamily(Family):
 
     def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
         config = scheduler.config
-        sigmas = None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / steps, steps)
         seq_len = (latents.shape[2] // 2) * (latents.shape[3] // 2)
         mu = calculate_shift(seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
                              config.get("base_shift", 0.5), config.get("max_shift", 1.15))
-        accepted = inspect.signature(scheduler.set_timesteps).parameters
-        if "sigmas" not in accepted or config.get("use_flow_sigmas"):
-            # FlowMatchHeun, and the multistep solvers in flow mode: their own schedule (shifted by mu if dynamic)
-            dynamic = "mu" in accepted and config.get("use_dynamic_shifting")
-            scheduler.set_timesteps(steps, device=latents.device, **({"mu": mu} if dynamic else {}))
-            return
-        kwargs = {"mu": mu} if config.get("use_dynamic_shifting") else {}
-        if sigmas is None:
-            scheduler.set_timesteps(steps, device=latents.device, **kwargs)
-        else:
-            scheduler.set_timesteps(sigmas=sigmas, device=latents.device, **kwargs)
+        flow_timesteps(scheduler, steps, latents.device, np.linspace(1.0, 1 / steps, steps), mu)
 
     def to_model_layout(self, latents):
         return pack(latents)
