@@ -148,3 +148,20 @@ def test_qwen_tokenizer_missing_offline_says_where_to_put_one(models_root):
 
     with pytest.raises(InputError, match="'qwen3': no Qwen tokenizer was found .*models/text_encoders/qwen_tokenizer"):
         qwen3_part(load_file(models_root["zimage_qwen3"]), torch.float32, [], "qwen3")
+
+
+def test_z_image_in_bf16_keeps_float32_latents_as_its_pipeline(nodes, models_root):
+    """ZImagePipeline keeps noise and scheduler steps in float32 whatever the model's precision (the family's
+    latents_dtype); in bf16 the denoised latents equal the pipeline's bit for bit. (The decoded images differ in
+    the last bf16 bit: the pipeline casts the latents to the VAE's bf16 before unscaling, LATENT is unscaled
+    first.)"""
+    from diffusers_stages.engine.denoise import run
+
+    graph = Graph(nodes, None, nodes["DS_LoadModel"].execute(model="diffusers/tiny-z-image", repo_id="",
+                                                             dtype="bf16"))
+    denoised = run(graph.denoiser, graph.guider(PROMPT, NEGATIVE, 4.0), graph.default_scheduler,
+                   graph.empty()["samples"], SEED, 5)
+    pipe = load_pipeline("ZImagePipeline", models_root["zimage_folder"], torch_dtype=torch.bfloat16)
+    expected = pipe(PROMPT, negative_prompt=NEGATIVE, guidance_scale=3.0, num_inference_steps=5, width=64, height=64,
+                    generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent").images
+    assert denoised.model.dtype == torch.float32 and torch.equal(denoised.model, expected)

@@ -208,7 +208,7 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
     module = denoiser.module
     # the denoiser's precision (the pipelines use the prompt's, which is the same when all parts share one dtype;
     # a graph may mix, e.g. fp16 text encoders with a bf16 transformer)
-    device, dtype = module.device, module.dtype
+    device, dtype = module.device, denoiser.family.latents_dtype or module.dtype
     batch = samples.shape[0]
     txt2img = strength >= 1.0 and not bool(samples.any())
     if samples_in_model_space is not None:

@@ -63,6 +63,8 @@ class Family:
     host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
     begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
     inference_dtypes: tuple[str, ...] = ("fp16", "bf16", "fp32")  # preferred first, for dtype "auto" on a GPU
+    # the precision of the latents between steps (noise, scheduler steps); None: the denoiser's, as most pipelines
+    latents_dtype = None
     latent_scaling: tuple[float, float] = (1.0, 0.0)  # the family's VAE scaling/shift, for a denoiser loaded alone
     text_slots: tuple = ()  # the TextSlots (component_files) a text encoder of this family is made of, in order
     lora_pipeline: str = ""  # the diffusers pipeline whose LoRA loader reads this family's LoRAs ("" = none yet)

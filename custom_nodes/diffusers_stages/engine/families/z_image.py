@@ -43,6 +43,7 @@ class ZImageFamily(Family):
     flow_matching = True
     begin_index_on_full_run = True
     inference_dtypes = ("bf16", "fp16", "fp32")
+    latents_dtype = torch.float32  # ZImagePipeline keeps noise and steps in float32 whatever the model's precision
     latent_scaling = (0.3611, 0.1159)  # the Flux.1 VAE
     skip_layer_lists = {"": "layers"}  # the main transformer blocks (diffusers registers ZImageTransformerBlock)
     cfg_halves = ("positive", "negative")  # ZImagePipeline batches prompt_embeds + negative_prompt_embeds
