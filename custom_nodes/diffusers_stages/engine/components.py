@@ -150,8 +150,8 @@ class Guider:
     skip_scale: float = 2.8
     skip_start: float = 0.01
     skip_stop: float = 0.2
-    # how positive and negative combine: "cfg", or a diffusers guider run as its modular pipelines run it
-    # ("cfg_zero_star", "apg"), with that guider's own settings
+    # how the predictions combine: "cfg"; "pag" as the PAG pipelines run it; or a diffusers guider run as its
+    # modular pipelines run it ("cfg_zero_star", "apg", "tcfg", "seg", "slg", "fdg"), with that method's own settings
     method: str = "cfg"
     method_options: tuple[tuple[str, Any], ...] = ()
 
