@@ -81,15 +81,19 @@ def test_z_image_wiring_refused(z_graph, nodes):
         nodes["DS_EmptyLatent"].execute(denoiser=z_graph.denoiser, width=72, height=64, batch_size=1)
 
 
-def test_z_image_lora_matches_the_pipeline(nodes, models_root, z_graph):
-    """diffusers' ZImageLoraLoaderMixin (transformer layers; it loads none for the Qwen3 text encoder)."""
+@pytest.mark.parametrize("key", ["zimage_lora", "zimage_lora_prefixed", "zimage_lora_kohya"])
+def test_z_image_lora_matches_the_pipeline(nodes, models_root, z_graph, key):
+    """diffusers' ZImageLoraLoaderMixin (transformer layers; it loads none for the Qwen3 text encoder), on the
+    diffusers layout and the layouts community trainers write (diffusion_model.… lora_A/B; kohya)."""
+    import os
+
     from test_lora import with_loras
 
-    graph = with_loras(z_graph, ("tiny-z-image-lora.safetensors", 0.7, 1.0))
+    graph = with_loras(z_graph, (os.path.basename(models_root[key]), 0.7, 1.0))
     ours = bchw(graph.decode(graph.denoise(graph.guider(PROMPT, NEGATIVE, 4.0), graph.default_scheduler,
                                            graph.empty(), seed=SEED, steps=4)))
     pipe = load_pipeline("ZImagePipeline", models_root["zimage_folder"])
-    pipe.load_lora_weights(models_root["zimage_lora"], adapter_name="lora")
+    pipe.load_lora_weights(models_root[key], adapter_name="lora")
     pipe.set_adapters(["lora"], adapter_weights=[0.7])
     ref = pipe(PROMPT, negative_prompt=NEGATIVE, guidance_scale=3.0, num_inference_steps=4, width=64, height=64,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images

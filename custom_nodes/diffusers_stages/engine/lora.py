@@ -191,7 +191,9 @@ def read_lora(loader, family, path: str, denoiser_module) -> tuple[dict, dict | 
     kwargs["return_lora_metadata"] = True
     source, left = path, []
     with safe_open(path, framework="pt") as f:
-        comfy = any(k.startswith(COMFY_PREFIX) and ".lora_" in k for k in f.keys())
+        # ComfyUI's trainer writes lora_up/lora_down; "diffusion_model." files with lora_A/lora_B (ai-toolkit,
+        # musubi-tuner) go to diffusers' converters as they are
+        comfy = any(k.startswith(COMFY_PREFIX) and (".lora_up." in k or ".lora_down." in k) for k in f.keys())
     if comfy:
         from safetensors.torch import load_file
 

@@ -71,7 +71,7 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
     newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors",
-              "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-z-image-lora.safetensors")
+              "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-z-image-lora-kohya.safetensors")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 

@@ -99,3 +99,17 @@ def save_kohya_flux_lora(transformer, path: str, seed: int) -> None:
                 tensors[f"{key}.lora_up.weight"] = torch.randn(out, RANK, generator=generator) * 0.3
                 tensors[f"{key}.alpha"] = torch.tensor(float(RANK))
     save(tensors, path)
+
+
+def save_trainer_layouts(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], prefixed: str, kohya: str) -> None:
+    """A DiT LoRA (``transformer.<path>`` layers) as community trainers save it: ``diffusion_model.<path>.lora_A/B``
+    (ai-toolkit, musubi-tuner) and kohya's ``lora_unet_<path with _>.lora_down/up`` with alpha = rank."""
+    first, second = {}, {}
+    for name, (down, up) in layers.items():
+        module = name.removeprefix("transformer.")
+        first[f"diffusion_model.{module}.lora_A.weight"], first[f"diffusion_model.{module}.lora_B.weight"] = down, up
+        key = "lora_unet_" + module.replace(".", "_")
+        second[f"{key}.lora_down.weight"], second[f"{key}.lora_up.weight"] = down, up
+        second[f"{key}.alpha"] = torch.tensor(float(down.shape[0]))
+    save(first, prefixed)
+    save(second, kohya)

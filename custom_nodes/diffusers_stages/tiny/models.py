@@ -447,7 +447,13 @@ def write_loras(root: str, sd1, sdxl, sd3, flux, zimage) -> dict[str, str]:
     """LoRA files in models/loras: SD1.5 in diffusers format (U-Net + text encoder) and the same weights in
     kohya/A1111 format, a second SD1.5 LoRA (to stack), SDXL, SD3 and Flux LoRAs (denoiser + CLIPs), and a
     Z-Image LoRA (transformer: diffusers loads none for its Qwen3 encoder)."""
-    from .lora_export import save_comfy_lora, save_diffusers_lora, save_kohya_flux_lora, save_kohya_lora
+    from .lora_export import (
+        save_comfy_lora,
+        save_diffusers_lora,
+        save_kohya_flux_lora,
+        save_kohya_lora,
+        save_trainer_layouts,
+    )
 
     folder = os.path.join(root, "loras")
     os.makedirs(folder, exist_ok=True)
@@ -460,7 +466,9 @@ def write_loras(root: str, sd1, sdxl, sd3, flux, zimage) -> dict[str, str]:
              "sdxl_lora_kohya": os.path.join(folder, "tiny-sdxl-lora-kohya.safetensors"),
              "flux_lora": os.path.join(folder, "tiny-flux-lora.safetensors"),
              "flux_lora_kohya": os.path.join(folder, "tiny-flux-lora-kohya.safetensors"),
-             "zimage_lora": os.path.join(folder, "tiny-z-image-lora.safetensors")}
+             "zimage_lora": os.path.join(folder, "tiny-z-image-lora.safetensors"),
+             "zimage_lora_prefixed": os.path.join(folder, "tiny-z-image-lora-ai-toolkit.safetensors"),
+             "zimage_lora_kohya": os.path.join(folder, "tiny-z-image-lora-kohya.safetensors")}
     layers = save_diffusers_lora(sd1, paths["sd1_lora"], seed=21)
     save_kohya_lora(layers, paths["sd1_lora_kohya"])
     save_comfy_lora(layers, sd1.unet, paths["sd1_lora_comfy"])
@@ -470,7 +478,8 @@ def write_loras(root: str, sd1, sdxl, sd3, flux, zimage) -> dict[str, str]:
     save_diffusers_lora(sd3, paths["sd3_lora"], seed=24)
     save_diffusers_lora(flux, paths["flux_lora"], seed=25)
     save_kohya_flux_lora(flux.transformer, paths["flux_lora_kohya"], seed=26)
-    save_diffusers_lora(zimage, paths["zimage_lora"], seed=27, text_encoders=False)
+    zimage_layers = save_diffusers_lora(zimage, paths["zimage_lora"], seed=27, text_encoders=False)
+    save_trainer_layouts(zimage_layers, paths["zimage_lora_prefixed"], paths["zimage_lora_kohya"])
     return paths
 
 
