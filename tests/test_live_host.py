@@ -256,13 +256,35 @@ def test_shipped_workflows_through_post_prompt(server, name):
     assert len(entry["outputs"][save]["images"]) == 1
 
 
-@pytest.mark.parametrize("name", [n for n in WORKFLOW_NAMES if "txt2img" in n])
+def one_per_family(names):
+    """A shipped workflow per family (the first word of its name), text-to-image where there is one."""
+    chosen = {}
+    for name in sorted(names, key=lambda n: "txt2img" not in n):
+        chosen.setdefault(name.split("_")[0], name)
+    return sorted(chosen.values())
+
+
+@pytest.mark.parametrize("name", one_per_family(WORKFLOW_NAMES))
 def test_previews_for_every_family(server, name):
     """Each family's denoise loop sends one progress event and one preview frame per step (previews on)."""
     prompt, _ = converted(server, name)
     outcome, previews, progress = _watch(server, prompt, "ds-" + name)
     assert outcome == "execution_success"
     assert progress == [1, 2, 3] and previews == 3
+
+
+def test_template_input_pictures_are_in_the_input_folder(server):
+    """Every picture a shipped template's Load Image names is ComfyUI's own example.png or one the pack ships
+    (workflows/input/), which the host then serves from its input folder (no missing image)."""
+    shipped = set(os.listdir(os.path.join(REPO, "workflows", "input")))
+    named = set()
+    for name in WORKFLOW_NAMES:
+        with open(os.path.join(REPO, "workflows", name)) as f:
+            named |= {node["widgets_values"][0] for node in json.load(f)["nodes"] if node["type"] == "LoadImage"}
+    assert named <= shipped | {"example.png"} and "canny_edges.png" in named
+    for picture in sorted(shipped):
+        with urllib.request.urlopen(f"{server.url}/view?filename={picture}&type=input", timeout=30) as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/png", picture
 
 
 def test_real_frontend_loads_workflows_and_agrees_with_our_converter(server):

@@ -56,6 +56,29 @@ def list_model_files(kind: str, suffixes: tuple[str, ...]) -> list[str]:
     return sorted(found)
 
 
+def provide_template_inputs(folder: str) -> list[str]:
+    """Inside ComfyUI: copy the input pictures the shipped templates name (``folder``) into the host's input
+    folder, so that Load Image shows them instead of a missing file. A file already there is never replaced."""
+    if not IN_COMFYUI or not os.path.isdir(folder):
+        return []
+    import shutil
+
+    target = _folder_paths.get_input_directory()
+    copied = []
+    for name in sorted(os.listdir(folder)):
+        destination = os.path.join(target, name)
+        if name.lower().endswith(".png") and not os.path.exists(destination):
+            try:
+                os.makedirs(target, exist_ok=True)
+                shutil.copyfile(os.path.join(folder, name), destination)
+                copied.append(name)
+            except OSError as error:  # a read-only input folder: the templates still load, without their picture
+                log.warning("Diffusers Stages: could not copy template input %s to %s (%s)", name, target, error)
+    if copied:
+        log.info("Diffusers Stages: template input pictures copied to %s: %s", target, ", ".join(copied))
+    return copied
+
+
 def clip_vocab_dirs() -> tuple[str, ...]:
     """Folders with a CLIP ``vocab.json`` + ``merges.txt`` the host ships (ComfyUI: comfy/sd1_tokenizer)."""
     if not IN_COMFYUI:
