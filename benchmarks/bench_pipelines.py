@@ -1,11 +1,12 @@
 """Our node graphs vs the diffusers pipelines, same weights and settings, side by side, per family.
 
-    python benchmarks/bench_pipelines.py [--runs 5] [--steps 20] [--cases sd15-tiny,sd15-small,sdxl,sd3,flux,zimage]
+    python benchmarks/bench_pipelines.py [--runs 5] [--steps 20]
+        [--cases sd15-tiny,sd15-small,sdxl,sd3,flux,zimage,qwenimage]
 
 Models are random-weight and built here (no download):
 * sd15-tiny: the test suite's SD1.5 model at 64 px (fixed costs dominate);
 * sd15-small: wider U-Net channels (64, 128, 256, 256) at 256 px, where the U-Net dominates;
-* sdxl, sd3, flux, zimage: the test suite's tiny models of those families at 128 px.
+* sdxl, sd3, flux, zimage, qwenimage: the test suite's tiny models of those families at 128 px.
 
 Wall time: both sides alternate in one process (same threads, warm caches); median of --runs after one
 warm-up each ('time ratio'), and the ratio of the fastest runs ('min ratio', less sensitive to noise).
@@ -33,15 +34,18 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 PROMPT, NEGATIVE, SEED = "a photo of a cat on a mat", "blurry", 3
-# case -> (pipeline class, builder, builder kwargs, size, our cfg, the pipeline's guidance_scale for it)
+# case -> (pipeline class, builder, builder kwargs, size, our cfg, the pipeline's guidance arguments for it)
 CASES = {
-    "sd15-tiny": ("StableDiffusionPipeline", "build_sd_pipeline", {}, 64, 7.5, 7.5),
+    "sd15-tiny": ("StableDiffusionPipeline", "build_sd_pipeline", {}, 64, 7.5, {"guidance_scale": 7.5}),
     "sd15-small": ("StableDiffusionPipeline", "build_sd_pipeline", {"unet_channels": (64, 128, 256, 256)}, 256, 7.5,
-                   7.5),
-    "sdxl": ("StableDiffusionXLPipeline", "build_sdxl_pipeline", {}, 128, 6.0, 6.0),
-    "sd3": ("StableDiffusion3Pipeline", "build_sd3_pipeline", {}, 128, 5.0, 5.0),
-    "flux": ("FluxPipeline", "build_flux_pipeline", {}, 128, 1.0, 3.5),  # unguided; 3.5 = its distilled guidance
-    "zimage": ("ZImagePipeline", "build_zimage_pipeline", {}, 128, 4.0, 3.0),  # ZImagePipeline's scale is cfg - 1
+                   {"guidance_scale": 7.5}),
+    "sdxl": ("StableDiffusionXLPipeline", "build_sdxl_pipeline", {}, 128, 6.0, {"guidance_scale": 6.0}),
+    "sd3": ("StableDiffusion3Pipeline", "build_sd3_pipeline", {}, 128, 5.0, {"guidance_scale": 5.0}),
+    # unguided; 3.5 = its distilled guidance
+    "flux": ("FluxPipeline", "build_flux_pipeline", {}, 128, 1.0, {"guidance_scale": 3.5}),
+    # ZImagePipeline's guidance_scale is our cfg - 1
+    "zimage": ("ZImagePipeline", "build_zimage_pipeline", {}, 128, 4.0, {"guidance_scale": 3.0}),
+    "qwenimage": ("QwenImagePipeline", "build_qwen_image_pipeline", {}, 128, 4.0, {"true_cfg_scale": 4.0}),
 }
 
 
@@ -88,7 +92,7 @@ def make_diffusers(root: str, case: str):
     extra = {"negative_prompt": NEGATIVE} if cfg > 1.0 else {}  # our Flux graph has no negative either
 
     def run(steps: int):
-        return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, width=size,
+        return pipe(PROMPT, num_inference_steps=steps, **guidance, width=size,
                     height=size, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt",
                     **extra).images
 

@@ -22,14 +22,52 @@ class Denoiser:
     family: Family
     module: Any  # a diffusers UNet2DConditionModel (or, later, a DiT)
     source: str
-    latent_scale: float = 1.0  # LATENT holds raw VAE latents; the denoiser works on (raw - shift) * scale
-    latent_shift: float = 0.0
+    # LATENT holds raw VAE latents; the denoiser works on (raw - shift) * scale (floats, or per-channel tensors [C]
+    # for VAEs that normalise each channel, as Qwen-Image's latents_mean / latents_std)
+    latent_scale: Any = 1.0
+    latent_shift: Any = 0.0
     residency: Any = None
     loras: tuple[tuple[str, float], ...] = ()  # (adapter name, strength) switched on while this handle runs
 
     @property
     def dtype(self):
         return self.module.dtype
+
+    def _per_channel(self, value, like: torch.Tensor):
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return value.to(device=like.device, dtype=like.dtype).view(1, -1, *([1] * (like.ndim - 2)))
+        return value
+
+    def to_model_space(self, raw: torch.Tensor) -> torch.Tensor:
+        """(raw - shift) * scale, as the pipelines scale VAE latents for the denoiser."""
+        if not _is_zero(self.latent_shift):
+            raw = raw - self._per_channel(self.latent_shift, raw)
+        return raw * self._per_channel(self.latent_scale, raw)
+
+    def to_raw_space(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents / scale + shift, as the pipelines unscale latents before decoding."""
+        raw = latents / self._per_channel(self.latent_scale, latents)
+        if not _is_zero(self.latent_shift):
+            raw = raw + self._per_channel(self.latent_shift, latents)
+        return raw
+
+    def same_scaling(self, scale, shift) -> bool:
+        """This denoiser's latent scaling is ``scale`` / ``shift`` (floats or tensors)."""
+        import torch
+
+        def same(a, b):
+            if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+                return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+            return a == b
+        return same(scale, self.latent_scale) and same(shift, self.latent_shift)
+
+
+def _is_zero(value) -> bool:
+    import torch
+
+    return not isinstance(value, torch.Tensor) and not value
 
 
 @dataclass(frozen=True)
@@ -69,7 +107,20 @@ class Vae:
 
     @property
     def latent_channels(self) -> int:
-        return self.module.config.latent_channels
+        config = self.module.config
+        return config.get("latent_channels") or config["z_dim"]  # Wan-style VAEs (Qwen-Image) call it z_dim
+
+    @property
+    def has_frames(self) -> bool:
+        """A video-style VAE (Wan, Qwen-Image) that works on [B, C, frames, H, W]; images are one frame."""
+        return "temperal_downsample" in self.module.config
+
+    @property
+    def spatial_factor(self) -> int:
+        config = self.module.config
+        if self.has_frames:
+            return 2 ** len(config["temperal_downsample"])
+        return 2 ** (len(config.block_out_channels) - 1)
 
 
 @dataclass(frozen=True)

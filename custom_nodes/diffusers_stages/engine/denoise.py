@@ -214,10 +214,7 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
     if samples_in_model_space is not None:
         samples_model = samples_in_model_space.to(device=device, dtype=dtype)
     else:
-        samples_model = samples.to(device=device, dtype=dtype)
-        if denoiser.latent_shift:
-            samples_model = samples_model - denoiser.latent_shift
-        samples_model = samples_model * denoiser.latent_scale
+        samples_model = denoiser.to_model_space(samples.to(device=device, dtype=dtype))
 
     generator = torch.Generator("cpu").manual_seed(seed)
     scheduler = build_scheduler(spec, seed)
@@ -251,7 +248,4 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
             on_step(i, total, denoiser.family.from_model_layout(latents if x0 is None else x0, samples_model.shape))
 
     latents = denoiser.family.from_model_layout(latents, samples_model.shape)
-    raw = latents / denoiser.latent_scale
-    if denoiser.latent_shift:
-        raw = raw + denoiser.latent_shift
-    return Denoised(raw, latents)
+    return Denoised(denoiser.to_raw_space(latents), latents)

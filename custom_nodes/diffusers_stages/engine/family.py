@@ -66,6 +66,11 @@ class Family:
     # the precision of the latents between steps (noise, scheduler steps); None: the denoiser's, as most pipelines
     latents_dtype = None
     latent_scaling: tuple[float, float] = (1.0, 0.0)  # the family's VAE scaling/shift, for a denoiser loaded alone
+
+    @staticmethod
+    def vae_latent_scaling(vae) -> tuple[Any, Any]:
+        """(scale, shift) from the model's VAE config, as its pipeline scales latents: (raw - shift) * scale."""
+        return vae.config.scaling_factor, vae.config.shift_factor or 0.0
     text_slots: tuple = ()  # the TextSlots (component_files) a text encoder of this family is made of, in order
     lora_pipeline: str = ""  # the diffusers pipeline whose LoRA loader reads this family's LoRAs ("" = none yet)
     lora_denoiser = "unet"  # the denoiser's key prefix in LoRA files (U-Net: "unet", DiT: "transformer")

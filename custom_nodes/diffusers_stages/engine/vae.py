@@ -41,7 +41,11 @@ def decode(vae: Vae, samples: torch.Tensor, tiled: bool = False) -> torch.Tensor
     module = vae.module
     with _upcast_if_needed(module) as dtype:
         z = samples.to(device=module.device, dtype=dtype)
+        if vae.has_frames:  # one frame: [B, C, 1, h, w] in, the frame out
+            z = z.unsqueeze(2)
         image = module.tiled_decode(z, return_dict=False)[0] if tiled else module.decode(z, return_dict=False)[0]
+        if vae.has_frames:
+            image = image[:, :, 0]
     require_finite(image, "vae", "the decoded image", "the VAE's weights hold NaN/inf (a damaged file), or an fp16 "
                    "VAE overflowed: load the VAE in bf16 or fp32.")
     image = (image / 2 + 0.5).clamp(0, 1)
@@ -53,7 +57,7 @@ def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
     if pixels.ndim != 4 or pixels.shape[-1] not in (3, 4):
         raise InputError("pixels", f"expected an IMAGE [batch, height, width, 3], got shape {tuple(pixels.shape)}.",
                          "connect an IMAGE output (e.g. Load Image).")
-    factor = 2 ** (len(vae.module.config.block_out_channels) - 1)
+    factor = vae.spatial_factor
     height, width = pixels.shape[1], pixels.shape[2]
     if height < factor or width < factor:
         raise InputError("pixels", f"the image is {width}x{height}, smaller than one latent cell ({factor} px).",
@@ -67,4 +71,6 @@ def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
     module = vae.module
     with _upcast_if_needed(module) as dtype:
         x = pixels[..., :3].movedim(-1, 1).to(device=module.device, dtype=dtype) * 2.0 - 1.0
+        if vae.has_frames:
+            return module.encode(x.unsqueeze(2).contiguous(), return_dict=False)[0].mode()[:, :, 0].float().cpu()
         return module.encode(x.contiguous(), return_dict=False)[0].mode().float().cpu()

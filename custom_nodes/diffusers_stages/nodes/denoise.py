@@ -100,6 +100,6 @@ HANDOFF = "diffusers_stages_model_space"
 def handed_over(latent: dict, denoiser):
     entry = latent.get(HANDOFF)
     if (isinstance(entry, dict) and entry.get("samples") is latent["samples"]
-            and entry.get("scale") == denoiser.latent_scale and entry.get("shift") == denoiser.latent_shift):
+            and denoiser.same_scaling(entry.get("scale"), entry.get("shift"))):
         return entry["model"]
     return None

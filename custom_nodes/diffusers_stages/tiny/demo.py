@@ -9,7 +9,7 @@ from PIL import Image
 
 # shipped workflow (by its name's first word) -> the tiny model of its family
 TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux",
-               "zimage": "tiny-z-image"}
+               "zimage": "tiny-z-image", "qwenimage": "tiny-qwen-image"}
 # workflows made of component loaders (split files): the tiny file for each loader input, by node type
 TINY_FILES = {
     "sd15": {"DS_LoadControlNet": {"controlnet_name": "tiny-sd1-controlnet"},
@@ -71,7 +71,7 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
     newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors",
-              "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-z-image-lora-kohya.safetensors")
+              "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-qwen-image-lora-kohya.safetensors")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 

@@ -214,6 +214,40 @@ def build_zimage_pipeline():
                           transformer=transformer)
 
 
+def build_qwen_image_pipeline():
+    """A QwenImagePipeline with random weights: the Qwen-Image DiT, a Qwen2.5-VL text encoder (a tiny vision tower
+    it does not use for text), the Wan-style Qwen-Image VAE; Qwen-Image's scheduler config (exponential dynamic
+    shift, shift terminal 0.02)."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = qwen_tokenizer()
+    special = {"bos_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(8)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, **special,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, hidden_size=16, num_heads=2, intermediate_size=32, out_hidden_size=32,
+                           fullatt_block_indexes=[0]), **special))
+    torch.manual_seed(9)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                              axes_dims_rope=(4, 6, 6))
+    torch.manual_seed(10)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+        base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
+    return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                             transformer=transformer)
+
+
 def build_flux_pipeline(guidance_embeds: bool = True):
     """A FluxPipeline with random weights (dev-like with guidance_embeds, schnell-like without)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -315,10 +349,13 @@ def write_models(root: str) -> dict[str, str]:
     zimage = build_zimage_pipeline()
     paths["zimage_folder"] = os.path.join(root, "diffusers", "tiny-z-image")
     zimage.save_pretrained(paths["zimage_folder"], safe_serialization=True)
+    qwen_image = build_qwen_image_pipeline()
+    paths["qwen_image_folder"] = os.path.join(root, "diffusers", "tiny-qwen-image")
+    qwen_image.save_pretrained(paths["qwen_image_folder"], safe_serialization=True)
     paths.update(write_split_files(root, flux, sd3, sd1, zimage))
     paths.update(write_unet_files(root, sd1, sdxl))
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
-    paths.update(write_loras(root, sd1, sdxl, sd3, flux, zimage))
+    paths.update(write_loras(root, sd1, sdxl, sd3, flux, zimage, qwen_image))
     return paths
 
 
@@ -443,10 +480,10 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
     return paths
 
 
-def write_loras(root: str, sd1, sdxl, sd3, flux, zimage) -> dict[str, str]:
+def write_loras(root: str, sd1, sdxl, sd3, flux, zimage, qwen_image) -> dict[str, str]:
     """LoRA files in models/loras: SD1.5 in diffusers format (U-Net + text encoder) and the same weights in
     kohya/A1111 format, a second SD1.5 LoRA (to stack), SDXL, SD3 and Flux LoRAs (denoiser + CLIPs), and a
-    Z-Image LoRA (transformer: diffusers loads none for its Qwen3 encoder)."""
+    Z-Image and a Qwen-Image LoRA (transformer: diffusers loads none for their LLM text encoders)."""
     from .lora_export import (
         save_comfy_lora,
         save_diffusers_lora,
@@ -468,7 +505,10 @@ def write_loras(root: str, sd1, sdxl, sd3, flux, zimage) -> dict[str, str]:
              "flux_lora_kohya": os.path.join(folder, "tiny-flux-lora-kohya.safetensors"),
              "zimage_lora": os.path.join(folder, "tiny-z-image-lora.safetensors"),
              "zimage_lora_prefixed": os.path.join(folder, "tiny-z-image-lora-ai-toolkit.safetensors"),
-             "zimage_lora_kohya": os.path.join(folder, "tiny-z-image-lora-kohya.safetensors")}
+             "zimage_lora_kohya": os.path.join(folder, "tiny-z-image-lora-kohya.safetensors"),
+             "qwen_image_lora": os.path.join(folder, "tiny-qwen-image-lora.safetensors"),
+             "qwen_image_lora_prefixed": os.path.join(folder, "tiny-qwen-image-lora-ai-toolkit.safetensors"),
+             "qwen_image_lora_kohya": os.path.join(folder, "tiny-qwen-image-lora-kohya.safetensors")}
     layers = save_diffusers_lora(sd1, paths["sd1_lora"], seed=21)
     save_kohya_lora(layers, paths["sd1_lora_kohya"])
     save_comfy_lora(layers, sd1.unet, paths["sd1_lora_comfy"])
@@ -480,6 +520,8 @@ def write_loras(root: str, sd1, sdxl, sd3, flux, zimage) -> dict[str, str]:
     save_kohya_flux_lora(flux.transformer, paths["flux_lora_kohya"], seed=26)
     zimage_layers = save_diffusers_lora(zimage, paths["zimage_lora"], seed=27, text_encoders=False)
     save_trainer_layouts(zimage_layers, paths["zimage_lora_prefixed"], paths["zimage_lora_kohya"])
+    qwen_layers = save_diffusers_lora(qwen_image, paths["qwen_image_lora"], seed=28, text_encoders=False)
+    save_trainer_layouts(qwen_layers, paths["qwen_image_lora_prefixed"], paths["qwen_image_lora_kohya"])
     return paths
 
 

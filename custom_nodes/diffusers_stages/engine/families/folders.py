@@ -69,8 +69,7 @@ def assemble(family: Family, denoiser, parts: tuple[TextPart, ...], vae, schedul
     for module in (denoiser, vae, *(part.module for part in parts)):
         module.eval()
     return LoadedModel(
-        denoiser=Denoiser(family, denoiser, source, latent_scale=vae.config.scaling_factor,
-                          latent_shift=vae.config.shift_factor or 0.0),
+        denoiser=Denoiser(family, denoiser, source, *family.vae_latent_scaling(vae)),
         text_encoder=TextEncoder(family, parts, source),
         vae=Vae(family, vae, source),
         scheduler=spec_from_config(scheduler),

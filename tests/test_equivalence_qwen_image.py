@@ -1,0 +1,94 @@
+"""Qwen-Image: our node graph against QwenImagePipeline (torch.equal, CPU fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import Graph, bchw, load_pipeline
+
+from diffusers_stages.engine.errors import StageError
+
+SEED = 13
+PROMPT, NEGATIVE = "a photo of a cat", "blurry"
+
+
+@pytest.fixture(scope="module")
+def qwen_graph(nodes):
+    return Graph(nodes, "diffusers/tiny-qwen-image")
+
+
+@pytest.fixture(scope="module")
+def qwen_pipe(models_root):
+    return load_pipeline("QwenImagePipeline", models_root["qwen_image_folder"])
+
+
+def test_qwen_image_encode_matches_pipeline(qwen_graph, qwen_pipe):
+    cond = qwen_graph.encode(PROMPT)
+    with torch.no_grad():
+        embeds, mask = qwen_pipe.encode_prompt(PROMPT, device="cpu")
+    assert mask is None and torch.equal(cond.embeds, embeds)
+
+
+@pytest.mark.parametrize("width, height, batch, cfg", [(64, 64, 1, 4.0), (96, 64, 2, 1.0), (64, 96, 2, 3.0)])
+def test_qwen_image_txt2img_matches_pipeline(qwen_graph, qwen_pipe, nodes, width, height, batch, cfg):
+    """cfg above 1 with a negative prompt = the pipeline's true_cfg_scale (rescaled to the positive's norm)."""
+    negative = {"negative": qwen_graph.encode(NEGATIVE)} if cfg > 1 else {}
+    guider = nodes["DS_CFGGuider"].execute(positive=qwen_graph.encode(PROMPT), cfg=cfg, **negative)[0]
+    latent = qwen_graph.denoise(guider, qwen_graph.default_scheduler, qwen_graph.empty(width, height, batch),
+                                seed=SEED, steps=4)
+    assert latent["samples"].shape == (batch, 16, height // 8, width // 8)  # core's Qwen-Image LATENT, no frame axis
+    extra = {"negative_prompt": NEGATIVE, "true_cfg_scale": cfg} if cfg > 1 else {}
+    ref = qwen_pipe(PROMPT, num_inference_steps=4, width=width, height=height, num_images_per_prompt=batch,
+                    generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", **extra).images
+    assert torch.equal(bchw(qwen_graph.decode(latent)), ref)
+
+
+def test_qwen_image_img2img_matches_pipeline(qwen_graph, qwen_pipe, nodes):
+    from diffusers import QwenImageImg2ImgPipeline
+
+    torch.manual_seed(4)
+    image = torch.rand(1, 64, 96, 3)
+    raw = qwen_graph.encode_image(image)
+    assert raw["samples"].shape == (1, 16, 8, 12)
+    guider = nodes["DS_CFGGuider"].execute(positive=qwen_graph.encode(PROMPT), negative=qwen_graph.encode(NEGATIVE),
+                                           cfg=3.0)[0]
+    latent = qwen_graph.denoise(guider, qwen_graph.default_scheduler, raw, seed=SEED, steps=5, denoise=0.6)
+    pipe = QwenImageImg2ImgPipeline(**qwen_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    # our VAE Encode gives the posterior's mode; the pipeline samples it, so it is given our latents, normalised as
+    # it normalises them (an "image" with the latent channel count is taken as latents; the image processor, which
+    # would resize them as pixels, is bypassed)
+    pipe.image_processor.preprocess = lambda image, *args, **kwargs: image
+    normalised = qwen_graph.denoiser.to_model_space(raw["samples"])
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=3.0, image=normalised, strength=0.6,
+               num_inference_steps=5, height=64, width=96, generator=torch.Generator("cpu").manual_seed(SEED),
+               output_type="pt").images
+    assert torch.equal(bchw(qwen_graph.decode(latent)), ref)
+
+
+def test_qwen_image_wiring_refused(qwen_graph, nodes):
+    z_image = Graph(nodes, "diffusers/tiny-z-image")
+    with pytest.raises(StageError, match="encoded by a Z-Image text encoder, but the denoiser is Qwen-Image"):
+        qwen_graph.denoise(z_image.guider(PROMPT, NEGATIVE, 4.0), qwen_graph.default_scheduler, qwen_graph.empty())
+    with pytest.raises(StageError, match="clip_skip: .*Fix: set clip_skip to 0"):
+        qwen_graph.encode(PROMPT, clip_skip=1)
+
+
+@pytest.mark.parametrize("key", ["qwen_image_lora", "qwen_image_lora_prefixed", "qwen_image_lora_kohya"])
+def test_qwen_image_lora_matches_the_pipeline(nodes, models_root, qwen_graph, key):
+    """diffusers' QwenImageLoraLoaderMixin (transformer layers) on the diffusers layout and the layouts community
+    trainers write (diffusion_model.… lora_A/B, as the Lightning LoRAs; kohya)."""
+    import os
+
+    from test_lora import with_loras
+
+    graph = with_loras(qwen_graph, (os.path.basename(models_root[key]), 0.8, 1.0))
+    guider = nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE),
+                                           cfg=3.0)[0]
+    ours = bchw(graph.decode(graph.denoise(guider, graph.default_scheduler, graph.empty(), seed=SEED, steps=4)))
+    pipe = load_pipeline("QwenImagePipeline", models_root["qwen_image_folder"])
+    pipe.load_lora_weights(models_root[key], adapter_name="lora")
+    pipe.set_adapters(["lora"], adapter_weights=[0.8])
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=3.0, num_inference_steps=4, width=64, height=64,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(ours, ref)
