@@ -31,8 +31,10 @@ class CFGGuider(StageNode):
                    "negative. As in diffusers, guidance is applied when cfg is above 1; with cfg 1 or below only "
                    "the positive prompt is used (one denoiser call per step). Without a negative prompt it does "
                    "what the model's diffusers pipeline does with negative_prompt=None: guide away from an encoded "
-                   "empty prompt (SD1.x/2.x, SD3), from zeros (SDXL with force_zeros_for_empty_prompt), or not at "
-                   "all (Flux, whose true CFG needs a negative).")
+                   "empty prompt (SD1.x/2.x, SD3, Z-Image), from zeros (SDXL with force_zeros_for_empty_prompt), or "
+                   "not at all (Flux, Qwen-Image: their true CFG needs a negative). Each family combines the "
+                   "predictions as its pipeline does (Z-Image: pos + (cfg-1)(pos-neg); Qwen-Image: rescaled to the "
+                   "positive prediction's norm).")
     RETURN_TYPES = (GUIDER,)
     RETURN_NAMES = ("guider",)
     OUTPUT_TOOLTIPS = ("The guidance settings with both prompts; connect to Denoise.",)
