@@ -92,3 +92,16 @@ def test_qwen_image_lora_matches_the_pipeline(nodes, models_root, qwen_graph, ke
     ref = pipe(PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=3.0, num_inference_steps=4, width=64, height=64,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert torch.equal(ours, ref)
+
+
+def test_qwen_image_transformer_file_equals_the_folder(nodes, qwen_graph):
+    """qwen_image_bf16.safetensors as ComfyUI users keep it (diffusers' names, config read from the shapes) with the
+    folder's text encoder and VAE ≡ the folder; compared in fresh memory (see Graph.in_fresh_memory)."""
+    from test_component_files import image, same_scheduler
+
+    denoiser, scheduler = nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-qwen-image.safetensors",
+                                                                 dtype="fp32")
+    split = Graph(nodes, None, (denoiser, qwen_graph.text_encoder, qwen_graph.vae, scheduler))
+    assert same_scheduler(scheduler, qwen_graph.default_scheduler)
+    assert torch.equal(denoiser.latent_scale, qwen_graph.denoiser.latent_scale)  # the released VAE statistics
+    assert torch.equal(image(split), image(qwen_graph))

@@ -174,3 +174,16 @@ def test_qwen3_4b_config_is_read_back():
     prefix = qwen3_prefix(names)
     assert prefix == "model."
     assert qwen3_config({k[len(prefix):]: tuple(v.shape) for k, v in names.items()}) == released
+
+
+def test_qwen_image_config_is_read_back():
+    """Qwen/Qwen-Image/transformer/config.json (20B), from the names ComfyUI's qwen_image_bf16.safetensors uses."""
+    from diffusers import QwenImageTransformer2DModel
+
+    from diffusers_stages.engine.families import dit_keys
+
+    config = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                  num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56),
+                  use_additional_t_cond=False)
+    model = meta(QwenImageTransformer2DModel, config)
+    assert dit_keys.qwen_image_config(shapes_of(model.state_dict())) == config

@@ -15,12 +15,13 @@ FOLDER = "diffusion_models"  # ComfyUI also lists the legacy models/unet folder 
 class LoadDiffusionModel(StageNode):
     NODE_ID = "DS_LoadDiffusionModel"
     DISPLAY_NAME = "Load Diffusion Model (Diffusers)"
-    VERSION = "1.1.0"  # 1.1.0: Z-Image files
+    VERSION = "1.1.0"  # 1.1.0: Z-Image and Qwen-Image files
     MODEL_FILE_INPUTS = {"model_name": FOLDER}
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a denoiser on its own from models/diffusion_models, as the model makers release them "
                    "(flux1-dev.safetensors, flux1-schnell.safetensors, sd3.5_large.safetensors, "
-                   "z_image_turbo_bf16.safetensors, an SD1.x/SDXL U-Net in the original layout). Combine it with "
+                   "z_image_turbo_bf16.safetensors, qwen_image_bf16.safetensors, an SD1.x/SDXL U-Net in the "
+                   "original layout). Combine it with "
                    "Load Text Encoders and Load VAE. The architecture is read from the file; nothing is downloaded.")
     RETURN_TYPES = (DENOISER, SCHEDULER)
     RETURN_NAMES = ("denoiser", "scheduler")
@@ -35,7 +36,7 @@ class LoadDiffusionModel(StageNode):
         return {
             "required": {
                 "model_name": (host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES), {
-                    "tooltip": "A diffusion model file from models/diffusion_models (Flux.1, SD3/3.5, Z-Image, "
+                    "tooltip": "A diffusion model file from models/diffusion_models (Flux.1, SD3/3.5, Z-Image, Qwen-Image, "
                                "SD1.x/2.x or SDXL U-Net, in the original release layout)."}),
                 "dtype": (["auto", *weights.DTYPES], {
                     "default": "auto",

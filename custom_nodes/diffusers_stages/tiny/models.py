@@ -352,7 +352,7 @@ def write_models(root: str) -> dict[str, str]:
     qwen_image = build_qwen_image_pipeline()
     paths["qwen_image_folder"] = os.path.join(root, "diffusers", "tiny-qwen-image")
     qwen_image.save_pretrained(paths["qwen_image_folder"], safe_serialization=True)
-    paths.update(write_split_files(root, flux, sd3, sd1, zimage))
+    paths.update(write_split_files(root, flux, sd3, sd1, zimage, qwen_image))
     paths.update(write_unet_files(root, sd1, sdxl))
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
     paths.update(write_loras(root, sd1, sdxl, sd3, flux, zimage, qwen_image))
@@ -540,7 +540,7 @@ def write_unet_files(root: str, sd1, sdxl) -> dict[str, str]:
     })
 
 
-def write_split_files(root: str, flux, sd3, sd1, zimage) -> dict[str, str]:
+def write_split_files(root: str, flux, sd3, sd1, zimage, qwen_image) -> dict[str, str]:
     """The Flux, SD3 and Z-Image models as ComfyUI users have them: denoisers in diffusion_models (original layout),
     text encoders in text_encoders, VAEs in vae (original and diffusers layout, as both occur), and whole
     checkpoints (Flux without T5, as some releases; SD3 with all three)."""
@@ -563,6 +563,8 @@ def write_split_files(root: str, flux, sd3, sd1, zimage) -> dict[str, str]:
         "zimage_dit": ("diffusion_models", "tiny-z-image-turbo.safetensors", dit_to_original(zimage.transformer)),
         "zimage_qwen3": ("text_encoders", "tiny-qwen-3.safetensors", text_encoder_file(zimage.text_encoder)),
         "zimage_vae": ("vae", "tiny-z-image-ae.safetensors", ldm_vae(zimage.vae)),
+        # as qwen_image_bf16.safetensors: diffusers' names (ComfyUI's Qwen-Image model uses them too)
+        "qwen_image_dit": ("diffusion_models", "tiny-qwen-image.safetensors", qwen_image.transformer.state_dict()),
     })
     paths["flux_single"] = os.path.join(root, "checkpoints", "tiny-flux1-dev.safetensors")
     save_dit_checkpoint(flux, paths["flux_single"], {"clip_l": flux.text_encoder, "t5xxl": flux.text_encoder_2}, "vae.")

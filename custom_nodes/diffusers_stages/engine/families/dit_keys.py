@@ -230,6 +230,37 @@ def z_image_rules(config: dict[str, Any]) -> list[Rule]:
     return rules
 
 
+# ---- Qwen-Image -------------------------------------------------------------------------------------
+# ComfyUI's Qwen-Image model uses diffusers' own module names, so its files (qwen_image_bf16.safetensors) hold
+# diffusers' keys (diffusers' single-file loader maps them as they are), with or without the checkpoint prefix.
+def is_qwen_image(keys) -> bool:
+    return any(k.startswith(("transformer_blocks.0.img_mod.", ORIGINAL_PREFIX + "transformer_blocks.0.img_mod."))
+               for k in keys)
+
+
+def qwen_image_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """What the tensors tell; guidance_embeds, zero_cond_t and use_layer3d_rope leave no tensor and take the
+    released Qwen-Image's values (False)."""
+    hidden, in_channels = shapes["img_in.weight"]
+    head_dim = shapes["transformer_blocks.0.attn.norm_q.weight"][0]
+    return {
+        "patch_size": 2, "in_channels": in_channels, "out_channels": shapes["proj_out.weight"][0] // 4,
+        "num_layers": len(_indices(shapes, r"transformer_blocks\.(\d+)\.")), "attention_head_dim": head_dim,
+        "num_attention_heads": hidden // head_dim, "joint_attention_dim": shapes["txt_in.weight"][1],
+        "axes_dims_rope": flux_rope_axes(head_dim),
+        "use_additional_t_cond": "time_text_embed.addition_t_embedding.weight" in shapes,
+    }
+
+
+def qwen_image_rules(config: dict[str, Any]) -> list[Rule]:
+    """Every tensor under its own name."""
+    from diffusers import QwenImageTransformer2DModel
+
+    from ..weights import empty
+
+    return [Rule(key, (key,)) for key in empty(QwenImageTransformer2DModel, config).state_dict()]
+
+
 # ---- conversion, both ways --------------------------------------------------------------------------
 def _swap(tensor: torch.Tensor) -> torch.Tensor:
     first, second = tensor.chunk(2, dim=0)

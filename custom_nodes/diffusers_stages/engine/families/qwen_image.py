@@ -15,6 +15,8 @@ import torch
 from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs
+from . import dit_keys
+from .dit_files import load_dit
 from .flux import FluxFamily
 from .folders import assemble, load_component, load_tokenizer, scheduler_config
 
@@ -24,6 +26,9 @@ PROMPT_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the colo
                    "<|im_end|>\n<|im_start|>assistant\n")
 TEMPLATE_START = 34
 MAX_SEQUENCE_LENGTH = 1024  # tokenizer_max_length and max_sequence_length of the pipeline
+SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0,
+             "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 0.9, "base_image_seq_len": 256,
+             "max_image_seq_len": 8192, "shift_terminal": 0.02, "time_shift_type": "exponential"}  # Qwen-Image's
 
 
 class QwenImageFamily(Family):
@@ -39,6 +44,17 @@ class QwenImageFamily(Family):
     begin_index_on_full_run = True
     inference_dtypes = ("bf16", "fp16", "fp32")
     lora_pipeline, lora_denoiser = "QwenImagePipeline", "transformer"  # QwenImageLoraLoaderMixin: the transformer
+
+    @property
+    def latent_scaling(self):
+        """For a transformer loaded on its own: the released Qwen-Image VAE's per-channel statistics (the
+        defaults of diffusers' AutoencoderKLQwenImage)."""
+        import inspect
+
+        from diffusers import AutoencoderKLQwenImage
+
+        defaults = inspect.signature(AutoencoderKLQwenImage.__init__).parameters
+        return 1.0 / torch.tensor(defaults["latents_std"].default), torch.tensor(defaults["latents_mean"].default)
 
     @staticmethod
     def vae_latent_scaling(vae):
@@ -59,6 +75,16 @@ class QwenImageFamily(Family):
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return False  # split files and folders only
+
+    def claims_denoiser(self, keys) -> bool:
+        return dit_keys.is_qwen_image(keys)
+
+    def denoiser_from_file(self, path, shapes, dtype, input_name):
+        from diffusers import QwenImageTransformer2DModel
+
+        module = load_dit(path, shapes, dtype, QwenImageTransformer2DModel, dit_keys.qwen_image_config,
+                          dit_keys.qwen_image_rules, "Qwen-Image transformer", input_name)
+        return module, dict(SCHEDULER)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
