@@ -21,8 +21,8 @@ class LoadDiffusionModel(StageNode):
     DESCRIPTION = ("Loads a denoiser on its own from models/diffusion_models, as the model makers release them "
                    "(flux1-dev.safetensors, flux1-schnell.safetensors, sd3.5_large.safetensors, "
                    "z_image_turbo_bf16.safetensors, qwen_image_bf16.safetensors, an SD1.x/SDXL U-Net in the "
-                   "original layout). Combine it with "
-                   "Load Text Encoders and Load VAE. The architecture is read from the file; nothing is downloaded.")
+                   "original layout). Combine it with Load Text Encoders and Load VAE. The architecture is read "
+                   "from the file; nothing is downloaded.")
     RETURN_TYPES = (DENOISER, SCHEDULER)
     RETURN_NAMES = ("denoiser", "scheduler")
     OUTPUT_TOOLTIPS = (
@@ -36,8 +36,8 @@ class LoadDiffusionModel(StageNode):
         return {
             "required": {
                 "model_name": (host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES), {
-                    "tooltip": "A diffusion model file from models/diffusion_models (Flux.1, SD3/3.5, Z-Image, Qwen-Image, "
-                               "SD1.x/2.x or SDXL U-Net, in the original release layout)."}),
+                    "tooltip": "A diffusion model file from models/diffusion_models (Flux.1, SD3/3.5, Z-Image, "
+                               "Qwen-Image, SD1.x/2.x or SDXL U-Net, in the layout the makers release)."}),
                 "dtype": (["auto", *weights.DTYPES], {
                     "default": "auto",
                     "tooltip": "Weight precision. auto: the host's choice for the family (on most GPUs bf16 for "
