@@ -109,7 +109,7 @@ def test_z_image_split_files_equal_the_folder(nodes, z_graph):
     from test_component_files import image, same_scheduler, split_graph
 
     vae = nodes["DS_LoadVAE"].execute(vae_name="tiny-z-image-ae.safetensors", dtype="fp32")[0]
-    split = split_graph(nodes, "tiny-z-image-turbo.safetensors", "zimage", vae, qwen3="tiny-qwen-3.safetensors")
+    split = split_graph(nodes, "tiny-z-image-turbo.safetensors", "zimage", vae, llm="tiny-qwen-3.safetensors")
     assert same_scheduler(split.default_scheduler, z_graph.default_scheduler)
     assert torch.equal(image(split), image(z_graph))
     assert torch.equal(image(split, cfg=1.0, width=96), image(z_graph, cfg=1.0, width=96))
@@ -133,15 +133,19 @@ def test_z_image_layout_rules_equal_diffusers_converter(models_root):
 
 
 def test_z_image_text_encoder_file_mistakes_are_named(nodes):
-    with pytest.raises(StageError, match="qwen3: 'tiny-flux-t5xxl.safetensors' is a T5 text encoder, not the Qwen3"):
+    with pytest.raises(StageError, match="llm: .tiny-flux-t5xxl.safetensors. is a T5 text encoder, not the Qwen3"):
         nodes["DS_LoadTextEncoders"].execute(family="zimage", clip_l="none", clip_g="none", t5="none",
-                                             qwen3="tiny-flux-t5xxl.safetensors", dtype="fp32")
-    with pytest.raises(StageError, match="qwen3: Z-Image needs a Qwen3 4B"):
+                                             llm="tiny-flux-t5xxl.safetensors", dtype="fp32")
+    with pytest.raises(StageError, match="llm: Z-Image needs a Qwen3 4B"):
         nodes["DS_LoadTextEncoders"].execute(family="zimage", clip_l="none", clip_g="none", t5="none",
-                                             qwen3="none", dtype="fp32")
+                                             llm="none", dtype="fp32")
+    with pytest.raises(StageError, match="llm: Flux.1 takes no LLM text encoder. Fix: set llm to none"):
+        nodes["DS_LoadTextEncoders"].execute(family="flux", clip_l="tiny-flux-clip_l.safetensors", clip_g="none",
+                                             t5="tiny-flux-t5xxl.safetensors", llm="tiny-qwen-3.safetensors",
+                                             dtype="fp32")
     with pytest.raises(StageError, match="clip_l: Z-Image has no CLIP-L"):
         nodes["DS_LoadTextEncoders"].execute(family="zimage", clip_l="tiny-flux-clip_l.safetensors", clip_g="none",
-                                             t5="none", qwen3="tiny-qwen-3.safetensors", dtype="fp32")
+                                             t5="none", llm="tiny-qwen-3.safetensors", dtype="fp32")
 
 
 def test_qwen_tokenizer_missing_offline_says_where_to_put_one(models_root):

@@ -16,7 +16,9 @@ from .family import TextSlot
 from .weights import empty, fill
 
 TEXT_KINDS = {"clip_l": "CLIP-L (clip_l.safetensors)", "clip_g": "CLIP-G (clip_g.safetensors)",
-              "t5": "T5-XXL (t5xxl_*.safetensors)", "qwen3": "Qwen3 4B (qwen_3_4b*.safetensors)"}
+              "t5": "T5-XXL (t5xxl_*.safetensors)", "qwen3": "Qwen3 4B (qwen_3_4b*.safetensors)",
+              "llm": "LLM"}
+LLM_KINDS = ("qwen3",)  # the kinds Load Text Encoders' llm input takes (one per family)
 
 
 CLIP_PAD_TOKENS = {"clip_l": "<|endoftext|>", "clip_g": "!"}  # as the released tokenizers (OpenCLIP-G pads with "!")

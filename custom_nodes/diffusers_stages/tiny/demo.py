@@ -21,7 +21,7 @@ TINY_FILES = {
              "DS_LoadTextEncoders": {"clip_l": "tiny-flux-clip_l.safetensors", "t5": "tiny-flux-t5xxl.safetensors"},
              "DS_LoadVAE": {"vae_name": "tiny-flux-ae.safetensors"}},
     "zimage": {"DS_LoadDiffusionModel": {"model_name": "tiny-z-image-turbo.safetensors"},
-               "DS_LoadTextEncoders": {"qwen3": "tiny-qwen-3.safetensors"},
+               "DS_LoadTextEncoders": {"llm": "tiny-qwen-3.safetensors"},
                "DS_LoadVAE": {"vae_name": "tiny-z-image-ae.safetensors"}},
 }
 # loaders found by their title in a shipped workflow (a second model): input and tiny model
