@@ -355,6 +355,53 @@ def test_diffusers_block_skip_hook_still_swaps_flux_streams(models_root):
     assert out[0] is hidden and out[1] is encoder  # FluxTransformerBlock returns (encoder, hidden)
 
 
+def test_skip_layer_guidance_on_qwen_image_equals_diffusers_guider_in_its_pipeline(nodes, models_root):
+    """As for Flux: QwenImagePipeline with true CFG, each step's prediction replaced by what diffusers'
+    SkipLayerGuidance object makes of the same calls (positive, negative, then the positive with block 1 skipped:
+    the block replaced by a function returning its (encoder, hidden) inputs)."""
+    from conftest import load_pipeline
+    from diffusers.guiders import SkipLayerGuidance
+    from diffusers.hooks import LayerSkipConfig
+
+    pipe = load_pipeline("QwenImagePipeline", models_root["qwen_image_folder"])
+    guider = SkipLayerGuidance(guidance_scale=3.0, skip_layer_guidance_scale=2.0, skip_layer_guidance_start=0.0,
+                               skip_layer_guidance_stop=1.0,
+                               skip_layer_config=[LayerSkipConfig(indices=[1], fqn="transformer_blocks")])
+    transformer, step = pipe.transformer, pipe.scheduler.step
+    forward, seen, skipped = transformer.forward, [], []
+
+    def recording_forward(**kwargs):
+        seen.append(kwargs)
+        return forward(**kwargs)
+
+    def guided_step(noise_pred, t, latents, **kwargs):
+        positive, negative = seen[-2:]
+        guider.set_state(len(skipped), STEPS, t)
+        predictions = {}
+        for batch in guider.prepare_inputs({"prompt": ("positive", "negative")}):
+            name = getattr(batch, guider._identifier_key)
+            block = transformer.transformer_blocks[1]
+            if name == "pred_cond_skip":
+                block.forward = lambda hidden_states, encoder_hidden_states, *a, **k: (encoder_hidden_states,
+                                                                                       hidden_states)
+            predictions[name] = forward(**(positive if batch.prompt == "positive" else negative))[0]
+            if name == "pred_cond_skip":
+                del block.forward
+        skipped.append("pred_cond_skip" in predictions)
+        return step(guider.forward(**predictions).pred, t, latents, **kwargs)
+
+    transformer.forward, pipe.scheduler.step = recording_forward, guided_step
+    expected = pipe(PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=3.0, num_inference_steps=STEPS, width=64,
+                    height=64, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert any(skipped)
+    graph = Graph(nodes, "diffusers/tiny-qwen-image")
+    cfg = nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE), cfg=3.0)[0]
+    slg = nodes["DS_SkipLayerGuidance"].execute(guider=cfg, layers="1", scale=2.0, start_percent=0.0,
+                                                end_percent=1.0)[0]
+    image = bchw(graph.decode(graph.denoise(slg, graph.default_scheduler, graph.empty(), seed=SEED, steps=STEPS)))
+    assert torch.equal(image, expected)
+
+
 def test_skip_layer_guidance_refusals(nodes):
     from diffusers_stages.engine.errors import StageError
 

@@ -19,13 +19,13 @@ def parse_layers(text: str) -> tuple[int, ...]:
 class SkipLayerGuidance(StageNode):
     NODE_ID = "DS_SkipLayerGuidance"
     DISPLAY_NAME = "Skip Layer Guidance (Diffusers)"
-    VERSION = "1.1.0"  # 1.1.0: Flux.1 and Z-Image (diffusers' SkipLayerGuidance) besides SD3
+    VERSION = "1.1.0"  # 1.1.0: Flux.1, Z-Image and Qwen-Image (diffusers' SkipLayerGuidance) besides SD3
     CATEGORY = category("guidance")
     DESCRIPTION = ("Skip-layer guidance on DiT models: inside the step window, one more transformer call leaves out "
                    "these layers, and the guided prediction is pushed away from it. SD3/SD3.5 as "
-                   "StableDiffusion3Pipeline's skip_guidance_layers; Flux.1 and Z-Image through diffusers' "
+                   "StableDiffusion3Pipeline's skip_guidance_layers; Flux.1, Z-Image and Qwen-Image through diffusers' "
                    "SkipLayerGuidance (run as its modular pipelines run guiders). Works on top of CFG: cfg above 1 "
-                   "and a negative prompt (Flux: true CFG).")
+                   "and a negative prompt (Flux, Qwen-Image: true CFG).")
     RETURN_TYPES = (GUIDER,)
     RETURN_NAMES = ("guider",)
     OUTPUT_TOOLTIPS = ("The guider with skip-layer guidance; connect to Denoise.",)
@@ -58,7 +58,7 @@ class SkipLayerGuidance(StageNode):
                                         skip_start=start_percent, skip_stop=end_percent),)
         if not family.skip_layer_lists:
             raise InputError("guider", f"skip-layer guidance skips a DiT's transformer blocks; a {family.display_name} "
-                             "model has none to skip.", "use it with an SD3/SD3.5, Flux.1 or Z-Image model.")
+                             "model has none to skip.", "use it with an SD3/SD3.5, Flux.1, Z-Image or Qwen-Image model.")
         if start_percent > end_percent:
             raise InputError("start_percent", f"start ({start_percent}) is after end ({end_percent}).",
                              "make start_percent less than or equal to end_percent.")

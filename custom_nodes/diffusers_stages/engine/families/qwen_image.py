@@ -41,6 +41,7 @@ class QwenImageFamily(Family):
     host_latent_format = "Wan21"  # core's Qwen-Image latent format
     flow_matching = True
     packs_latents = True
+    skip_layer_lists = {"": "transformer_blocks"}  # diffusers registers QwenImageTransformerBlock for layer skips
     begin_index_on_full_run = True
     inference_dtypes = ("bf16", "fp16", "fp32")
     lora_pipeline, lora_denoiser = "QwenImagePipeline", "transformer"  # QwenImageLoraLoaderMixin: the transformer
