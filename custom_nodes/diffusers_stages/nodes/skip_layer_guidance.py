@@ -57,8 +57,9 @@ class SkipLayerGuidance(StageNode):
             return (dataclasses.replace(guider, skip_layers=parse_layers(layers), skip_scale=scale,
                                         skip_start=start_percent, skip_stop=end_percent),)
         if not family.skip_layer_lists:
-            raise InputError("guider", f"skip-layer guidance skips a DiT's transformer blocks; a {family.display_name} "
-                             "model has none to skip.", "use it with an SD3/SD3.5, Flux.1, Z-Image or Qwen-Image model.")
+            raise InputError("guider", f"skip-layer guidance skips a DiT's transformer blocks; a "
+                             f"{family.display_name} model has none to skip.",
+                             "use it with an SD3/SD3.5, Flux.1, Z-Image or Qwen-Image model.")
         if start_percent > end_percent:
             raise InputError("start_percent", f"start ({start_percent}) is after end ({end_percent}).",
                              "make start_percent less than or equal to end_percent.")
