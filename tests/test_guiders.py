@@ -254,6 +254,37 @@ def test_seg_without_cfg_is_refused_not_ignored(nodes):
             graph.denoise(guider, graph.default_scheduler, graph.empty())
 
 
+def guided_by(pipe, guider, blocks) -> list[bool]:
+    """Replace each step's prediction of a true-CFG pipeline (positive call, then negative) by what diffusers'
+    ``guider`` makes of the same calls: the guider picks the calls (the skip-layer one with ``blocks`` replaced by
+    functions returning their (encoder, hidden) inputs, as Flux's and Qwen-Image's blocks return them) and combines
+    them. Returns, per step, whether a skip-layer call ran."""
+    transformer, step = pipe.transformer, pipe.scheduler.step
+    forward, seen, skipped = transformer.forward, [], []
+
+    def recording_forward(**kwargs):
+        seen.append(kwargs)
+        return forward(**kwargs)
+
+    def guided_step(noise_pred, t, latents, **kwargs):
+        positive, negative = seen[-2:]  # the pipeline's two true-CFG calls of this step
+        guider.set_state(len(skipped), STEPS, t)
+        predictions = {}
+        for batch in guider.prepare_inputs({"prompt": ("positive", "negative")}):
+            name = getattr(batch, guider._identifier_key)
+            for block in blocks if name == "pred_cond_skip" else ():
+                block.forward = lambda hidden_states, encoder_hidden_states, *a, **k: (encoder_hidden_states,
+                                                                                       hidden_states)
+            predictions[name] = forward(**(positive if batch.prompt == "positive" else negative))[0]
+            for block in blocks if name == "pred_cond_skip" else ():
+                del block.forward
+        skipped.append("pred_cond_skip" in predictions)
+        return step(guider.forward(**predictions).pred, t, latents, **kwargs)
+
+    transformer.forward, pipe.scheduler.step = recording_forward, guided_step
+    return skipped
+
+
 @pytest.mark.parametrize("layers, configs, window", [
     ("0", {"transformer_blocks": [0]}, (0.0, 1.0)),
     ("0, single.1", {"transformer_blocks": [0], "single_transformer_blocks": [1]}, (0.2, 0.8)),
@@ -274,31 +305,8 @@ def test_skip_layer_guidance_on_flux_equals_diffusers_guider_in_flux_pipeline(no
     guider = SkipLayerGuidance(guidance_scale=4.0, skip_layer_guidance_scale=2.0, skip_layer_guidance_start=window[0],
                                skip_layer_guidance_stop=window[1],
                                skip_layer_config=[LayerSkipConfig(indices=i, fqn=f) for f, i in configs.items()])
-    transformer, step = pipe.transformer, pipe.scheduler.step
-    forward, seen, skipped = transformer.forward, [], []
-
-    def recording_forward(**kwargs):
-        seen.append(kwargs)
-        return forward(**kwargs)
-
-    def guided_step(noise_pred, t, latents, **kwargs):
-        positive, negative = seen[-2:]  # the pipeline's two true-CFG calls of this step
-        guider.set_state(len(skipped), STEPS, t)
-        predictions = {}
-        for batch in guider.prepare_inputs({"prompt": ("positive", "negative")}):
-            name = getattr(batch, guider._identifier_key)
-            inputs = positive if batch.prompt == "positive" else negative
-            blocks = [transformer.get_submodule(f"{f}.{i}") for f, indices in configs.items() for i in indices]
-            for block in blocks if name == "pred_cond_skip" else ():  # Flux blocks return (encoder, hidden)
-                block.forward = lambda hidden_states, encoder_hidden_states, *a, **k: (encoder_hidden_states,
-                                                                                       hidden_states)
-            predictions[name] = forward(**inputs)[0]
-            for block in blocks if name == "pred_cond_skip" else ():
-                del block.forward
-        skipped.append("pred_cond_skip" in predictions)
-        return step(guider.forward(**predictions).pred, t, latents, **kwargs)
-
-    transformer.forward, pipe.scheduler.step = recording_forward, guided_step
+    skipped = guided_by(pipe, guider, [pipe.transformer.get_submodule(f"{f}.{i}") for f, indices in configs.items()
+                                       for i in indices])
     expected = pipe(PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=4.0, guidance_scale=3.5,
                     num_inference_steps=STEPS, width=64, height=64, generator=torch.Generator("cpu").manual_seed(SEED),
                     output_type="pt").images
@@ -367,30 +375,7 @@ def test_skip_layer_guidance_on_qwen_image_equals_diffusers_guider_in_its_pipeli
     guider = SkipLayerGuidance(guidance_scale=3.0, skip_layer_guidance_scale=2.0, skip_layer_guidance_start=0.0,
                                skip_layer_guidance_stop=1.0,
                                skip_layer_config=[LayerSkipConfig(indices=[1], fqn="transformer_blocks")])
-    transformer, step = pipe.transformer, pipe.scheduler.step
-    forward, seen, skipped = transformer.forward, [], []
-
-    def recording_forward(**kwargs):
-        seen.append(kwargs)
-        return forward(**kwargs)
-
-    def guided_step(noise_pred, t, latents, **kwargs):
-        positive, negative = seen[-2:]
-        guider.set_state(len(skipped), STEPS, t)
-        predictions = {}
-        for batch in guider.prepare_inputs({"prompt": ("positive", "negative")}):
-            name = getattr(batch, guider._identifier_key)
-            block = transformer.transformer_blocks[1]
-            if name == "pred_cond_skip":
-                block.forward = lambda hidden_states, encoder_hidden_states, *a, **k: (encoder_hidden_states,
-                                                                                       hidden_states)
-            predictions[name] = forward(**(positive if batch.prompt == "positive" else negative))[0]
-            if name == "pred_cond_skip":
-                del block.forward
-        skipped.append("pred_cond_skip" in predictions)
-        return step(guider.forward(**predictions).pred, t, latents, **kwargs)
-
-    transformer.forward, pipe.scheduler.step = recording_forward, guided_step
+    skipped = guided_by(pipe, guider, [pipe.transformer.transformer_blocks[1]])
     expected = pipe(PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=3.0, num_inference_steps=STEPS, width=64,
                     height=64, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert any(skipped)

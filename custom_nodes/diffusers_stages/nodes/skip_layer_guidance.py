@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..engine.errors import InputError
-from .base import GUIDER, StageNode, category
+from .base import GUIDER, StageNode, category, window_error
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -60,9 +60,9 @@ class SkipLayerGuidance(StageNode):
             raise InputError("guider", f"skip-layer guidance skips a DiT's transformer blocks; a "
                              f"{family.display_name} model has none to skip.",
                              "use it with an SD3/SD3.5, Flux.1, Z-Image or Qwen-Image model.")
-        if start_percent > end_percent:
-            raise InputError("start_percent", f"start ({start_percent}) is after end ({end_percent}).",
-                             "make start_percent less than or equal to end_percent.")
+        problem = window_error(start_percent, end_percent)
+        if problem:
+            raise problem
         options = (("skip_layer_guidance_scale", scale), ("skip_layer_guidance_start", start_percent),
                    ("skip_layer_guidance_stop", end_percent), ("layers", layers))
         return (dataclasses.replace(guider, method="slg", method_options=options),)
