@@ -118,9 +118,9 @@ class Vae:
     @property
     def spatial_factor(self) -> int:
         config = self.module.config
-        if self.has_frames:
-            return 2 ** len(config["temperal_downsample"])
-        return 2 ** (len(config.block_out_channels) - 1)
+        # each level but the last halves the image (Wan-style VAEs list their levels as dim_mult)
+        levels = config["dim_mult"] if self.has_frames else config.block_out_channels
+        return 2 ** (len(levels) - 1)
 
 
 @dataclass(frozen=True)
