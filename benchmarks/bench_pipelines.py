@@ -1,12 +1,12 @@
 """Our node graphs vs the diffusers pipelines, same weights and settings, side by side, per family.
 
     python benchmarks/bench_pipelines.py [--runs 5] [--steps 20]
-        [--cases sd15-tiny,sd15-small,sdxl,sd3,flux,zimage,qwenimage]
+        [--cases sd15-tiny,sd15-small,sdxl,sd3,flux,zimage,qwenimage,flux2]
 
 Models are random-weight and built here (no download):
 * sd15-tiny: the test suite's SD1.5 model at 64 px (fixed costs dominate);
 * sd15-small: wider U-Net channels (64, 128, 256, 256) at 256 px, where the U-Net dominates;
-* sdxl, sd3, flux, zimage, qwenimage: the test suite's tiny models of those families at 128 px.
+* sdxl, sd3, flux, zimage, qwenimage, flux2 (klein): the test suite's tiny models of those families at 128 px.
 
 Wall time: both sides alternate in one process (same threads, warm caches); median of --runs after one
 warm-up each ('time ratio'), and the ratio of the fastest runs ('min ratio', less sensitive to noise).
@@ -46,7 +46,10 @@ CASES = {
     # ZImagePipeline's guidance_scale is our cfg - 1
     "zimage": ("ZImagePipeline", "build_zimage_pipeline", {}, 128, 4.0, {"guidance_scale": 3.0}),
     "qwenimage": ("QwenImagePipeline", "build_qwen_image_pipeline", {}, 128, 4.0, {"true_cfg_scale": 4.0}),
+    # klein base, CFG away from the empty prompt (Flux2KleinPipeline takes no negative prompt; ours then uses "")
+    "flux2": ("Flux2KleinPipeline", "build_flux2_klein_pipeline", {}, 128, 4.0, {"guidance_scale": 4.0}),
 }
+NO_NEGATIVE_PROMPT = {"flux2"}  # pipelines that guide away from the empty prompt only
 
 
 def build(root: str, case: str) -> str:
@@ -70,7 +73,7 @@ def make_ours(root: str, case: str):
     def run(steps: int):
         pos = N["DS_TextEncode"]().execute(text_encoder=te, text=PROMPT, clip_skip=0)[0]
         negative = {}
-        if cfg > 1.0:  # Flux runs unguided (cfg 1) and, like its pipeline, encodes no negative prompt
+        if cfg > 1.0 and case not in NO_NEGATIVE_PROMPT:  # Flux runs unguided (cfg 1): no negative prompt
             negative["negative"] = N["DS_TextEncode"]().execute(text_encoder=te, text=NEGATIVE, clip_skip=0)[0]
         guider = N["DS_CFGGuider"]().execute(positive=pos, cfg=cfg, **negative)[0]
         latent = N["DS_EmptyLatent"]().execute(denoiser=den, width=size, height=size, batch_size=1)[0]
@@ -89,10 +92,10 @@ def make_diffusers(root: str, case: str):
     pipe = getattr(diffusers, pipeline).from_pretrained(build(root, case), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     # the same negative prompt for every family; Flux only runs CFG with true_cfg_scale > 1, so it stays unguided
-    extra = {"negative_prompt": NEGATIVE} if cfg > 1.0 else {}  # our Flux graph has no negative either
+    extra = {"negative_prompt": NEGATIVE} if cfg > 1.0 and case not in NO_NEGATIVE_PROMPT else {}
 
     def run(steps: int):
-        return pipe(PROMPT, num_inference_steps=steps, **guidance, width=size,
+        return pipe(prompt=PROMPT, num_inference_steps=steps, **guidance, width=size,
                     height=size, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt",
                     **extra).images
 

@@ -257,10 +257,15 @@ def test_seg_without_cfg_is_refused_not_ignored(nodes):
 def guided_by(pipe, guider, blocks) -> list[bool]:
     """Replace each step's prediction of a true-CFG pipeline (positive call, then negative) by what diffusers'
     ``guider`` makes of the same calls: the guider picks the calls (the skip-layer one with ``blocks`` replaced by
-    functions returning their (encoder, hidden) inputs, as Flux's and Qwen-Image's blocks return them) and combines
+    functions returning their (encoder, hidden) inputs, as Flux's and Qwen-Image's blocks return them; one joined
+    stream for Flux.2's single blocks) and combines
     them. Returns, per step, whether a skip-layer call ran."""
     transformer, step = pipe.transformer, pipe.scheduler.step
     forward, seen, skipped = transformer.forward, [], []
+
+    def inputs_returned(hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        # Flux.2's single blocks take the joined streams alone (encoder_hidden_states None) and return it
+        return hidden_states if encoder_hidden_states is None else (encoder_hidden_states, hidden_states)
 
     def recording_forward(**kwargs):
         seen.append(kwargs)
@@ -273,8 +278,7 @@ def guided_by(pipe, guider, blocks) -> list[bool]:
         for batch in guider.prepare_inputs({"prompt": ("positive", "negative")}):
             name = getattr(batch, guider._identifier_key)
             for block in blocks if name == "pred_cond_skip" else ():
-                block.forward = lambda hidden_states, encoder_hidden_states, *a, **k: (encoder_hidden_states,
-                                                                                       hidden_states)
+                block.forward = inputs_returned
             predictions[name] = forward(**(positive if batch.prompt == "positive" else negative))[0]
             for block in blocks if name == "pred_cond_skip" else ():
                 del block.forward

@@ -187,3 +187,43 @@ def test_qwen_image_config_is_read_back():
                   use_additional_t_cond=False)
     model = meta(QwenImageTransformer2DModel, config)
     assert dit_keys.qwen_image_config(shapes_of(model.state_dict())) == config
+
+
+FLUX2_RELEASES = {  # black-forest-labs/FLUX.2-*/transformer/config.json (diffusers' convert_flux2_to_diffusers.py)
+    "dev": dict(num_layers=8, num_single_layers=48, num_attention_heads=48, joint_attention_dim=15360,
+                guidance_embeds=True),
+    "klein-4b": dict(num_layers=5, num_single_layers=20, num_attention_heads=24, joint_attention_dim=7680,
+                     guidance_embeds=False),
+    "klein-9b": dict(num_layers=8, num_single_layers=24, num_attention_heads=32, joint_attention_dim=12288,
+                     guidance_embeds=False),
+}
+
+
+@pytest.mark.parametrize("release", FLUX2_RELEASES)
+def test_flux2_release_configs_are_read_back(release):
+    """The BFL layout ComfyUI's flux2_dev / flux-2-klein-*.safetensors use."""
+    from diffusers import Flux2Transformer2DModel
+
+    from diffusers_stages.engine.families import dit_keys
+
+    config = dict(patch_size=1, in_channels=128, out_channels=128, attention_head_dim=128,
+                  timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000,
+                  eps=1e-6, **FLUX2_RELEASES[release])
+    model = meta(Flux2Transformer2DModel, config)
+    original = dit_keys.to_original(model.state_dict(), dit_keys.flux2_rules(config))
+    assert all(not k.endswith(".bias") for k in original)  # the release has no biases
+    assert dit_keys.flux2_config(shapes_of(original)) == config
+
+
+def test_flux2_vae_is_read_back():
+    """flux2-vae.safetensors (BFL layout: quant convs inside encoder / decoder, batch-norm statistics) gives the
+    released AutoencoderKLFlux2 (diffusers' defaults are the release's), tensor for tensor."""
+    from diffusers import AutoencoderKLFlux2
+
+    from diffusers_stages.engine.vae_loading import vae_config
+    from diffusers_stages.tiny.ldm_export import flux2_vae_to_bfl
+
+    released = meta(AutoencoderKLFlux2, {})
+    config, layout, prefix = vae_config(shapes_of(flux2_vae_to_bfl(released)))
+    assert (layout, prefix) == ("ldm", "")
+    assert shapes_of(meta(AutoencoderKLFlux2, config).state_dict()) == shapes_of(released.state_dict())

@@ -107,8 +107,20 @@ class Vae:
 
     @property
     def latent_channels(self) -> int:
+        """Channels of the LATENT this VAE makes and decodes (a patched VAE's: its latent's patches as channels)."""
         config = self.module.config
-        return config.get("latent_channels") or config["z_dim"]  # Wan-style VAEs (Qwen-Image) call it z_dim
+        channels = config.get("latent_channels") or config["z_dim"]  # Wan-style VAEs (Qwen-Image) call it z_dim
+        return channels * self.patch[0] * self.patch[1]
+
+    @property
+    def patch(self) -> tuple[int, int]:
+        """(1, 1), or for a VAE that normalises its latent in 2x2 patches (Flux.2's AutoencoderKLFlux2, with a batch
+        norm over the patches' channels) the patch: LATENT is then the patched, normalised latent, as core ComfyUI
+        and the Flux.2 pipelines keep it."""
+        config = self.module.config
+        if "batch_norm_eps" not in config:
+            return (1, 1)
+        return tuple(config["patch_size"])
 
     @property
     def has_frames(self) -> bool:
@@ -120,7 +132,7 @@ class Vae:
         config = self.module.config
         # each level but the last halves the image (Wan-style VAEs list their levels as dim_mult)
         levels = config["dim_mult"] if self.has_frames else config.block_out_channels
-        return 2 ** (len(levels) - 1)
+        return 2 ** (len(levels) - 1) * self.patch[0]
 
 
 @dataclass(frozen=True)

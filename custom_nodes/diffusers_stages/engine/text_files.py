@@ -127,7 +127,7 @@ def find_t5_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str):
                      "models/text_encoders/t5_tokenizer, or keep a diffusers SD3/Flux folder in models/diffusers.")
 
 
-# ---- Qwen3 (Z-Image): qwen_3_4b.safetensors as ComfyUI keeps it (Qwen3ForCausalLM's names, model. first) -------
+# ---- Qwen3 (Z-Image, Flux.2 klein): qwen_3_4b.safetensors as ComfyUI keeps it (Qwen3ForCausalLM's names) ----
 # Qwen3's chat template, reduced to what a prompt needs: one user turn, then the assistant's turn opened (with
 # thinking on, Qwen3's default, the template adds nothing more). Used for tokenizers that carry another model's
 # template (ComfyUI ships Qwen2.5's tokenizer, whose template adds a system prompt) or none.
@@ -179,7 +179,7 @@ def find_qwen_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str):
                          "holds only the weights).", "inside ComfyUI the one ComfyUI ships is used; elsewhere put "
                          "the tokenizer files (tokenizer.json + tokenizer_config.json, e.g. the tokenizer folder of "
                          "Tongyi-MAI/Z-Image-Turbo) in models/text_encoders/qwen_tokenizer, or keep a diffusers "
-                         "Z-Image folder in models/diffusers.")
+                         "Z-Image or Flux.2 klein folder in models/diffusers.")
     if "enable_thinking" not in (getattr(tokenizer, "chat_template", None) or ""):  # not Qwen3's template
         tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     return tokenizer

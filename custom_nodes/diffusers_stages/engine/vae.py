@@ -1,4 +1,5 @@
-"""VAE encode/decode between ComfyUI IMAGE ([B,H,W,C], 0..1) and LATENT (raw VAE space)."""
+"""VAE encode/decode between ComfyUI IMAGE ([B,H,W,C], 0..1) and LATENT (raw VAE space; for a patched VAE, Flux.2's,
+the patched latent normalised by the VAE's batch-norm statistics, as core ComfyUI keeps Flux.2 latents)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,33 @@ def _upcast_if_needed(module):
             module.to(torch.float16)
 
 
+def _normalised_patches(vae: Vae, z: torch.Tensor) -> torch.Tensor:
+    """A patched VAE's latent -> LATENT, as Flux2Pipeline encodes: 2x2 patches into channels, then (x - mean) / std of
+    the VAE's batch-norm statistics."""
+    ph, pw = vae.patch
+    b, c, h, w = z.shape
+    z = z.view(b, c, h // ph, ph, w // pw, pw).permute(0, 1, 3, 5, 2, 4).reshape(b, c * ph * pw, h // ph, w // pw)
+    mean, std = _batch_norm_statistics(vae, z)
+    return (z - mean) / std
+
+
+def _latent_from_patches(vae: Vae, z: torch.Tensor) -> torch.Tensor:
+    """The inverse, as Flux2Pipeline decodes: x * std + mean, then the channels back into 2x2 patches."""
+    mean, std = _batch_norm_statistics(vae, z)
+    z = z * std + mean
+    ph, pw = vae.patch
+    b, c, h, w = z.shape
+    z = z.reshape(b, c // (ph * pw), ph, pw, h, w).permute(0, 1, 4, 2, 5, 3)
+    return z.reshape(b, c // (ph * pw), h * ph, w * pw)
+
+
+def _batch_norm_statistics(vae: Vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    bn = vae.module.bn
+    mean = bn.running_mean.view(1, -1, 1, 1).to(like.device, like.dtype)
+    std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + vae.module.config.batch_norm_eps).to(like.device, like.dtype)
+    return mean, std
+
+
 def decode(vae: Vae, samples: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     """Raw latents [B,C,h,w] -> IMAGE [B,H,W,3] in 0..1 on the CPU, as a diffusers pipeline postprocesses."""
     _check_latent(vae, samples)
@@ -41,6 +69,8 @@ def decode(vae: Vae, samples: torch.Tensor, tiled: bool = False) -> torch.Tensor
     module = vae.module
     with _upcast_if_needed(module) as dtype:
         z = samples.to(device=module.device, dtype=dtype)
+        if vae.patch != (1, 1):
+            z = _latent_from_patches(vae, z)
         if vae.has_frames:  # one frame: [B, C, 1, h, w] in, the frame out
             z = z.unsqueeze(2)
         image = module.tiled_decode(z, return_dict=False)[0] if tiled else module.decode(z, return_dict=False)[0]
@@ -73,4 +103,7 @@ def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels[..., :3].movedim(-1, 1).to(device=module.device, dtype=dtype) * 2.0 - 1.0
         if vae.has_frames:
             return module.encode(x.unsqueeze(2).contiguous(), return_dict=False)[0].mode()[:, :, 0].float().cpu()
-        return module.encode(x.contiguous(), return_dict=False)[0].mode().float().cpu()
+        latent = module.encode(x.contiguous(), return_dict=False)[0].mode()
+        if vae.patch != (1, 1):
+            latent = _normalised_patches(vae, latent)
+        return latent.float().cpu()

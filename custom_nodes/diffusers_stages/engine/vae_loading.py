@@ -50,14 +50,22 @@ def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None,
     levels = _indices(shapes, re.escape(prefix + down.split("{}")[0]) + r"(\d+)\.")
     channels = [shapes[f"{prefix}{down.format(i)}.{block}.0.{conv2}.weight"][0] for i in levels]
     layers = _indices(shapes, re.escape(f"{prefix}{down.format(0)}.{block}.") + r"(\d+)\.")
+    patched = f"{prefix}bn.running_mean" in shapes  # Flux.2's VAE: its latent normalised in 2x2 patches
+    quant = {name: f"{prefix}{name}.weight" in shapes or f"{prefix}{side}.{name}.weight" in shapes
+             for name, side in (("quant_conv", "encoder"), ("post_quant_conv", "decoder"))}
     config = dict(base or _BASE, block_out_channels=channels, layers_per_block=len(layers),
                   in_channels=shapes[f"{prefix}encoder.conv_in.weight"][1],
                   out_channels=shapes[f"{prefix}decoder.conv_out.weight"][0],
                   latent_channels=shapes[f"{prefix}encoder.conv_out.weight"][0] // 2,
                   down_block_types=["DownEncoderBlock2D"] * len(channels),
                   up_block_types=["UpDecoderBlock2D"] * len(channels), norm_num_groups=norm_groups(channels),
-                  use_quant_conv=f"{prefix}quant_conv.weight" in shapes,
-                  use_post_quant_conv=f"{prefix}post_quant_conv.weight" in shapes)
+                  use_quant_conv=quant["quant_conv"], use_post_quant_conv=quant["post_quant_conv"])
+    if patched:  # AutoencoderKLFlux2: the decoder may be wider than the encoder; BFL's patch and batch-norm eps
+        decoder_in = shapes[f"{prefix}decoder.conv_in.weight"][0]
+        if decoder_in != channels[-1]:
+            config["decoder_block_out_channels"] = [c * decoder_in // channels[-1] for c in channels]
+        config.update(patch_size=(2, 2), batch_norm_eps=1e-4, batch_norm_momentum=0.1)
+        config.pop("shift_factor", None), config.pop("scaling_factor", None)
     return config, layout, prefix
 
 
@@ -71,12 +79,22 @@ def load_vae_file(path: str, dtype: torch.dtype) -> Vae:
 def vae_from_tensors(tensors: dict[str, torch.Tensor], family, dtype: torch.dtype, source: str,
                      input_name: str) -> Vae:
     """A VAE from tensors in the original (LDM) or diffusers layout, prefix already removed."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, AutoencoderKLFlux2
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     config, layout, _ = vae_config({k: tuple(v.shape) for k, v in tensors.items()}, input_name=input_name)
-    if family is not None:
+    patched = "batch_norm_eps" in config
+    if family is not None and not patched:
         config["scaling_factor"], config["shift_factor"] = family.latent_scaling
-    state = convert_ldm_vae_checkpoint(tensors, config) if layout == "ldm" else tensors
-    vae = fill(empty(AutoencoderKL, config), state, dtype, "VAE", input_name)
+    if layout == "ldm":
+        # BFL's Flux.2 VAE keeps its quant convs inside encoder / decoder
+        tensors = {k.removeprefix("encoder.").removeprefix("decoder.") if "quant_conv." in k else k: v
+                   for k, v in tensors.items()}
+        state = convert_ldm_vae_checkpoint(tensors, config)
+        state.update({k: v for k, v in tensors.items() if k in ("bn.running_mean", "bn.running_var")})
+    else:
+        state = tensors
+    if patched:  # a buffer BFL's file need not carry (eval-mode batch norm never reads it)
+        state.setdefault("bn.num_batches_tracked", torch.tensor(0))
+    vae = fill(empty(AutoencoderKLFlux2 if patched else AutoencoderKL, config), state, dtype, "VAE", input_name)
     return Vae(family, vae, source)

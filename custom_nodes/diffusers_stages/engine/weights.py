@@ -131,7 +131,7 @@ def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, 
     cast = {}
     for key in expected:
         target = torch.float32 if dtype == torch.float16 and any(f".{m}." in f".{key}" for m in keep_fp32) else dtype
-        cast[key] = state[key].to(target)
+        cast[key] = state[key].to(target) if state[key].is_floating_point() else state[key]  # counters stay ints
     wrong = [k for k in expected if tuple(cast[k].shape) != tuple(expected[k].shape)]
     if wrong:
         key = wrong[0]

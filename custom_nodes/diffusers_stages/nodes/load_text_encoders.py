@@ -28,8 +28,9 @@ class LoadTextEncoders(StageNode):
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a model family's text encoders from separate files in models/text_encoders: Flux.1 takes "
                    "CLIP-L + T5-XXL, SD3/3.5 CLIP-L + CLIP-G (+ T5-XXL, optional), SDXL CLIP-L + CLIP-G, SD1.x "
-                   "CLIP-L, Z-Image Qwen3 4B. The tokenizers come from ComfyUI's own, the open-clip vocabulary and, "
-                   "for T5 and Qwen outside ComfyUI, models/text_encoders/t5_tokenizer or qwen_tokenizer, a "
+                   "CLIP-L, Z-Image Qwen3 4B, Flux.2 klein Qwen3 4B (klein 4B) or 8B (klein 9B). The tokenizers "
+                   "come from ComfyUI's own, the open-clip vocabulary and, for T5 and Qwen outside ComfyUI, "
+                   "models/text_encoders/t5_tokenizer or qwen_tokenizer, a "
                    "diffusers folder of the family, or the Hugging Face cache.")
     RETURN_TYPES = (TEXT_ENCODER,)
     RETURN_NAMES = ("text_encoder",)
@@ -40,8 +41,8 @@ class LoadTextEncoders(StageNode):
         files = [NONE, *host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES)]
         inputs = {"family": (list(families_with_text_files()), {
             "tooltip": "The model family the text encoders are for (it decides which files are needed and how the "
-                       "prompt is encoded): sd15 = SD1.x, sdxl = SDXL, sd3 = SD3/3.5, flux = Flux.1, zimage = "
-                       "Z-Image."})}
+                       "prompt is encoded): sd15 = SD1.x, sdxl = SDXL, sd3 = SD3/3.5, flux = Flux.1, flux2 = "
+                       "Flux.2 klein, zimage = Z-Image."})}
 
         def file_input(kind):
             return (files, {"default": NONE, "tooltip": f"The {TEXT_KINDS[kind]} text encoder file, or none if the "
@@ -50,7 +51,9 @@ class LoadTextEncoders(StageNode):
         inputs["dtype"] = (["auto", *weights.DTYPES], {"default": "auto",
                                                        "tooltip": "Weight precision. auto: the host's choice."})
         inputs["llm"] = (files, {"default": NONE, "tooltip": "The LLM text encoder file of families that use one "
-                                                             "(Z-Image: Qwen3 4B, qwen_3_4b.safetensors), or none."})
+                                                             "(Z-Image and Flux.2 klein 4B: Qwen3 4B, "
+                                                             "qwen_3_4b.safetensors; Flux.2 klein 9B: Qwen3 8B), "
+                                                             "or none."})
         return {"required": inputs}
 
     @classmethod

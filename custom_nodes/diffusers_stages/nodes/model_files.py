@@ -42,13 +42,15 @@ def t5_tokenizer_dirs() -> Iterator[str]:
             yield from (os.path.join(root, folder, sub) for sub in ("tokenizer_3", "tokenizer_2"))
 
 
-QWEN_TOKENIZER_REPOS = ("Tongyi-MAI/Z-Image-Turbo",)  # Hugging Face repos whose tokenizer/ is Qwen3's
+# Hugging Face repos whose tokenizer/ is Qwen3's
+QWEN_TOKENIZER_REPOS = ("Tongyi-MAI/Z-Image-Turbo", "black-forest-labs/FLUX.2-klein-4B",
+                        "black-forest-labs/FLUX.2-klein-9B")
 
 
 def qwen_tokenizer_dirs() -> Iterator[str]:
     """Where a Qwen tokenizer may be, in order: models/text_encoders/qwen_tokenizer, the host's own, the tokenizers
-    of Z-Image diffusers folders in models/diffusers, then the Hugging Face cache of Z-Image. Lazy, as
-    ``t5_tokenizer_dirs``."""
+    of Z-Image / Flux.2 klein diffusers folders in models/diffusers, then the Hugging Face cache of those models.
+    Lazy, as ``t5_tokenizer_dirs``."""
     yield from (os.path.join(root, "qwen_tokenizer") for root in host.model_roots("text_encoders"))
     yield from host.qwen_tokenizer_dirs()
     for root in host.model_roots("diffusers"):

@@ -9,7 +9,7 @@ from PIL import Image
 
 # shipped workflow (by its name's first word) -> the tiny model of its family
 TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux",
-               "zimage": "tiny-z-image", "qwenimage": "tiny-qwen-image"}
+               "zimage": "tiny-z-image", "qwenimage": "tiny-qwen-image", "flux2": "tiny-flux2-klein"}
 # workflows made of component loaders (split files): the tiny file for each loader input, by node type
 TINY_FILES = {
     "sd15": {"DS_LoadControlNet": {"controlnet_name": "tiny-sd1-controlnet"},
@@ -23,6 +23,9 @@ TINY_FILES = {
     "zimage": {"DS_LoadDiffusionModel": {"model_name": "tiny-z-image-turbo.safetensors"},
                "DS_LoadTextEncoders": {"llm": "tiny-qwen-3.safetensors"},
                "DS_LoadVAE": {"vae_name": "tiny-z-image-ae.safetensors"}},
+    "flux2": {"DS_LoadDiffusionModel": {"model_name": "tiny-flux-2-klein.safetensors"},
+              "DS_LoadTextEncoders": {"llm": "tiny-flux2-qwen-3.safetensors"},
+              "DS_LoadVAE": {"vae_name": "tiny-flux2-vae.safetensors"}},
 }
 # loaders found by their title in a shipped workflow (a second model): input and tiny model
 TINY_BY_TITLE = {"Load Refiner": ("model", "diffusers/tiny-sdxl-refiner")}
@@ -71,7 +74,8 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
     """(models, input, output) folders under ``folder``; models are built once (a few seconds)."""
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
     newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors",
-              "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-qwen-image-lora-kohya.safetensors")
+              "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-qwen-image-lora-kohya.safetensors",
+              "loras/tiny-flux2-lora-ai-toolkit.safetensors")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 

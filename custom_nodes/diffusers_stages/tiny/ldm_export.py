@@ -43,7 +43,9 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
     for key, value in vae.state_dict().items():
         parts = key.split(".")
         side = parts[0]
-        if side in ("quant_conv", "post_quant_conv"):
+        if side == "bn":  # Flux.2's batch-norm statistics, kept under their own names (BFL's flux2-vae)
+            new = key
+        elif side in ("quant_conv", "post_quant_conv"):
             new = key
         elif parts[1] in ("conv_in", "conv_out"):
             new = key
@@ -71,6 +73,19 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
         else:
             raise KeyError(f"unexpected VAE key {key}")
         out["first_stage_model." + new] = value
+    return out
+
+
+def flux2_vae_to_bfl(vae) -> dict[str, torch.Tensor]:
+    """A Flux.2 VAE as BFL's flux2-vae.safetensors: the LDM names, the quant convs inside encoder / decoder, the
+    batch-norm statistics beside them (without the counter)."""
+    out = {}
+    for key, value in vae_to_ldm(vae).items():
+        key = key.removeprefix("first_stage_model.")
+        if key.startswith(("quant_conv.", "post_quant_conv.")):
+            key = ("encoder." if key.startswith("quant") else "decoder.") + key
+        if key != "bn.num_batches_tracked":
+            out[key] = value
     return out
 
 
@@ -125,10 +140,12 @@ def save_ldm_checkpoint(pipe, path: str, open_clip: bool = False) -> None:
 
 # ---- SD3 / Flux: the files ComfyUI users have (diffusion_models, text_encoders, whole checkpoints) --------------
 def dit_to_original(transformer) -> dict[str, torch.Tensor]:
-    """An SD3, Flux or Z-Image transformer in its original release layout (no prefix, as in
+    """An SD3, Flux.1, Flux.2 or Z-Image transformer in its original release layout (no prefix, as in
     models/diffusion_models); Z-Image's with the final norm the original keeps and diffusers does not use."""
     from ..engine.families import dit_keys
 
+    if "timestep_guidance_channels" in transformer.config:  # Flux.2
+        return dit_keys.to_original(transformer.state_dict(), dit_keys.flux2_rules(dict(transformer.config)))
     if "n_refiner_layers" in transformer.config:
         state = dit_keys.to_original(transformer.state_dict(), dit_keys.z_image_rules(dict(transformer.config)))
         return {**state, "norm_final.weight": torch.ones(transformer.config.dim)}
@@ -143,7 +160,7 @@ def text_encoder_file(text_encoder) -> dict[str, torch.Tensor]:
     if "shared.weight" in state:
         return {k: v for k, v in state.items() if k != "encoder.embed_tokens.weight"}
     if "Qwen" in type(text_encoder).__name__:  # as ComfyUI's qwen_3_4b: Qwen3ForCausalLM's names, model. first
-        return {f"model.{k}": v for k, v in state.items()}
+        return {k if k.startswith("model.") else f"model.{k}": v for k, v in state.items() if k != "lm_head.weight"}
     return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
             for k, v in state.items() if not k.endswith("position_ids")}
 

@@ -113,3 +113,18 @@ def save_trainer_layouts(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], p
         second[f"{key}.alpha"] = torch.tensor(float(down.shape[0]))
     save(first, prefixed)
     save(second, kohya)
+
+
+def save_original_layout_lora(original: dict[str, torch.Tensor], path: str, seed: int) -> None:
+    """A LoRA on every linear layer of the transformer blocks of a DiT in its original (BFL) layout, as ai-toolkit
+    writes Flux.2 LoRAs: ``diffusion_model.<original path>.lora_A/B.weight`` (fused q/k/v layers take one LoRA)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, weight in original.items():
+        if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and weight.ndim == 2:
+            module = key.removesuffix(".weight")
+            tensors[f"diffusion_model.{module}.lora_A.weight"] = torch.randn(RANK, weight.shape[1],
+                                                                           generator=generator) * 0.3
+            tensors[f"diffusion_model.{module}.lora_B.weight"] = torch.randn(weight.shape[0], RANK,
+                                                                           generator=generator) * 0.3
+    save(tensors, path)

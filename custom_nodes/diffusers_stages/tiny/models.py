@@ -214,6 +214,43 @@ def build_zimage_pipeline():
                           transformer=transformer)
 
 
+def tiny_flux2_vae():
+    """The Flux.2 VAE layout (AutoencoderKLFlux2: 32 latent channels, batch norm over 2x2 patches) at tiny widths,
+    with batch-norm statistics that are not the identity, as a trained VAE's."""
+    from diffusers import AutoencoderKLFlux2
+
+    vae = AutoencoderKLFlux2(block_out_channels=(8, 16, 16, 16), latent_channels=32, layers_per_block=1,
+                             norm_num_groups=8, sample_size=64)
+    vae.bn.running_mean.copy_(torch.randn(128) * 0.1)
+    vae.bn.running_var.copy_(torch.rand(128) + 0.5)
+    return vae
+
+
+def build_flux2_klein_pipeline(distilled: bool = False):
+    """A Flux2KleinPipeline with random weights: the Flux.2 DiT, a Qwen3 text encoder deep enough for the layers the
+    pipeline reads (9, 18, 27), the Flux.2 VAE; the released scheduler config (Flux.1-dev's)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(11)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=40960, pad_token_id=tokenizer.pad_token_id,
+        rope_parameters={"rope_theta": 1000000.0, "rope_type": "default"}, tie_word_embeddings=True))
+    torch.manual_seed(12)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=128, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=48, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
+    torch.manual_seed(13)
+    vae = tiny_flux2_vae()
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=distilled)
+
+
 def build_qwen_image_pipeline():
     """A QwenImagePipeline with random weights: the Qwen-Image DiT, a Qwen2.5-VL text encoder (a tiny vision tower
     it does not use for text), the Wan-style Qwen-Image VAE; Qwen-Image's scheduler config (exponential dynamic
@@ -352,6 +389,11 @@ def write_models(root: str) -> dict[str, str]:
     qwen_image = build_qwen_image_pipeline()
     paths["qwen_image_folder"] = os.path.join(root, "diffusers", "tiny-qwen-image")
     qwen_image.save_pretrained(paths["qwen_image_folder"], safe_serialization=True)
+    klein = build_flux2_klein_pipeline()
+    paths["flux2_klein_folder"] = os.path.join(root, "diffusers", "tiny-flux2-klein")
+    klein.save_pretrained(paths["flux2_klein_folder"], safe_serialization=True)
+    paths.update(write_flux2_files(root, klein))
+    paths.update(write_flux2_loras(root, klein))
     paths.update(write_split_files(root, flux, sd3, sd1, zimage, qwen_image))
     paths.update(write_unet_files(root, sd1, sdxl))
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
@@ -538,6 +580,33 @@ def write_unet_files(root: str, sd1, sdxl) -> dict[str, str]:
         "sdxl_clip_l": ("text_encoders", "tiny-sdxl-clip_l.safetensors", text_encoder_file(sdxl.text_encoder)),
         "sdxl_clip_g": ("text_encoders", "tiny-sdxl-clip_g.safetensors", text_encoder_file(sdxl.text_encoder_2)),
     })
+
+
+def write_flux2_files(root: str, klein) -> dict[str, str]:
+    """Flux.2 klein as ComfyUI users have it: flux-2-klein-4b (BFL layout), qwen_3_4b, flux2-vae (BFL layout: the
+    quant convs inside encoder / decoder, the batch-norm statistics beside them)."""
+    from .ldm_export import dit_to_original, flux2_vae_to_bfl, text_encoder_file
+
+    return save_files(root, {
+        "flux2_dit": ("diffusion_models", "tiny-flux-2-klein.safetensors", dit_to_original(klein.transformer)),
+        "flux2_qwen3": ("text_encoders", "tiny-flux2-qwen-3.safetensors", text_encoder_file(klein.text_encoder)),
+        "flux2_vae": ("vae", "tiny-flux2-vae.safetensors", flux2_vae_to_bfl(klein.vae)),
+    })
+
+
+def write_flux2_loras(root: str, klein) -> dict[str, str]:
+    """Flux.2 LoRAs (transformer only: diffusers loads none for its LLM text encoder) in the diffusers layout and in
+    BFL's block names as ai-toolkit writes them (fused q/k/v with one LoRA each)."""
+    from .ldm_export import dit_to_original
+    from .lora_export import save_diffusers_lora, save_original_layout_lora
+
+    folder = os.path.join(root, "loras")
+    os.makedirs(folder, exist_ok=True)
+    paths = {"flux2_lora": os.path.join(folder, "tiny-flux2-lora.safetensors"),
+             "flux2_lora_ai_toolkit": os.path.join(folder, "tiny-flux2-lora-ai-toolkit.safetensors")}
+    save_diffusers_lora(klein, paths["flux2_lora"], seed=29, text_encoders=False)
+    save_original_layout_lora(dit_to_original(klein.transformer), paths["flux2_lora_ai_toolkit"], seed=30)
+    return paths
 
 
 def write_split_files(root: str, flux, sd3, sd1, zimage, qwen_image) -> dict[str, str]:

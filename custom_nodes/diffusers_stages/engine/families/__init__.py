@@ -16,13 +16,14 @@ if TYPE_CHECKING:
 
 def all_families() -> list[Family]:
     from .flux import FLUX
+    from .flux2 import FLUX2
     from .qwen_image import QWEN_IMAGE
     from .sd3 import STABLE_DIFFUSION_3
     from .stable_diffusion import STABLE_DIFFUSION
     from .stable_diffusion_xl import STABLE_DIFFUSION_XL
     from .z_image import Z_IMAGE
 
-    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL, STABLE_DIFFUSION_3, FLUX, Z_IMAGE, QWEN_IMAGE]
+    return [STABLE_DIFFUSION, STABLE_DIFFUSION_XL, STABLE_DIFFUSION_3, FLUX, FLUX2, Z_IMAGE, QWEN_IMAGE]
 
 
 def family_for_pipeline_class(class_name: str) -> Family | None:

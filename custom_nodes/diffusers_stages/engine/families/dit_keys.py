@@ -1,5 +1,5 @@
-"""The original key layouts of the SD3 (MMDiT, Stability AI), Flux.1 (Black Forest Labs) and Z-Image (Tongyi-MAI)
-transformers.
+"""The original key layouts of the SD3 (MMDiT, Stability AI), Flux.1 and Flux.2 (Black Forest Labs) and Z-Image
+(Tongyi-MAI) transformers.
 
 ComfyUI users have these models as the original releases: ``sd3.5_medium.safetensors``,
 ``flux1-dev.safetensors`` and so on, in ``models/checkpoints`` (with ``model.diffusion_model.``
@@ -112,7 +112,8 @@ def sd3_rules(config: dict[str, Any]) -> list[Rule]:
 
 # ---- Flux.1 ---------------------------------------------------------------------------------------
 def is_flux(keys) -> bool:
-    return any(k.startswith(("double_blocks.", ORIGINAL_PREFIX + "double_blocks.")) for k in keys)
+    return (any(k.startswith(("double_blocks.", ORIGINAL_PREFIX + "double_blocks.")) for k in keys)
+            and not is_flux2(keys))
 
 
 def flux_rope_axes(head_dim: int) -> tuple[int, int, int]:
@@ -170,6 +171,69 @@ def flux_rules(config: dict[str, Any]) -> list[Rule]:
         rules += _linear(f"{o}.linear2", f"{d}.proj_out")
     rules += _linear("final_layer.linear", "proj_out")
     rules += _linear("final_layer.adaLN_modulation.1", "norm_out.linear", kind="swap")
+    return rules
+
+
+# ---- Flux.2 (dev, klein) ---------------------------------------------------------------------------
+# Black Forest Labs' layout (flux2-dev.safetensors, flux-2-klein-4b.safetensors): Flux.1's block names, modulation
+# shared by all blocks of a kind, no biases, SwiGLU MLPs; single blocks keep their fused projections in diffusers too.
+def is_flux2(keys) -> bool:
+    return any(k.startswith(("single_stream_modulation.", ORIGINAL_PREFIX + "single_stream_modulation."))
+               for k in keys)
+
+
+def flux2_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """What the tensors tell; rope_theta (2000), eps (1e-6) and the rotary axes (four equal ones: 32 each for the
+    released 128-wide heads) leave no tensor and take the released models' values."""
+    hidden, in_channels = shapes["img_in.weight"]
+    head_dim = shapes["double_blocks.0.img_attn.norm.query_norm.scale"][0]
+    return {
+        "patch_size": 1, "in_channels": in_channels, "out_channels": shapes["final_layer.linear.weight"][0],
+        "num_layers": len(_indices(shapes, r"double_blocks\.(\d+)\.")),
+        "num_single_layers": len(_indices(shapes, r"single_blocks\.(\d+)\.")),
+        "attention_head_dim": head_dim, "num_attention_heads": hidden // head_dim,
+        "joint_attention_dim": shapes["txt_in.weight"][1],
+        "timestep_guidance_channels": shapes["time_in.in_layer.weight"][1],
+        "mlp_ratio": shapes["double_blocks.0.img_mlp.0.weight"][0] / 2 / hidden,  # SwiGLU: gate and value in one
+        "axes_dims_rope": (head_dim // 4,) * 4, "rope_theta": 2000, "eps": 1e-6,
+        "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
+    }
+
+
+def flux2_rules(config: dict[str, Any]) -> list[Rule]:
+    def weight(original, *diffusers, kind=None):
+        return [Rule(f"{original}.weight", tuple(f"{d}.weight" for d in diffusers),
+                     kind or ("split" if len(diffusers) > 1 else "copy"))]
+
+    def norm(original, diffusers):
+        return [Rule(f"{original}.scale", (f"{diffusers}.weight",))]
+
+    embedders = [("time_in", "timestep_embedder")] + [("guidance_in", "guidance_embedder")] * config["guidance_embeds"]
+    rules = []
+    for original, embedder in embedders:
+        rules += weight(f"{original}.in_layer", f"time_guidance_embed.{embedder}.linear_1")
+        rules += weight(f"{original}.out_layer", f"time_guidance_embed.{embedder}.linear_2")
+    for name in ("double_stream_modulation_img", "double_stream_modulation_txt", "single_stream_modulation"):
+        rules += weight(f"{name}.lin", f"{name}.linear")
+    rules += weight("img_in", "x_embedder") + weight("txt_in", "context_embedder")
+    for i in range(config["num_layers"]):
+        o, d = f"double_blocks.{i}", f"transformer_blocks.{i}.attn"
+        rules += weight(f"{o}.img_attn.qkv", f"{d}.to_q", f"{d}.to_k", f"{d}.to_v")
+        rules += weight(f"{o}.txt_attn.qkv", f"{d}.add_q_proj", f"{d}.add_k_proj", f"{d}.add_v_proj")
+        rules += norm(f"{o}.img_attn.norm.query_norm", f"{d}.norm_q")
+        rules += norm(f"{o}.img_attn.norm.key_norm", f"{d}.norm_k")
+        rules += norm(f"{o}.txt_attn.norm.query_norm", f"{d}.norm_added_q")
+        rules += norm(f"{o}.txt_attn.norm.key_norm", f"{d}.norm_added_k")
+        rules += weight(f"{o}.img_attn.proj", f"{d}.to_out.0") + weight(f"{o}.txt_attn.proj", f"{d}.to_add_out")
+        for stream, ff in (("img", "ff"), ("txt", "ff_context")):
+            rules += weight(f"{o}.{stream}_mlp.0", f"transformer_blocks.{i}.{ff}.linear_in")
+            rules += weight(f"{o}.{stream}_mlp.2", f"transformer_blocks.{i}.{ff}.linear_out")
+    for i in range(config["num_single_layers"]):
+        o, d = f"single_blocks.{i}", f"single_transformer_blocks.{i}.attn"
+        rules += weight(f"{o}.linear1", f"{d}.to_qkv_mlp_proj") + weight(f"{o}.linear2", f"{d}.to_out")
+        rules += norm(f"{o}.norm.query_norm", f"{d}.norm_q") + norm(f"{o}.norm.key_norm", f"{d}.norm_k")
+    rules += weight("final_layer.linear", "proj_out")
+    rules += weight("final_layer.adaLN_modulation.1", "norm_out.linear", kind="swap")
     return rules
 
 

@@ -101,7 +101,8 @@ class FluxFamily(Family):
 
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
-        return any(".double_blocks." in k or k.startswith("double_blocks.") for k in keys)
+        return (any(".double_blocks." in k or k.startswith("double_blocks.") for k in keys)
+                and not dit_keys.is_flux2(keys))
 
     def claims_denoiser(self, keys) -> bool:
         return dit_keys.is_flux(keys)

@@ -1,0 +1,141 @@
+"""Flux.2 klein (4B / 9B, distilled and base): a Flux2Transformer2DModel, a Qwen3 text encoder, the Flux.2 VAE.
+
+As Flux2KleinPipeline: the prompt is a chat turn (thinking off) padded to 512 tokens; the conditioning is the text
+encoder's hidden states of layers 9, 18 and 27 side by side for every token, padding included. LATENT is core's
+``Flux2`` format: the 32-channel VAE latent in 2x2 patches (128 channels at 1/16), normalised by the VAE's
+batch-norm statistics (``engine/vae.py``); the transformer takes it flattened to tokens with (t, row, column, l)
+position ids. The schedule is sigmas linspace(1, 1/N, N) shifted by the pipeline's empirical mu (from the token
+count and the step count). CFG is two calls, positive first, ``neg + cfg (pos - neg)``; without a negative prompt the
+pipeline guides away from an empty one. The distilled models are run with cfg 1, as their pipeline ignores
+guidance_scale for them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..components import Conditioning, Denoiser, TextEncoder, TextPart
+from ..errors import InputError
+from ..family import Family, LoadedModel, ModelInputs, TextSlot
+from . import dit_keys
+from .dit_files import load_dit
+from .flux import SCHEDULER_DEV, flow_timesteps
+from .folders import assemble, load_component, load_tokenizer, scheduler_config
+from .qwen_text import stacked_layers
+
+MAX_SEQUENCE_LENGTH = 512  # Flux2KleinPipeline's default
+TEXT_LAYERS = (9, 18, 27)  # its text_encoder_out_layers
+SCHEDULER = SCHEDULER_DEV  # the released Flux.2 folders ship Flux.1-dev's scheduler config (its mu is computed)
+
+
+def positions(t: int, rows: int, columns: int, length: int, batch: int, device) -> torch.Tensor:
+    """Position ids (t, row, column, l) of a grid of tokens, row-major, as the Flux.2 pipelines make them."""
+    ids = torch.cartesian_prod(torch.arange(t, t + 1), torch.arange(rows), torch.arange(columns), torch.arange(length))
+    return ids.unsqueeze(0).expand(batch, -1, -1).to(device)
+
+
+class Flux2Family(Family):
+    id = "flux2"
+    display_name = "Flux.2"
+    latent_channels = 128
+    spatial_factor = 16
+    size_multiple = 16
+    pipeline_classes = ("Flux2KleinPipeline", "Flux2KleinInpaintPipeline")
+    host_latent_format = "Flux2"
+    flow_matching = True
+    packs_latents = True  # the latent grid flattened to tokens
+    begin_index_on_full_run = True
+    inference_dtypes = ("bf16", "fp16", "fp32")
+    skip_layer_lists = {"": "transformer_blocks", "single": "single_transformer_blocks"}
+    lora_pipeline, lora_denoiser = "Flux2KleinPipeline", "transformer"  # Flux2LoraLoaderMixin: the transformer
+    text_slots = (TextSlot("qwen3", projection=False),)
+
+    @staticmethod
+    def vae_latent_scaling(vae):
+        return 1.0, 0.0  # LATENT is already normalised (by the VAE's batch norm)
+
+    # ---- loading -------------------------------------------------------------------------------
+    def claims_checkpoint(self, keys) -> bool:
+        return False  # split files and folders only
+
+    def claims_denoiser(self, keys) -> bool:
+        return dit_keys.is_flux2(keys)
+
+    def denoiser_from_file(self, path, shapes, dtype, input_name):
+        from diffusers import Flux2Transformer2DModel
+
+        module = load_dit(path, shapes, dtype, Flux2Transformer2DModel, dit_keys.flux2_config, dit_keys.flux2_rules,
+                          "Flux.2 transformer", input_name)
+        return module, dict(SCHEDULER)
+
+    def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
+        from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+        from transformers import AutoModel, AutoTokenizer
+
+        part = TextPart(load_tokenizer(path, AutoTokenizer, "tokenizer"),
+                        load_component(path, AutoModel, "text_encoder", dtype))
+        return assemble(self, load_component(path, Flux2Transformer2DModel, "transformer", dtype), (part,),
+                        load_component(path, AutoencoderKLFlux2, "vae", dtype), scheduler_config(path), path)
+
+    # ---- conditioning ----------------------------------------------------------------------------
+    def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
+        if clip_skip:
+            raise InputError("clip_skip", "Flux.2 reads fixed layers of its LLM text encoder; clip_skip does not "
+                             "apply.", "set clip_skip to 0.")
+        part = text_encoder.parts[0]
+        embeds = stacked_layers(part, text, t5_max_length or MAX_SEQUENCE_LENGTH, TEXT_LAYERS)
+        return Conditioning(self, embeds.to(part.module.dtype), None, text)
+
+    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
+        if cond.family is not self:
+            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
+                    f"{self.display_name}")
+        expected = denoiser.module.config.joint_attention_dim
+        if cond.embeds.shape[-1] != expected:
+            return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this transformer expects {expected} "
+                    "(the text encoder of another Flux.2 model: klein 4B takes Qwen3 4B, klein 9B Qwen3 8B)")
+        return None
+
+    # ---- denoising -------------------------------------------------------------------------------
+    def latent_channels_of(self, denoiser: Denoiser) -> int:
+        return denoiser.module.config.in_channels
+
+    def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
+        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+        mu = compute_empirical_mu(image_seq_len=latents.shape[2] * latents.shape[3], num_steps=steps)
+        flow_timesteps(scheduler, steps, latents.device, np.linspace(1.0, 1 / steps, steps), mu)
+
+    def to_model_layout(self, latents):
+        b, c, h, w = latents.shape
+        return latents.reshape(b, c, h * w).permute(0, 2, 1)
+
+    def from_model_layout(self, latents, shape):
+        b, c, h, w = shape
+        return latents.permute(0, 2, 1).reshape(b, c, h, w)
+
+    def model_inputs(self, denoiser, guider, batch, image_size) -> ModelInputs:
+        module = denoiser.module
+        device, dtype = module.device, module.dtype
+        img_ids = positions(0, image_size[0] // 16, image_size[1] // 16, 1, batch, device)
+        guidance = None
+        if module.config.guidance_embeds:
+            value = guider.positive.guidance if guider.positive.guidance is not None else 4.0
+            guidance = torch.full([batch], value, device=device, dtype=torch.float32)
+
+        def inputs(cond: Conditioning):
+            embeds = cond.embeds.to(device, dtype).repeat(batch, 1, 1)
+            return {"encoder_hidden_states": embeds, "txt_ids": positions(0, 1, 1, embeds.shape[1], batch, device),
+                    "img_ids": img_ids, "guidance": guidance}
+
+        return ModelInputs(cfg=None, cond=inputs(guider.positive), uncond=inputs(guider.negative))
+
+    def predict(self, denoiser, model_input, timestep, inputs):
+        module = denoiser.module
+        timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)
+        return module(hidden_states=model_input.to(module.dtype), timestep=timestep / 1000, **inputs,
+                      return_dict=False)[0]
+
+
+FLUX2 = Flux2Family()

@@ -1,0 +1,163 @@
+"""Flux.2 klein: our node graph against Flux2KleinPipeline (torch.equal, CPU fp32), from its diffusers folder and from
+the split files ComfyUI users keep."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import Graph, bchw, load_pipeline
+
+from diffusers_stages.engine.errors import StageError
+
+SEED = 12
+PROMPT, NEGATIVE = "a photo of a cat", "blurry"
+
+
+@pytest.fixture(scope="module")
+def klein_graph(nodes):
+    return Graph(nodes, "diffusers/tiny-flux2-klein")
+
+
+@pytest.fixture(scope="module")
+def klein_pipe(models_root):
+    return load_pipeline("Flux2KleinPipeline", models_root["flux2_klein_folder"])
+
+
+def negative_embeds(pipe, text=NEGATIVE):
+    """The pipeline guides away from "" only; another negative prompt is given to it as embeddings."""
+    with torch.no_grad():
+        return pipe.encode_prompt(text, device="cpu")[0]
+
+
+def test_flux2_encode_matches_pipeline(klein_graph, klein_pipe):
+    cond = klein_graph.encode(PROMPT)
+    with torch.no_grad():
+        embeds, _ = klein_pipe.encode_prompt(PROMPT, device="cpu")
+    assert cond.embeds.shape == (1, 512, 48) and torch.equal(cond.embeds, embeds)
+
+
+@pytest.mark.parametrize("width, height, batch, cfg", [(64, 64, 1, 4.0), (96, 64, 2, 1.0), (64, 96, 2, 3.5)])
+def test_flux2_txt2img_matches_pipeline(klein_graph, klein_pipe, width, height, batch, cfg):
+    latent = klein_graph.denoise(klein_graph.guider(PROMPT, NEGATIVE, cfg), klein_graph.default_scheduler,
+                                 klein_graph.empty(width, height, batch), seed=SEED, steps=5)
+    assert latent["samples"].shape == (batch, 128, height // 16, width // 16)  # core's Flux2 latent layout
+    ref = klein_pipe(prompt=PROMPT, negative_prompt_embeds=negative_embeds(klein_pipe), guidance_scale=cfg,
+                     num_inference_steps=5, width=width, height=height, num_images_per_prompt=batch,
+                     generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(klein_graph.decode(latent)), ref)
+
+
+def test_flux2_without_negative_guides_from_the_empty_prompt(klein_graph, klein_pipe, nodes):
+    guider = nodes["DS_CFGGuider"].execute(positive=klein_graph.encode(PROMPT), cfg=4.0)[0]
+    latent = klein_graph.denoise(guider, klein_graph.default_scheduler, klein_graph.empty(), seed=SEED, steps=4)
+    ref = klein_pipe(prompt=PROMPT, guidance_scale=4.0, num_inference_steps=4, width=64, height=64,
+                     generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(klein_graph.decode(latent)), ref)
+
+
+def test_flux2_vae_round_trip_is_the_pipelines(klein_graph, klein_pipe):
+    """VAE Encode gives the pipeline's image latents (posterior mode, 2x2 patches, batch-norm normalised): core's
+    Flux2 LATENT; VAE Decode undoes it as the pipeline does before decoding."""
+    torch.manual_seed(3)
+    image = torch.rand(2, 64, 96, 3)
+    latent = klein_graph.encode_image(image)["samples"]
+    with torch.no_grad():
+        ref = klein_pipe._encode_vae_image((bchw(image) * 2 - 1).contiguous(), generator=None)
+    assert latent.shape == (2, 128, 4, 6) and torch.equal(latent, ref)
+
+
+def test_flux2_img2img_matches_pipeline_from_the_noised_image(klein_graph, klein_pipe):
+    """diffusers has no Flux.2 img2img pipeline (Flux2KleinInpaintPipeline also feeds the image as a reference). Our
+    img2img (the img2img pipelines' strength: the last int(steps x denoise) steps, the image noised to the first of
+    them) is compared with Flux2KleinPipeline run over those sigmas from the same noised latents; the shift (mu)
+    keeps the full run's step count, as the pipeline computes it from num_inference_steps."""
+    import numpy as np
+    from diffusers.utils.torch_utils import randn_tensor
+
+    torch.manual_seed(4)
+    raw = klein_graph.encode_image(torch.rand(1, 64, 96, 3))
+    steps, strength = 5, 0.6
+    latent = klein_graph.denoise(klein_graph.guider(PROMPT, NEGATIVE, 4.0), klein_graph.default_scheduler, raw,
+                                 seed=SEED, steps=steps, denoise=strength)
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    noise = randn_tensor(raw["samples"].shape, generator=generator)
+    scheduler = klein_pipe.scheduler
+    klein_graph.denoiser.family.set_timesteps(scheduler, steps, raw["samples"])
+    begin = steps - int(steps * strength)
+    noised = scheduler.scale_noise(raw["samples"], scheduler.timesteps[begin:begin + 1], noise)
+    sigmas = np.linspace(1.0, 1 / steps, steps)[begin:]
+    ref = klein_pipe(prompt=PROMPT, negative_prompt_embeds=negative_embeds(klein_pipe), guidance_scale=4.0,
+                     num_inference_steps=steps, sigmas=sigmas, latents=noised, width=96, height=64,
+                     output_type="pt").images
+    assert torch.equal(bchw(klein_graph.decode(latent)), ref)
+
+
+def test_flux2_split_files_equal_the_folder(nodes, klein_graph):
+    """flux-2-klein (BFL layout), qwen_3_4b and flux2-vae (BFL layout) as ComfyUI users keep them ≡ the folder;
+    compared in fresh memory (see Graph.in_fresh_memory)."""
+    from test_component_files import image, same_scheduler
+
+    denoiser, scheduler = nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-flux-2-klein.safetensors",
+                                                                 dtype="fp32")
+    text_encoder = nodes["DS_LoadTextEncoders"].execute(family="flux2", llm="tiny-flux2-qwen-3.safetensors",
+                                                        dtype="fp32")[0]
+    vae = nodes["DS_LoadVAE"].execute(vae_name="tiny-flux2-vae.safetensors", dtype="fp32")[0]
+    split = Graph(nodes, None, (denoiser, text_encoder, vae, scheduler))
+    assert same_scheduler(scheduler, klein_graph.default_scheduler)
+    assert torch.equal(image(split.in_fresh_memory()), image(klein_graph.in_fresh_memory()))
+
+
+@pytest.mark.parametrize("key", ["flux2_lora", "flux2_lora_ai_toolkit"])
+def test_flux2_lora_matches_the_pipeline(nodes, models_root, klein_graph, key):
+    import os
+
+    from test_lora import with_loras
+
+    graph = with_loras(klein_graph, (os.path.basename(models_root[key]), 0.8, 1.0))
+    guider = nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), cfg=3.0)[0]
+    ours = bchw(graph.decode(graph.denoise(guider, graph.default_scheduler, graph.empty(), seed=SEED, steps=4)))
+    pipe = load_pipeline("Flux2KleinPipeline", models_root["flux2_klein_folder"])
+    pipe.load_lora_weights(models_root[key], adapter_name="lora")
+    pipe.set_adapters(["lora"], adapter_weights=[0.8])
+    ref = pipe(prompt=PROMPT, guidance_scale=3.0, num_inference_steps=4, width=64, height=64,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(ours, ref)
+
+
+def test_flux2_wiring_refused(klein_graph, nodes):
+    z_image = Graph(nodes, "diffusers/tiny-z-image")
+    with pytest.raises(StageError, match="encoded by a Z-Image text encoder, but the denoiser is Flux.2"):
+        klein_graph.denoise(z_image.guider(PROMPT, NEGATIVE, 4.0), klein_graph.default_scheduler, klein_graph.empty())
+    with pytest.raises(StageError, match="latent has shape 1x16x8x8, but this Flux.2 denoiser works on 128-channel"):
+        klein_graph.denoise(klein_graph.guider(PROMPT, NEGATIVE, 4.0), klein_graph.default_scheduler, z_image.empty())
+    with pytest.raises(StageError, match="clip_skip: .*Fix: set clip_skip to 0"):
+        klein_graph.encode(PROMPT, clip_skip=1)
+
+
+
+def test_flux2_skip_layer_guidance_equals_diffusers_guider_in_its_pipeline(nodes, models_root, klein_graph):
+    """As for Flux.1 and Qwen-Image (test_guiders.guided_by): Flux2KleinPipeline with CFG, each step's prediction
+    replaced by what diffusers' SkipLayerGuidance object makes of the same calls (positive, negative, then the
+    positive with double block 0 and single block 1 skipped)."""
+    from diffusers.guiders import SkipLayerGuidance
+    from diffusers.hooks import LayerSkipConfig
+    from test_guiders import STEPS, guided_by
+
+    pipe = load_pipeline("Flux2KleinPipeline", models_root["flux2_klein_folder"])
+    guider = SkipLayerGuidance(guidance_scale=3.0, skip_layer_guidance_scale=2.0, skip_layer_guidance_start=0.0,
+                               skip_layer_guidance_stop=1.0,
+                               skip_layer_config=[LayerSkipConfig(indices=[0], fqn="transformer_blocks"),
+                                                  LayerSkipConfig(indices=[1], fqn="single_transformer_blocks")])
+    skipped = guided_by(pipe, guider, [pipe.transformer.transformer_blocks[0],
+                                       pipe.transformer.single_transformer_blocks[1]])
+    expected = pipe(prompt=PROMPT, negative_prompt_embeds=negative_embeds(pipe), guidance_scale=3.0,
+                    num_inference_steps=STEPS, width=64, height=64, generator=torch.Generator("cpu").manual_seed(SEED),
+                    output_type="pt").images
+    assert any(skipped)
+    cfg = nodes["DS_CFGGuider"].execute(positive=klein_graph.encode(PROMPT), negative=klein_graph.encode(NEGATIVE),
+                                        cfg=3.0)[0]
+    slg = nodes["DS_SkipLayerGuidance"].execute(guider=cfg, layers="0, single.1", scale=2.0, start_percent=0.0,
+                                                end_percent=1.0)[0]
+    image = klein_graph.decode(klein_graph.denoise(slg, klein_graph.default_scheduler, klein_graph.empty(), seed=SEED,
+                                                   steps=STEPS))
+    assert torch.equal(bchw(image), expected)
