@@ -139,8 +139,24 @@ class Family:
         return joined(parts)
 
     def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        """Why ``cond`` cannot drive ``denoiser`` (None if it can)."""
-        raise NotImplementedError
+        """Why ``cond`` cannot drive ``denoiser`` (None if it can): a prompt of another family, then
+        ``embedding_problem``."""
+        if cond.family is not self:
+            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
+                    f"{self.display_name}")
+        return self.embedding_problem(denoiser, cond)
+
+    # the denoiser config field giving the width of the prompt embedding it takes, and what a wrong width means
+    text_width_field = "joint_attention_dim"
+    text_width_hint = "a text encoder of another model"
+
+    def embedding_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
+        """Why this family's prompt does not fit this denoiser (None if it does); default: the embedding's width."""
+        expected = denoiser.module.config[self.text_width_field]
+        if cond.embeds.shape[-1] != expected:
+            return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this {type(denoiser.module).__name__} "
+                    f"expects {expected} ({self.text_width_hint})")
+        return None
 
     def model_inputs(self, denoiser: Denoiser, guider: Guider, batch: int, image_size: tuple[int, int]) -> ModelInputs:
         """Everything besides latents and timestep the denoiser needs, for a batch of ``batch`` images of

@@ -142,10 +142,7 @@ class FluxFamily(Family):
         embeds = encode_t5(t5, text, t5_max_length or T5_MAX_LENGTH)
         return Conditioning(self, embeds, pooled, text)
 
-    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        if cond.family is not self:
-            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
-                    f"{self.display_name}")
+    def embedding_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         config = denoiser.module.config
         if cond.embeds.shape[-1] != config.joint_attention_dim or cond.pooled.shape[-1] != config.pooled_projection_dim:
             return "the prompt embeddings do not fit this transformer (text encoders from another model)"

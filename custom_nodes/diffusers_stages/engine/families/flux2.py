@@ -15,13 +15,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..components import Conditioning, Denoiser, TextEncoder, TextPart
+from ..components import Conditioning, Denoiser, TextEncoder
 from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
 from .dit_files import load_dit
 from .flux import SCHEDULER_DEV, flow_timesteps
-from .folders import assemble, load_component, load_tokenizer, scheduler_config
+from .folders import load_llm_folder
 from .qwen_text import stacked_layers
 
 MAX_SEQUENCE_LENGTH = 512  # Flux2KleinPipeline's default
@@ -71,12 +71,9 @@ class Flux2Family(Family):
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        part = TextPart(load_tokenizer(path, AutoTokenizer, "tokenizer"),
-                        load_component(path, AutoModel, "text_encoder", dtype))
-        return assemble(self, load_component(path, Flux2Transformer2DModel, "transformer", dtype), (part,),
-                        load_component(path, AutoencoderKLFlux2, "vae", dtype), scheduler_config(path), path)
+        return load_llm_folder(self, path, dtype, Flux2Transformer2DModel, AutoModel, AutoencoderKLFlux2)
 
     # ---- conditioning ----------------------------------------------------------------------------
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
@@ -87,15 +84,7 @@ class Flux2Family(Family):
         embeds = stacked_layers(part, text, t5_max_length or MAX_SEQUENCE_LENGTH, TEXT_LAYERS)
         return Conditioning(self, embeds.to(part.module.dtype), None, text)
 
-    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        if cond.family is not self:
-            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
-                    f"{self.display_name}")
-        expected = denoiser.module.config.joint_attention_dim
-        if cond.embeds.shape[-1] != expected:
-            return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this transformer expects {expected} "
-                    "(the text encoder of another Flux.2 model: klein 4B takes Qwen3 4B, klein 9B Qwen3 8B)")
-        return None
+    text_width_hint = "the text encoder of another Flux.2 model: klein 4B takes Qwen3 4B, klein 9B Qwen3 8B"
 
     # ---- denoising -------------------------------------------------------------------------------
     def latent_channels_of(self, denoiser: Denoiser) -> int:

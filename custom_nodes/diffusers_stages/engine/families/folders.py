@@ -55,6 +55,17 @@ def scheduler_config(path: str, prediction: str = "auto") -> dict[str, Any]:
         return with_prediction(json.load(f), prediction)
 
 
+def load_llm_folder(family: Family, path: str, dtype: torch.dtype, transformer_class, text_class,
+                    vae_class) -> LoadedModel:
+    """A diffusers folder of a family with one LLM text encoder: tokenizer/, text_encoder/, transformer/, vae/."""
+    from transformers import AutoTokenizer
+
+    part = TextPart(load_tokenizer(path, AutoTokenizer, "tokenizer"),
+                    load_component(path, text_class, "text_encoder", dtype))
+    return assemble(family, load_component(path, transformer_class, "transformer", dtype), (part,),
+                    load_component(path, vae_class, "vae", dtype), scheduler_config(path), path)
+
+
 def assemble(family: Family, denoiser, parts: tuple[TextPart, ...], vae, scheduler: dict[str, Any],
              source: str) -> LoadedModel:
     loaded = Denoiser(family, denoiser, source)

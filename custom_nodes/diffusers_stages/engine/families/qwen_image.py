@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from ..components import Conditioning, Denoiser, TextEncoder, TextPart
+from ..components import Conditioning, TextEncoder
 from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs
 from . import dit_keys
 from .dit_files import load_dit
 from .flux import FluxFamily
-from .folders import assemble, load_component, load_tokenizer, scheduler_config
+from .folders import load_llm_folder
 
 # QwenImagePipeline's prompt template, its first tokens (the system turn) dropped from the conditioning
 PROMPT_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
@@ -89,12 +89,10 @@ class QwenImageFamily(Family):
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+        from transformers import Qwen2_5_VLForConditionalGeneration
 
-        part = TextPart(load_tokenizer(path, AutoTokenizer, "tokenizer"),
-                        load_component(path, Qwen2_5_VLForConditionalGeneration, "text_encoder", dtype))
-        return assemble(self, load_component(path, QwenImageTransformer2DModel, "transformer", dtype), (part,),
-                        load_component(path, AutoencoderKLQwenImage, "vae", dtype), scheduler_config(path), path)
+        return load_llm_folder(self, path, dtype, QwenImageTransformer2DModel, Qwen2_5_VLForConditionalGeneration,
+                               AutoencoderKLQwenImage)
 
     # ---- conditioning ----------------------------------------------------------------------------
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
@@ -111,15 +109,6 @@ class QwenImageFamily(Family):
         embeds = hidden[0][tokens.attention_mask[0].bool()][TEMPLATE_START:]
         return Conditioning(self, embeds[:t5_max_length or MAX_SEQUENCE_LENGTH].unsqueeze(0), None, text)
 
-    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        if cond.family is not self:
-            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
-                    f"{self.display_name}")
-        expected = denoiser.module.config.joint_attention_dim
-        if cond.embeds.shape[-1] != expected:
-            return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this transformer expects {expected} "
-                    "(a text encoder of another model)")
-        return None
 
     # ---- denoising -------------------------------------------------------------------------------
     # Flux.1's: 2x2 patches (the transformer sees in_channels = 4 x 16), sigmas linspace(1, 1/N, N) shifted by mu

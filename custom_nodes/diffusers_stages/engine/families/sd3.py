@@ -106,10 +106,7 @@ class StableDiffusion3Family(Family):
         return Conditioning(self, clip_embeds, pooled, text,
                             t5=t5_embeds, t5_length=length)
 
-    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        if cond.family is not self:
-            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
-                    f"{self.display_name}")
+    def embedding_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         config = denoiser.module.config
         width = config.joint_attention_dim
         if cond.t5 is not None and cond.t5.shape[-1] != width:

@@ -171,10 +171,7 @@ class StableDiffusionFamily(Family):
         out = encode_clip(part, text, None if clip_skip == 0 else -(clip_skip + 1), final_norm=True)
         return Conditioning(self, out.embeds, None, text)
 
-    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        if cond.family is not self:
-            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
-                    f"{self.display_name}")
+    def embedding_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         expected = denoiser.module.config.cross_attention_dim
         if cond.embeds.shape[-1] != expected:
             return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this UNet expects {expected} "

@@ -189,10 +189,7 @@ class StableDiffusionXLFamily(Family):
     def _role(parts: int) -> str:
         return "an SDXL refiner's (CLIP-G only)" if parts == 1 else "an SDXL base model's (CLIP-L + CLIP-G)"
 
-    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        if cond.family is not self:
-            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
-                    f"{self.display_name}")
+    def embedding_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
         config = denoiser.module.config
         if cond.embeds.shape[-1] != config.cross_attention_dim:
             encoder = cond.text_encoder

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from ..components import Conditioning, Denoiser, TextEncoder, TextPart
+from ..components import Conditioning, TextEncoder
 from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
 from .dit_files import load_dit
-from .folders import assemble, load_component, load_tokenizer, scheduler_config
+from .folders import load_llm_folder
 from .qwen_text import encode_chat_prompt
 
 MAX_SEQUENCE_LENGTH = 512  # ZImagePipeline's default
@@ -72,12 +72,9 @@ class ZImageFamily(Family):
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, ZImageTransformer2DModel
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        part = TextPart(load_tokenizer(path, AutoTokenizer, "tokenizer"),
-                        load_component(path, AutoModel, "text_encoder", dtype))
-        return assemble(self, load_component(path, ZImageTransformer2DModel, "transformer", dtype), (part,),
-                        load_component(path, AutoencoderKL, "vae", dtype), scheduler_config(path), path)
+        return load_llm_folder(self, path, dtype, ZImageTransformer2DModel, AutoModel, AutoencoderKL)
 
     # ---- conditioning ----------------------------------------------------------------------------
     def encode_prompt(self, text_encoder: TextEncoder, text: str, clip_skip: int, t5_max_length: int = 0):
@@ -87,15 +84,7 @@ class ZImageFamily(Family):
         embeds = encode_chat_prompt(text_encoder.parts[0], text, t5_max_length or MAX_SEQUENCE_LENGTH)
         return Conditioning(self, embeds, None, text)
 
-    def conditioning_problem(self, denoiser: Denoiser, cond: Conditioning) -> str | None:
-        if cond.family is not self:
-            return (f"the prompt was encoded by a {cond.family.display_name} text encoder, but the denoiser is "
-                    f"{self.display_name}")
-        expected = denoiser.module.config.cap_feat_dim
-        if cond.embeds.shape[-1] != expected:
-            return (f"the prompt embedding is {cond.embeds.shape[-1]} wide but this transformer expects {expected} "
-                    "(a text encoder of another model)")
-        return None
+    text_width_field = "cap_feat_dim"
 
     # ---- denoising -------------------------------------------------------------------------------
     def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
