@@ -128,8 +128,9 @@ def test_flux2_wiring_refused(klein_graph, nodes):
     z_image = Graph(nodes, "diffusers/tiny-z-image")
     with pytest.raises(StageError, match="encoded by a Z-Image text encoder, but the denoiser is Flux.2"):
         klein_graph.denoise(z_image.guider(PROMPT, NEGATIVE, 4.0), klein_graph.default_scheduler, klein_graph.empty())
+    qwen_latent = Graph(nodes, "diffusers/tiny-qwen-image").empty()
     with pytest.raises(StageError, match="latent has shape 1x16x8x8, but this Flux.2 denoiser works on 128-channel"):
-        klein_graph.denoise(klein_graph.guider(PROMPT, NEGATIVE, 4.0), klein_graph.default_scheduler, z_image.empty())
+        klein_graph.denoise(klein_graph.guider(PROMPT, NEGATIVE, 4.0), klein_graph.default_scheduler, qwen_latent)
     with pytest.raises(StageError, match="clip_skip: .*Fix: set clip_skip to 0"):
         klein_graph.encode(PROMPT, clip_skip=1)
 

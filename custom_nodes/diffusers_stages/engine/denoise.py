@@ -86,7 +86,8 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
     if samples.ndim != 4 or samples.shape[1] != channels:
         shape = "x".join(str(s) for s in samples.shape)
         raise InputError("latent", f"the latent has shape {shape}, but this {family.display_name} denoiser works on "
-                         f"{channels}-channel latents [batch, {channels}, height/8, width/8].",
+                         f"{channels}-channel latents [batch, {channels}, height/{family.spatial_factor}, "
+                         f"width/{family.spatial_factor}].",
                          "make the latent with this model's Empty Latent or VAE Encode node (a latent from another "
                          "model family does not fit).")
 
