@@ -105,3 +105,31 @@ def test_qwen_image_transformer_file_equals_the_folder(nodes, qwen_graph):
     assert same_scheduler(scheduler, qwen_graph.default_scheduler)
     assert torch.equal(denoiser.latent_scale, qwen_graph.denoiser.latent_scale)  # the released VAE statistics
     assert torch.equal(image(split), image(qwen_graph))
+
+
+def test_qwen_image_split_files_equal_the_folder(nodes, qwen_graph):
+    """All three files ComfyUI's Qwen-Image template uses (qwen_image_bf16, qwen_2.5_vl_7b in Qwen2.5-VL's original
+    names with its vision tower, qwen_image_vae in the Wan layout) ≡ the folder; compared in fresh memory."""
+    from test_component_files import image
+
+    denoiser, scheduler = nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-qwen-image.safetensors",
+                                                                 dtype="fp32")
+    text_encoder = nodes["DS_LoadTextEncoders"].execute(family="qwenimage", llm="tiny-qwen-2.5-vl.safetensors",
+                                                        dtype="fp32")[0]
+    vae = nodes["DS_LoadVAE"].execute(vae_name="tiny-qwen-image-vae.safetensors", dtype="fp32")[0]
+    assert type(vae.module).__name__ == "AutoencoderKLQwenImage"
+    def architecture(vae):
+        return {k: v for k, v in vae.module.config.items() if not k.startswith("_")}
+    assert architecture(vae) == architecture(qwen_graph.vae)
+    split = Graph(nodes, None, (denoiser, text_encoder, vae, scheduler))
+    assert torch.equal(split.encode(PROMPT).embeds, qwen_graph.encode(PROMPT).embeds)
+    assert torch.equal(image(split), image(qwen_graph))
+
+
+def test_qwen_image_text_encoder_of_another_family_is_named(nodes):
+    with pytest.raises(StageError, match="llm: .tiny-qwen-3.safetensors. is a Qwen3 4B text encoder, not the "
+                                         "Qwen2.5-VL 7B .* Fix: choose the Qwen2.5-VL 7B"):
+        nodes["DS_LoadTextEncoders"].execute(family="qwenimage", llm="tiny-qwen-3.safetensors", dtype="fp32")
+    with pytest.raises(StageError, match="llm: .tiny-qwen-2.5-vl.safetensors. is a Qwen2.5-VL 7B text encoder, not "
+                                         "the Qwen3 4B"):
+        nodes["DS_LoadTextEncoders"].execute(family="flux2", llm="tiny-qwen-2.5-vl.safetensors", dtype="fp32")

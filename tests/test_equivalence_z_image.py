@@ -133,7 +133,7 @@ def test_z_image_layout_rules_equal_diffusers_converter(models_root):
 
 
 def test_z_image_text_encoder_file_mistakes_are_named(nodes):
-    with pytest.raises(StageError, match="llm: .tiny-flux-t5xxl.safetensors. is a T5 text encoder, not the Qwen3"):
+    with pytest.raises(StageError, match="llm: .tiny-flux-t5xxl.safetensors. is a T5-XXL text encoder, not the Qwen3"):
         nodes["DS_LoadTextEncoders"].execute(family="zimage", clip_l="none", clip_g="none", t5="none",
                                              llm="tiny-flux-t5xxl.safetensors", dtype="fp32")
     with pytest.raises(StageError, match="llm: Z-Image needs a Qwen3 4B"):

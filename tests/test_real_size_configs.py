@@ -227,3 +227,46 @@ def test_flux2_vae_is_read_back():
     config, layout, prefix = vae_config(shapes_of(flux2_vae_to_bfl(released)))
     assert (layout, prefix) == ("ldm", "")
     assert shapes_of(meta(AutoencoderKLFlux2, config).state_dict()) == shapes_of(released.state_dict())
+
+
+def test_qwen_image_vae_is_read_back_and_renamed_as_diffusers_does():
+    """qwen_image_vae.safetensors (the Wan 2.1 layout): the released AutoencoderKLQwenImage config is read back, and
+    every original name maps to the diffusers name diffusers' own converter (convert_wan_vae_to_diffusers, written
+    for the released 4 levels x 2 blocks) gives it."""
+    import torch
+    from diffusers import AutoencoderKLQwenImage
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    from diffusers_stages.engine.wan_vae import to_original_key, wan_vae_state
+
+    released = meta(AutoencoderKLQwenImage, {})
+    blocks = released.config.num_res_blocks
+    original = {to_original_key(k, blocks): k for k in released.state_dict()}
+    assert convert_wan_vae_to_diffusers(dict(original)) == {name: name for name in original.values()}
+    config, state = wan_vae_state({k: torch.empty(released.state_dict()[v].shape, device="meta")
+                                   for k, v in original.items()}, "vae_name")
+    assert {k: v for k, v in released.config.items() if k in config} == config
+    assert set(state) == set(released.state_dict())
+
+
+def test_qwen_2_5_vl_7b_config_is_read_back():
+    """Qwen/Qwen2.5-VL-7B-Instruct's config (Qwen-Image's text encoder), from qwen_2.5_vl_7b.safetensors' original
+    names (model.* for the language model, visual.* for the vision tower, lm_head)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from diffusers_stages.engine.text_files import qwen25vl_config, qwen25vl_state, text_kind
+    from diffusers_stages.tiny.ldm_export import text_encoder_file
+
+    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                num_attention_heads=28, num_key_value_heads=4, head_dim=128, max_position_embeddings=128000,
+                rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+    vision = dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, out_hidden_size=3584,
+                  in_channels=3, patch_size=14, temporal_patch_size=2, tokens_per_second=2, window_size=112,
+                  spatial_merge_size=2, fullatt_block_indexes=[7, 15, 23, 31])
+    released = dict(text_config=text, vision_config=vision, tie_word_embeddings=False)
+    model = meta(Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig(**released))
+    names = text_encoder_file(model)
+    assert "model.layers.0.self_attn.k_proj.bias" in names and "visual.blocks.0.attn.qkv.weight" in names
+    assert text_kind(names) == "qwen25vl"
+    assert qwen25vl_config(shapes_of(qwen25vl_state(names))) == released

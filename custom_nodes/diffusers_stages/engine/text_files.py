@@ -1,6 +1,6 @@
 """Text encoders read from tensors, as ComfyUI users keep them (``models/text_encoders``, or bundled in a
-checkpoint): CLIP-L, CLIP-G, T5 and Qwen3 in the transformers layout, their configs read from the shapes, their
-tokenizers found offline."""
+checkpoint): CLIP-L, CLIP-G, T5, Qwen3 and Qwen2.5-VL in the transformers layout, their configs read from the shapes,
+their tokenizers found offline."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from .weights import empty, fill
 
 TEXT_KINDS = {"clip_l": "CLIP-L (clip_l.safetensors)", "clip_g": "CLIP-G (clip_g.safetensors)",
               "t5": "T5-XXL (t5xxl_*.safetensors)", "qwen3": "Qwen3 4B (qwen_3_4b*.safetensors)",
-              "llm": "LLM"}
-LLM_KINDS = ("qwen3",)  # the kinds Load Text Encoders' llm input takes (one per family)
+              "qwen25vl": "Qwen2.5-VL 7B (qwen_2.5_vl_7b*.safetensors)", "llm": "LLM"}
+LLM_KINDS = ("qwen3", "qwen25vl")  # the kinds Load Text Encoders' llm input takes (one per family)
 
 
 CLIP_PAD_TOKENS = {"clip_l": "<|endoftext|>", "clip_g": "!"}  # as the released tokenizers (OpenCLIP-G pads with "!")
@@ -33,13 +33,16 @@ def _clip_prefix(keys) -> str | None:
 
 
 def text_kind(keys) -> str | None:
-    """'clip', 't5' or 'qwen3' for the tensors of one text encoder (transformers layout), None for anything else."""
+    """'clip', 't5', 'qwen3' or 'qwen25vl' for the tensors of one text encoder (transformers layout), None for
+    anything else."""
     if _clip_prefix(keys) is not None:
         return "clip"
     if "encoder.block.0.layer.0.SelfAttention.q.weight" in keys:
         return "t5"
     if qwen3_prefix(keys) is not None:
         return "qwen3"
+    if any(k.endswith("layers.0.self_attn.k_proj.bias") for k in keys) and any("visual." in k for k in keys):
+        return "qwen25vl"
     return None
 
 
@@ -169,20 +172,79 @@ def qwen3_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dir
     return TextPart(find_qwen_tokenizer(tokenizer_dirs, config["vocab_size"], input_name), module)
 
 
-def find_qwen_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str):
-    """The first Qwen tokenizer in ``dirs`` whose vocabulary fits the embedding table, with Qwen3's chat template
-    unless it brings a Qwen3 one."""
+def find_qwen_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str, qwen3: bool = True):
+    """The first Qwen tokenizer in ``dirs`` whose vocabulary fits the embedding table; for a Qwen3 (whose prompts
+    are chat turns) with Qwen3's chat template unless it brings a Qwen3 one."""
     tokenizer = find_tokenizer(dirs, ("tokenizer.json", "vocab.json"), lambda found: "Qwen2Tokenizer" in type(
         found).__name__ and len(found) <= vocab_rows)
     if tokenizer is None:
-        raise InputError(input_name, "no Qwen tokenizer was found for this Qwen3 text encoder (a .safetensors file "
+        raise InputError(input_name, "no Qwen tokenizer was found for this Qwen text encoder (a .safetensors file "
                          "holds only the weights).", "inside ComfyUI the one ComfyUI ships is used; elsewhere put "
                          "the tokenizer files (tokenizer.json + tokenizer_config.json, e.g. the tokenizer folder of "
-                         "Tongyi-MAI/Z-Image-Turbo) in models/text_encoders/qwen_tokenizer, or keep a diffusers "
-                         "Z-Image or Flux.2 klein folder in models/diffusers.")
-    if "enable_thinking" not in (getattr(tokenizer, "chat_template", None) or ""):  # not Qwen3's template
+                         "Tongyi-MAI/Z-Image-Turbo or Qwen/Qwen-Image) in models/text_encoders/qwen_tokenizer, or keep "
+                         "a diffusers Z-Image, Flux.2 klein or Qwen-Image folder in models/diffusers.")
+    if qwen3 and "enable_thinking" not in (getattr(tokenizer, "chat_template", None) or ""):  # not Qwen3's template
         tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     return tokenizer
+
+
+# ---- Qwen2.5-VL (Qwen-Image): qwen_2.5_vl_7b.safetensors as ComfyUI keeps it -----------------------------------
+# Qwen2.5-VL's original checkpoint names (model.* = the language model, visual.* = the vision tower), also accepted in
+# transformers' newer names (model.language_model.*, model.visual.*); lm_head is not needed for hidden states.
+_QWEN25VL_NAMES = (("model.language_model.", "language_model."), ("model.visual.", "visual."),
+                   ("model.", "language_model."), ("visual.", "visual."), ("language_model.", "language_model."))
+QWEN25_HEAD_DIM = 128  # every released Qwen2.5 model's attention head width (the tensors record heads x width)
+QWEN25_VISION_HEAD_DIM = 80  # the vision tower's (1280 wide, 16 heads)
+
+
+def qwen25vl_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Qwen2_5_VLModel's names for a Qwen2.5-VL file's tensors."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _QWEN25VL_NAMES:
+            if key.startswith(old):
+                out[new + key[len(old):]] = value
+                break
+    return out
+
+
+def qwen25vl_config(shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Qwen2_5_VLConfig keywords from Qwen2_5_VLModel shapes; what they do not record takes Qwen2.5-VL-7B's values
+    (rotary sections in its proportions, a full-attention vision block every 8, as its 7, 15, 23, 31)."""
+    def layers(prefix):
+        return len({int(m.group(1)) for k in shapes if (m := re.match(rf"{prefix}(\d+)\.", k))})
+
+    vocab, hidden = shapes["language_model.embed_tokens.weight"]
+    heads = shapes["language_model.layers.0.self_attn.q_proj.weight"][0] // QWEN25_HEAD_DIM
+    half = QWEN25_HEAD_DIM // 2
+    vision_width, channels, temporal, patch, _ = shapes["visual.patch_embed.proj.weight"]
+    depth = layers(r"visual\.blocks\.")
+    text = {"vocab_size": vocab, "hidden_size": hidden, "num_attention_heads": heads, "head_dim": QWEN25_HEAD_DIM,
+            "num_key_value_heads": shapes["language_model.layers.0.self_attn.k_proj.weight"][0] // QWEN25_HEAD_DIM,
+            "intermediate_size": shapes["language_model.layers.0.mlp.gate_proj.weight"][0],
+            "num_hidden_layers": layers(r"language_model\.layers\."), "max_position_embeddings": 128000,
+            "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": False,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8]}}
+    vision = {"depth": depth, "hidden_size": vision_width, "num_heads": vision_width // QWEN25_VISION_HEAD_DIM,
+              "intermediate_size": shapes["visual.blocks.0.mlp.gate_proj.weight"][0],
+              "out_hidden_size": shapes["visual.merger.mlp.2.weight"][0], "in_channels": channels,
+              "patch_size": patch, "temporal_patch_size": temporal, "tokens_per_second": 2, "window_size": 112,
+              "spatial_merge_size": int((shapes["visual.merger.mlp.0.weight"][1] // vision_width) ** 0.5),
+              "fullatt_block_indexes": [i for i in range(depth) if i % 8 == 7]}
+    return {"text_config": text, "vision_config": vision, "tie_word_embeddings": False}
+
+
+def qwen25vl_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: Iterable[str],
+                  input_name: str) -> TextPart:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
+
+    body = qwen25vl_state(state)
+    config = qwen25vl_config({k: tuple(v.shape) for k, v in body.items()})
+    module = fill(empty(Qwen2_5_VLModel, Qwen2_5_VLConfig(**config)), body, dtype, "Qwen2.5-VL text encoder",
+                  input_name)
+    tokenizer = find_qwen_tokenizer(tokenizer_dirs, config["text_config"]["vocab_size"], input_name, qwen3=False)
+    return TextPart(tokenizer, module)
 
 
 def text_encoder_from_parts(family, parts: dict[str, TextPart], source: str) -> TextEncoder:
@@ -208,14 +270,17 @@ def text_part_from_tensors(state: dict[str, torch.Tensor], slot: TextSlot, dtype
                            vocab_dirs: tuple[str, ...], tokenizer_dirs: Iterable[str], input_name: str,
                            name: str = "the file") -> TextPart:
     found = text_kind(state)
-    if found != (slot.kind if slot.kind in ("t5", "qwen3") else "clip"):
-        what = f"a {found.upper()} text encoder" if found else "no text encoder (no CLIP, T5 or Qwen3 tensors)"
+    if found != (slot.kind if slot.kind == "t5" or slot.kind in LLM_KINDS else "clip"):
+        what = (f"a {TEXT_KINDS[found].split(' (')[0] if found in TEXT_KINDS else found.upper()} text encoder"
+                if found else "no text encoder (no CLIP, T5, Qwen3 or Qwen2.5-VL tensors)")
         raise InputError(input_name, f"{name} is {what}, not the {TEXT_KINDS[slot.kind]} text encoder.",
                          f"choose the {TEXT_KINDS[slot.kind]} file from models/text_encoders.")
     if slot.kind == "t5":
         return t5_part(state, dtype, tokenizer_dirs, input_name)
     if slot.kind == "qwen3":
         return qwen3_part(state, dtype, tokenizer_dirs, input_name)
+    if slot.kind == "qwen25vl":
+        return qwen25vl_part(state, dtype, tokenizer_dirs, input_name)
     return clip_part(state, slot.kind, slot.projection, dtype, vocab_dirs, input_name)
 
 

@@ -1,6 +1,7 @@
 """A VAE on its own (ComfyUI's models/vae): single safetensors files in the original (LDM) or diffusers layout.
 
-The architecture is read from the tensors' names and shapes (any family: SD1/2, SDXL, SD3, Flux).
+The architecture is read from the tensors' names and shapes (any family: SD1/2, SDXL, SD3, Flux.1, Flux.2; Qwen-Image's
+Wan-layout VAE through ``wan_vae``).
 A VAE alone has no family: decoding checks that the latent has the channels the VAE decodes, and
 the denoiser keeps its own latent scaling, so swapping the VAE only changes how latents become pixels.
 """
@@ -13,6 +14,7 @@ import torch
 
 from .components import Vae
 from .errors import InputError
+from .wan_vae import is_wan_vae, wan_vae_state
 from .weights import empty, fill, open_safetensors, read_tensors
 
 _BASE = {"act_fn": "silu", "norm_num_groups": 32, "sample_size": 512}
@@ -70,8 +72,13 @@ def vae_config(shapes: dict[str, tuple[int, ...]], base: dict | None = None,
 
 
 def load_vae_file(path: str, dtype: torch.dtype) -> Vae:
+    shapes = open_safetensors(path, "vae_name")
+    if is_wan_vae(shapes):  # Qwen-Image's (the Wan 2.1 VAE layout)
+        from diffusers import AutoencoderKLQwenImage
 
-    _, _, prefix = vae_config(open_safetensors(path, "vae_name"))
+        config, state = wan_vae_state(read_tensors(path), "vae_name")
+        return Vae(None, fill(empty(AutoencoderKLQwenImage, config), state, dtype, "VAE", "vae_name"), path)
+    _, _, prefix = vae_config(shapes)
     return vae_from_tensors(read_tensors(path, prefix), None, dtype, path, "vae_name")
 
 

@@ -44,7 +44,7 @@ def t5_tokenizer_dirs() -> Iterator[str]:
 
 # Hugging Face repos whose tokenizer/ is Qwen3's
 QWEN_TOKENIZER_REPOS = ("Tongyi-MAI/Z-Image-Turbo", "black-forest-labs/FLUX.2-klein-4B",
-                        "black-forest-labs/FLUX.2-klein-9B")
+                        "black-forest-labs/FLUX.2-klein-9B", "Qwen/Qwen-Image")
 
 
 def qwen_tokenizer_dirs() -> Iterator[str]:
@@ -68,7 +68,7 @@ def qwen_tokenizer_dirs() -> Iterator[str]:
 
 def tokenizer_dirs(kind: str) -> Iterable[str]:
     """Where the tokenizer of a text encoder of this kind may be (CLIP tokenizers are built from a vocabulary)."""
-    return {"t5": t5_tokenizer_dirs, "qwen3": qwen_tokenizer_dirs}.get(kind, tuple)()
+    return {"t5": t5_tokenizer_dirs, "qwen3": qwen_tokenizer_dirs, "qwen25vl": qwen_tokenizer_dirs}.get(kind, tuple)()
 
 
 def existing_path(kind: str, relative) -> str | None:

@@ -23,6 +23,9 @@ TINY_FILES = {
     "zimage": {"DS_LoadDiffusionModel": {"model_name": "tiny-z-image-turbo.safetensors"},
                "DS_LoadTextEncoders": {"llm": "tiny-qwen-3.safetensors"},
                "DS_LoadVAE": {"vae_name": "tiny-z-image-ae.safetensors"}},
+    "qwenimage": {"DS_LoadDiffusionModel": {"model_name": "tiny-qwen-image.safetensors"},
+                  "DS_LoadTextEncoders": {"llm": "tiny-qwen-2.5-vl.safetensors"},
+                  "DS_LoadVAE": {"vae_name": "tiny-qwen-image-vae.safetensors"}},
     "flux2": {"DS_LoadDiffusionModel": {"model_name": "tiny-flux-2-klein.safetensors"},
               "DS_LoadTextEncoders": {"llm": "tiny-flux2-qwen-3.safetensors"},
               "DS_LoadVAE": {"vae_name": "tiny-flux2-vae.safetensors"}},
@@ -75,7 +78,7 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
     newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors",
               "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-qwen-image-lora-kohya.safetensors",
-              "loras/tiny-flux2-lora-ai-toolkit.safetensors")
+              "loras/tiny-flux2-lora-ai-toolkit.safetensors", "vae/tiny-qwen-image-vae.safetensors")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 

@@ -89,6 +89,13 @@ def flux2_vae_to_bfl(vae) -> dict[str, torch.Tensor]:
     return out
 
 
+def wan_vae_to_original(vae) -> dict[str, torch.Tensor]:
+    """A Wan-layout VAE (Qwen-Image's) under its original names, as qwen_image_vae.safetensors."""
+    from ..engine.wan_vae import to_original_key
+
+    return {to_original_key(k, vae.config.num_res_blocks): v for k, v in vae.state_dict().items()}
+
+
 def clip_to_ldm(text_encoder, prefix: str = "cond_stage_model.transformer.text_model.") -> dict[str, torch.Tensor]:
     return {prefix + k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()
             if not k.startswith("text_projection")}
@@ -159,6 +166,9 @@ def text_encoder_file(text_encoder) -> dict[str, torch.Tensor]:
     state = text_encoder.state_dict()
     if "shared.weight" in state:
         return {k: v for k, v in state.items() if k != "encoder.embed_tokens.weight"}
+    if "Qwen2_5_VL" in type(text_encoder).__name__:  # as qwen_2.5_vl_7b: the original names (model., visual.)
+        return {k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v
+                for k, v in state.items()}
     if "Qwen" in type(text_encoder).__name__:  # as ComfyUI's qwen_3_4b: Qwen3ForCausalLM's names, model. first
         return {k if k.startswith("model.") else f"model.{k}": v for k, v in state.items() if k != "lm_head.weight"}
     return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v

@@ -266,18 +266,26 @@ def build_qwen_image_pipeline():
     tokenizer = qwen_tokenizer()
     special = {"bos_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     torch.manual_seed(8)
+    # the released proportions the file loader assumes (text_files.qwen25vl_config): 128-wide attention heads and
+    # rotary sections [16, 24, 24]; an 80-wide vision head
     text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, **special,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=1, hidden_size=16, num_heads=2, intermediate_size=32, out_hidden_size=32,
-                           fullatt_block_indexes=[0]), **special))
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=128, max_position_embeddings=128000,
+                         rms_norm_eps=1e-6,
+                         **special, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                                     "mrope_section": [16, 24, 24]}),
+        vision_config=dict(depth=1, hidden_size=160, num_heads=2, intermediate_size=32, out_hidden_size=256,
+                           fullatt_block_indexes=[], tokens_per_second=2), **special))
     torch.manual_seed(9)
     transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=256,
                                               axes_dims_rope=(4, 6, 6))
     torch.manual_seed(10)
     vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    with torch.no_grad():  # RMS-norm scales away from 1, so that a misplaced one shows
+        for name, param in vae.named_parameters():
+            if name.endswith("gamma"):
+                param.uniform_(0.5, 1.5)
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
         base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
@@ -613,7 +621,7 @@ def write_split_files(root: str, flux, sd3, sd1, zimage, qwen_image) -> dict[str
     """The Flux, SD3 and Z-Image models as ComfyUI users have them: denoisers in diffusion_models (original layout),
     text encoders in text_encoders, VAEs in vae (original and diffusers layout, as both occur), and whole
     checkpoints (Flux without T5, as some releases; SD3 with all three)."""
-    from .ldm_export import dit_to_original, save_dit_checkpoint, text_encoder_file, vae_to_ldm
+    from .ldm_export import dit_to_original, save_dit_checkpoint, text_encoder_file, vae_to_ldm, wan_vae_to_original
 
     def ldm_vae(vae):
         return {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(vae).items()}
@@ -634,6 +642,9 @@ def write_split_files(root: str, flux, sd3, sd1, zimage, qwen_image) -> dict[str
         "zimage_vae": ("vae", "tiny-z-image-ae.safetensors", ldm_vae(zimage.vae)),
         # as qwen_image_bf16.safetensors: diffusers' names (ComfyUI's Qwen-Image model uses them too)
         "qwen_image_dit": ("diffusion_models", "tiny-qwen-image.safetensors", qwen_image.transformer.state_dict()),
+        "qwen_image_text": ("text_encoders", "tiny-qwen-2.5-vl.safetensors",
+                            text_encoder_file(qwen_image.text_encoder)),
+        "qwen_image_vae": ("vae", "tiny-qwen-image-vae.safetensors", wan_vae_to_original(qwen_image.vae)),
     })
     paths["flux_single"] = os.path.join(root, "checkpoints", "tiny-flux1-dev.safetensors")
     save_dit_checkpoint(flux, paths["flux_single"], {"clip_l": flux.text_encoder, "t5xxl": flux.text_encoder_2}, "vae.")

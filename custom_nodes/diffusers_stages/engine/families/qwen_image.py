@@ -14,7 +14,7 @@ import torch
 
 from ..components import Conditioning, TextEncoder
 from ..errors import InputError
-from ..family import Family, LoadedModel, ModelInputs
+from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
 from .dit_files import load_dit
 from .flux import FluxFamily
@@ -45,6 +45,7 @@ class QwenImageFamily(Family):
     begin_index_on_full_run = True
     inference_dtypes = ("bf16", "fp16", "fp32")
     lora_pipeline, lora_denoiser = "QwenImagePipeline", "transformer"  # QwenImageLoraLoaderMixin: the transformer
+    text_slots = (TextSlot("qwen25vl", projection=False),)
 
     @property
     def latent_scaling(self):
