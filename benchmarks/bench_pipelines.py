@@ -1,12 +1,13 @@
 """Our node graphs vs the diffusers pipelines, same weights and settings, side by side, per family.
 
     python benchmarks/bench_pipelines.py [--runs 5] [--steps 20]
-        [--cases sd15-tiny,sd15-small,sdxl,sd3,flux,zimage,qwenimage,flux2]
+        [--cases sd15-tiny,sd15-small,sdxl,sd3,flux,zimage,qwenimage,flux2,flux2-dev]
 
 Models are random-weight and built here (no download):
 * sd15-tiny: the test suite's SD1.5 model at 64 px (fixed costs dominate);
 * sd15-small: wider U-Net channels (64, 128, 256, 256) at 256 px, where the U-Net dominates;
-* sdxl, sd3, flux, zimage, qwenimage, flux2 (klein): the test suite's tiny models of those families at 128 px.
+* sdxl, sd3, flux, zimage, qwenimage, flux2 (klein), flux2-dev: the test suite's tiny models of those families
+  at 128 px.
 
 Wall time: both sides alternate in one process (same threads, warm caches); median of --runs after one
 warm-up each ('time ratio'), and the ratio of the fastest runs ('min ratio', less sensitive to noise).
@@ -48,6 +49,8 @@ CASES = {
     "qwenimage": ("QwenImagePipeline", "build_qwen_image_pipeline", {}, 128, 4.0, {"true_cfg_scale": 4.0}),
     # klein base, CFG away from the empty prompt (Flux2KleinPipeline takes no negative prompt; ours then uses "")
     "flux2": ("Flux2KleinPipeline", "build_flux2_klein_pipeline", {}, 128, 4.0, {"guidance_scale": 4.0}),
+    # guidance-distilled, unguided: 4 = its embedded guidance (our Flux Guidance default for Flux.2)
+    "flux2-dev": ("Flux2Pipeline", "build_flux2_dev_pipeline", {}, 128, 1.0, {"guidance_scale": 4.0}),
 }
 NO_NEGATIVE_PROMPT = {"flux2"}  # pipelines that guide away from the empty prompt only
 

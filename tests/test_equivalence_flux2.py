@@ -162,3 +162,81 @@ def test_flux2_skip_layer_guidance_equals_diffusers_guider_in_its_pipeline(nodes
     image = klein_graph.decode(klein_graph.denoise(slg, klein_graph.default_scheduler, klein_graph.empty(), seed=SEED,
                                                    steps=STEPS))
     assert torch.equal(bchw(image), expected)
+
+
+# ---- Flux.2 dev: Mistral 3 text encoder, guidance embedded, no CFG -----------------------------------------------
+@pytest.fixture(scope="module")
+def dev_graph(nodes):
+    return Graph(nodes, "diffusers/tiny-flux2-dev")
+
+
+@pytest.fixture(scope="module")
+def dev_pipe(models_root):
+    return load_pipeline("Flux2Pipeline", models_root["flux2_dev_folder"])
+
+
+def test_flux2_dev_encode_matches_pipeline(dev_graph, dev_pipe):
+    """BFL's system message, the chat template, layers 10, 20 and 30 of Mistral 3 side by side."""
+    cond = dev_graph.encode(PROMPT)
+    with torch.no_grad():
+        embeds, _ = dev_pipe.encode_prompt(PROMPT, device="cpu")
+    assert cond.embeds.shape == (1, 512, 72) and torch.equal(cond.embeds, embeds)
+
+
+@pytest.mark.parametrize("width, height, batch, guidance", [(64, 64, 1, None), (96, 64, 2, 2.5)])
+def test_flux2_dev_txt2img_matches_pipeline(dev_graph, dev_pipe, nodes, width, height, batch, guidance):
+    """Flux Guidance sets the embedded guidance (the pipeline's guidance_scale; without it, its default 4)."""
+    positive = dev_graph.encode(PROMPT)
+    if guidance is not None:
+        positive = nodes["DS_FluxGuidance"].execute(conditioning=positive, guidance=guidance)[0]
+    guider = nodes["DS_CFGGuider"].execute(positive=positive, cfg=1.0)[0]
+    latent = dev_graph.denoise(guider, dev_graph.default_scheduler, dev_graph.empty(width, height, batch), seed=SEED,
+                               steps=4)
+    ref = dev_pipe(prompt=PROMPT, guidance_scale=4.0 if guidance is None else guidance, num_inference_steps=4,
+                   width=width, height=height, num_images_per_prompt=batch,
+                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(dev_graph.decode(latent)), ref)
+
+
+def test_flux2_dev_transformer_file_equals_the_folder(nodes, dev_graph):
+    """flux2_dev (BFL layout, with the guidance embedding) with the folder's text encoder and VAE ≡ the folder."""
+    from test_component_files import image, same_scheduler
+
+    denoiser, scheduler = nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-flux2-dev.safetensors",
+                                                                 dtype="fp32")
+    assert denoiser.module.config.guidance_embeds
+    split = Graph(nodes, None, (denoiser, dev_graph.text_encoder, dev_graph.vae, scheduler))
+    assert same_scheduler(scheduler, dev_graph.default_scheduler)
+    assert torch.equal(image(split, cfg=1.0), image(dev_graph, cfg=1.0))
+
+
+def test_flux2_dev_and_klein_prompts_do_not_mix(dev_graph, klein_graph, nodes):
+    """Both are Flux.2, but their text encoders differ: a klein prompt into dev is refused by its width."""
+    guider = nodes["DS_CFGGuider"].execute(positive=klein_graph.encode(PROMPT), cfg=1.0)[0]
+    with pytest.raises(StageError, match="guider: the prompt embedding is 48 wide but this Flux2Transformer2DModel "
+                                         "expects 72 .the text encoder of another Flux.2 model"):
+        dev_graph.denoise(guider, dev_graph.default_scheduler, dev_graph.empty())
+
+
+def test_flux2_dev_mistral_file_gets_a_clear_refusal(nodes, models_root, tmp_path):
+    """mistral_3_small_flux2_bf16.safetensors (Llama-style names under model., the tekken tokenizer inside) is named
+    and sent to the diffusers folder, not misread."""
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    dev = load_pipeline("Flux2Pipeline", models_root["flux2_dev_folder"]).text_encoder
+    state = {k.replace("model.language_model.", "model."): v.contiguous() for k, v in dev.state_dict().items()
+             if k.startswith("model.language_model.")}
+    state["tekken_model"] = torch.frombuffer(bytearray(b'{"config": {}}'), dtype=torch.uint8)
+    name = "tiny-mistral-3-small-flux2.safetensors"
+    path = os.path.join(models_root["root"], "text_encoders", name)
+    save_file(state, str(tmp_path / name))
+    shutil.move(str(tmp_path / name), path)
+    try:
+        with pytest.raises(StageError, match="llm: .* is Flux.2 dev's Mistral 3 Small text encoder, which this version "
+                                             "reads only from Flux.2 dev's diffusers folder.*Fix: load "):
+            nodes["DS_LoadTextEncoders"].execute(family="flux2", llm=name, dtype="fp32")
+    finally:
+        os.remove(path)

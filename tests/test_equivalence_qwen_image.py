@@ -133,3 +133,63 @@ def test_qwen_image_text_encoder_of_another_family_is_named(nodes):
     with pytest.raises(StageError, match="llm: .tiny-qwen-2.5-vl.safetensors. is a Qwen2.5-VL 7B text encoder, not "
                                          "the Qwen3 4B"):
         nodes["DS_LoadTextEncoders"].execute(family="flux2", llm="tiny-qwen-2.5-vl.safetensors", dtype="fp32")
+
+
+@pytest.mark.parametrize("cfg, batch, width, height", [(1.0, 1, 64, 64), (3.0, 2, 96, 64)])
+def test_qwen_image_controlnet_matches_the_pipeline(nodes, models_root, qwen_graph, cfg, batch, width, height):
+    """QwenImageControlNetPipeline (InstantX's layout, the union one too: it takes no mode): the control image's
+    VAE posterior sampled with the run's generator before the noise, normalised per channel, packed; true CFG
+    reuses the positive call's ControlNet residuals; strength and an end window."""
+    from test_controlnet import SEED as CONTROL_SEED
+    from test_controlnet import control_image, run_graph
+
+    net = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-qwen-image-controlnet", dtype="fp32")[0]
+    image = control_image(height, width, seed=7)
+    negative = qwen_graph.encode(NEGATIVE) if cfg > 1 else None
+    positive, negative = nodes["DS_ApplyControlNet"].execute(
+        positive=qwen_graph.encode(PROMPT), negative=negative, controlnet=net, image=image, strength=0.8,
+        end_percent=0.75, vae=qwen_graph.vae)
+    guider = nodes["DS_CFGGuider"].execute(positive=positive, cfg=cfg,
+                                           **({"negative": negative} if negative is not None else {}))[0]
+    ours = run_graph(qwen_graph, guider, width, height, batch)
+    pipe = load_pipeline("QwenImageControlNetPipeline", models_root["qwen_image_folder"], controlnet=net.module)
+    extra = {"negative_prompt": NEGATIVE, "true_cfg_scale": cfg} if cfg > 1 else {}
+    ref = pipe(PROMPT, control_image=bchw(image).contiguous() * 2 - 1, controlnet_conditioning_scale=0.8,
+               control_guidance_end=0.75, num_inference_steps=4, width=width, height=height,
+               num_images_per_prompt=batch, generator=torch.Generator("cpu").manual_seed(CONTROL_SEED),
+               output_type="pt", **extra).images
+    assert torch.equal(ours, ref)
+
+
+def test_one_qwen_image_controlnet_with_two_images_matches_the_multi_controlnet_pipeline(nodes, models_root,
+                                                                                        qwen_graph):
+    """QwenImageMultiControlNetModel takes one (union) ControlNet and several control images, their residuals added:
+    Apply ControlNet twice with the same ControlNet."""
+    from diffusers import QwenImageMultiControlNetModel
+    from test_controlnet import SEED as CONTROL_SEED
+    from test_controlnet import control_image, run_graph
+
+    net = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-qwen-image-controlnet", dtype="fp32")[0]
+    images = [control_image(seed=8), control_image(seed=9)]
+    positive = qwen_graph.encode(PROMPT)
+    for image, strength in zip(images, (0.7, 0.5)):
+        positive, _ = nodes["DS_ApplyControlNet"].execute(positive=positive, controlnet=net, image=image,
+                                                          strength=strength, vae=qwen_graph.vae)
+    ours = run_graph(qwen_graph, nodes["DS_CFGGuider"].execute(positive=positive, cfg=1.0)[0])
+    pipe = load_pipeline("QwenImageControlNetPipeline", models_root["qwen_image_folder"],
+                         controlnet=QwenImageMultiControlNetModel([net.module]))
+    ref = pipe(PROMPT, control_image=[bchw(image).contiguous() * 2 - 1 for image in images],
+               controlnet_conditioning_scale=[0.7, 0.5], num_inference_steps=4, width=64, height=64,
+               generator=torch.Generator("cpu").manual_seed(CONTROL_SEED), output_type="pt").images
+    assert torch.equal(ours, ref)
+
+
+def test_qwen_image_inpainting_controlnet_is_refused(qwen_graph):
+    """InstantX's inpainting ControlNet (extra_condition_channels: a mask and masked image with the control) needs
+    QwenImageControlNetInpaintPipeline's inputs, which Apply ControlNet does not give."""
+    from diffusers import QwenImageControlNetModel
+
+    net = QwenImageControlNetModel.from_transformer(qwen_graph.denoiser.module, num_layers=1, attention_head_dim=16,
+                                                    num_attention_heads=2, extra_condition_channels=68)
+    problem = qwen_graph.denoiser.family.control_problem(qwen_graph.denoiser, net)
+    assert "inpainting ControlNet" in problem

@@ -173,3 +173,61 @@ def test_z_image_in_bf16_keeps_float32_latents_as_its_pipeline(nodes, models_roo
     expected = pipe(PROMPT, negative_prompt=NEGATIVE, guidance_scale=3.0, num_inference_steps=5, width=64, height=64,
                     generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent").images
     assert denoised.model.dtype == torch.float32 and torch.equal(denoised.model, expected)
+
+
+@pytest.mark.parametrize("name, cfg, batch, width, height", [
+    ("tiny-zimage-controlnet", 1.0, 1, 64, 64), ("tiny-zimage-controlnet", 4.0, 2, 96, 64),
+    ("tiny-zimage-controlnet-2-1", 3.0, 1, 64, 96)])
+def test_z_image_controlnet_matches_the_pipeline(nodes, models_root, z_graph, name, cfg, batch, width, height):
+    """ZImageControlNetPipeline (VideoX-Fun's Union ControlNets 1.0 and 2.1, the latter padding the control latents
+    to 33 channels): control latents from the posterior mode, batched with CFG as the pipeline batches them."""
+    from diffusers import ZImageControlNetPipeline
+    from test_controlnet import SEED as CONTROL_SEED
+    from test_controlnet import control_image, run_graph
+
+    net = nodes["DS_LoadControlNet"].execute(controlnet_name=name, dtype="fp32")[0]
+    image = control_image(height, width, seed=6)
+    negative = z_graph.encode(NEGATIVE) if cfg > 1 else None
+    positive, negative = nodes["DS_ApplyControlNet"].execute(
+        positive=z_graph.encode(PROMPT), negative=negative, controlnet=net, image=image, strength=0.75,
+        vae=z_graph.vae)
+    guider = nodes["DS_CFGGuider"].execute(positive=positive, cfg=cfg,
+                                           **({"negative": negative} if negative is not None else {}))[0]
+    ours = run_graph(z_graph, guider, width, height, batch)
+    reference = type(net.module).from_pretrained(models_root[name.replace("tiny-", "").replace("-", "_")])
+    pipe = ZImageControlNetPipeline(**{k: v for k, v in load_pipeline(
+        "ZImagePipeline", models_root["zimage_folder"]).components.items()}, controlnet=reference)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE if cfg > 1 else None, control_image=bchw(image).contiguous() * 2 - 1,
+               controlnet_conditioning_scale=0.75, guidance_scale=cfg - 1.0, num_inference_steps=4, width=width,
+               height=height, num_images_per_prompt=batch, generator=torch.Generator("cpu").manual_seed(CONTROL_SEED),
+               output_type="pt").images
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("single, folder", [("tiny-zimage-controlnet.safetensors", "tiny-zimage-controlnet"),
+                                            ("tiny-zimage-controlnet-2-1.safetensors", "tiny-zimage-controlnet-2-1")])
+def test_z_image_controlnet_file_equals_its_folder(nodes, z_graph, single, folder):
+    """The released single files (no config inside): the version, widths and control-layer places are read back."""
+    from test_controlnet import control_image, run_graph
+
+    image = control_image(seed=5)
+    from_file, from_folder = (nodes["DS_LoadControlNet"].execute(controlnet_name=name, dtype="fp32")[0]
+                              for name in (single, folder))
+    assert {k: v for k, v in from_file.module.config.items() if not k.startswith("_")} == {
+        k: v for k, v in from_folder.module.config.items() if not k.startswith("_")}
+
+    def image_with(net):
+        positive, _ = nodes["DS_ApplyControlNet"].execute(positive=z_graph.encode(PROMPT), controlnet=net,
+                                                          image=image, vae=z_graph.vae)
+        return run_graph(z_graph, nodes["DS_CFGGuider"].execute(positive=positive, cfg=1.0)[0])
+    assert torch.equal(image_with(from_file), image_with(from_folder))
+
+
+def test_z_image_controlnet_2_0_file_drops_its_unused_refiner(nodes, models_root):
+    """2.0 files carry control_noise_refiner weights with a zero input projection that the model does not use
+    (diffusers' single-file loader drops them): read as the 'control_layers' kind."""
+    net = nodes["DS_LoadControlNet"].execute(controlnet_name="tiny-zimage-controlnet-2-0.safetensors",
+                                             dtype="fp32")[0]
+    assert net.module.config.add_control_noise_refiner == "control_layers"
+    assert net.module.control_noise_refiner is None and net.module.config.control_in_dim == 33

@@ -270,3 +270,17 @@ def test_qwen_2_5_vl_7b_config_is_read_back():
     assert "model.layers.0.self_attn.k_proj.bias" in names and "visual.blocks.0.attn.qkv.weight" in names
     assert text_kind(names) == "qwen25vl"
     assert qwen25vl_config(shapes_of(qwen25vl_state(names))) == released
+
+
+def test_z_image_fun_controlnet_union_config_is_read_back():
+    """alibaba-pai's Z-Image-Turbo-Fun-Controlnet-Union (1.0): 6 control blocks over the 30 layers (every 5th),
+    2 plain refiner blocks, 16 input channels; its file holds no config."""
+    from diffusers import ZImageControlNetModel
+
+    from diffusers_stages.engine.families.z_image import z_image_controlnet_config
+
+    released = dict(control_layers_places=[0, 5, 10, 15, 20, 25], control_refiner_layers_places=[0, 1],
+                    control_in_dim=16, add_control_noise_refiner=None, all_patch_size=[2], all_f_patch_size=[1],
+                    dim=3840, n_refiner_layers=2, n_heads=30, n_kv_heads=30)
+    model = meta(ZImageControlNetModel, released)
+    assert z_image_controlnet_config(model.state_dict()) == released

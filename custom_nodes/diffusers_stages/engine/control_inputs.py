@@ -32,15 +32,25 @@ def control_pixels(control: Control, height: int, width: int, batch: int, normal
 
 def control_latents(control: Control, pixels: torch.Tensor, shift: float | None = None,
                     sample_with: torch.Generator | None = None) -> torch.Tensor:
-    """Control pixels (-1..1) as VAE latents, as the SD3/Flux ControlNet pipelines make them: the posterior sampled
-    with ``sample_with`` (its mode without one), minus ``shift`` (default: the VAE's shift factor), times the
-    scaling factor; in the ControlNet's device and dtype."""
+    """Control pixels (-1..1) as VAE latents, as the SD3/Flux/Qwen-Image ControlNet pipelines make them: the
+    posterior sampled with ``sample_with`` (its mode without one), minus ``shift`` (default: the VAE's shift, per
+    channel for VAEs that normalise each), times the scale, as the family scales its latents; one frame for
+    video-style VAEs; in the ControlNet's device and dtype."""
     if control.vae is None:
         raise InputError("vae", f"the ControlNet '{os.path.basename(control.controlnet.source)}' takes the control "
                          "image as latents, so Apply ControlNet needs the VAE.",
                          "connect the model's VAE to Apply ControlNet's vae input.")
     vae, net = control.vae.module, control.controlnet.module
-    posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    frames = control.vae.has_frames
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    posterior = vae.encode(pixels.unsqueeze(2) if frames else pixels).latent_dist
     latents = posterior.mode() if sample_with is None else posterior.sample(sample_with)
-    shift = vae.config.shift_factor if shift is None else shift
-    return ((latents - shift) * vae.config.scaling_factor).to(net.device, net.dtype)
+    scale, default_shift = control.controlnet.family.vae_latent_scaling(vae)
+    shift = default_shift if shift is None else shift
+
+    def per_channel(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value.to(latents.device).view(1, -1, *([1] * (latents.ndim - 2)))
+    latents = (latents - per_channel(shift)) * per_channel(scale)
+    return (latents[:, :, 0] if frames else latents).to(net.device, net.dtype)

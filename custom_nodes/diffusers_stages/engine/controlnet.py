@@ -54,12 +54,20 @@ def load_controlnet(path: str, dtype) -> ControlNet:
 
 
 def load_controlnet_file(path: str, dtype) -> ControlNet:
-    """A single-file ControlNet, read by the family adapter that claims it (SD1.x/2.x and SDXL)."""
+    """A single-file ControlNet, read by the family adapter that claims it (SD1.x/2.x, SDXL, Z-Image)."""
     shapes = open_safetensors(path, "controlnet_name")
-    family = next((f for f in all_families() if f.claims_controlnet_file(shapes, os.path.basename(path))), None)
+    family, refusal = None, None
+    for candidate in all_families():  # a family that refuses the file says why, unless another claims it
+        try:
+            if candidate.claims_controlnet_file(shapes, os.path.basename(path)):
+                family = candidate
+                break
+        except InputError as error:
+            refusal = refusal or error
     if family is None:
-        raise InputError("controlnet_name", f"'{os.path.basename(path)}' is not a single-file ControlNet this version "
-                         "can read.", "use its diffusers folder (config.json + weights) in models/controlnet.")
+        raise refusal or InputError("controlnet_name", f"'{os.path.basename(path)}' is not a single-file ControlNet "
+                                    "this version can read.", "use its diffusers folder (config.json + weights) in "
+                                    "models/controlnet.")
     return ControlNet(family, family.controlnet_from_file(path, shapes, resolve_dtype(dtype, family)), path)
 
 
@@ -136,6 +144,8 @@ class ControlPlan:
 def _map(kwargs: dict, fn) -> dict:
     """``fn`` applied to every residual tensor (flags and missing residuals pass through)."""
     def each(value):
+        if isinstance(value, dict):  # Z-Image's: residuals by the index of the layer they are added to
+            return {k: each(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [each(v) for v in value]
         return fn(value) if isinstance(value, torch.Tensor) else value
@@ -145,6 +155,8 @@ def _map(kwargs: dict, fn) -> dict:
 def _add(a: dict, b: dict) -> dict:
     """Residuals of two ControlNets added, first + second (the MultiControlNet models' order)."""
     def add(x, y):
+        if isinstance(x, dict):  # by layer index: two ControlNets may steer different layers
+            return {k: add(x[k], y[k]) if k in x and k in y else x.get(k, y.get(k)) for k in {**x, **y}}
         if isinstance(x, (list, tuple)):
             return [add(p, q) for p, q in zip(x, y)]
         return x + y if isinstance(x, torch.Tensor) else x

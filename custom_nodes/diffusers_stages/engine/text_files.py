@@ -17,7 +17,8 @@ from .weights import empty, fill
 
 TEXT_KINDS = {"clip_l": "CLIP-L (clip_l.safetensors)", "clip_g": "CLIP-G (clip_g.safetensors)",
               "t5": "T5-XXL (t5xxl_*.safetensors)", "qwen3": "Qwen3 4B (qwen_3_4b*.safetensors)",
-              "qwen25vl": "Qwen2.5-VL 7B (qwen_2.5_vl_7b*.safetensors)", "llm": "LLM"}
+              "qwen25vl": "Qwen2.5-VL 7B (qwen_2.5_vl_7b*.safetensors)",
+              "mistral3": "Mistral 3 Small (mistral_3_small_flux2*.safetensors)", "llm": "LLM"}
 LLM_KINDS = ("qwen3", "qwen25vl")  # the kinds Load Text Encoders' llm input takes (one per family)
 
 
@@ -43,6 +44,10 @@ def text_kind(keys) -> str | None:
         return "qwen3"
     if any(k.endswith("layers.0.self_attn.k_proj.bias") for k in keys) and any("visual." in k for k in keys):
         return "qwen25vl"
+    llama_style = ("model.layers.0.self_attn.q_proj.weight" in keys
+                   and "model.layers.0.self_attn.k_proj.bias" not in keys)
+    if llama_style or "tekken_model" in keys:  # Mistral's (Flux.2 dev's) naming; Qwen2.5's has q/k/v biases
+        return "mistral3"
     return None
 
 
@@ -270,6 +275,11 @@ def text_part_from_tensors(state: dict[str, torch.Tensor], slot: TextSlot, dtype
                            vocab_dirs: tuple[str, ...], tokenizer_dirs: Iterable[str], input_name: str,
                            name: str = "the file") -> TextPart:
     found = text_kind(state)
+    if found == "mistral3":
+        raise InputError(input_name, f"{name} is Flux.2 dev's Mistral 3 Small text encoder, which this version reads "
+                         "only from Flux.2 dev's diffusers folder (its file carries its own tokenizer format).",
+                         "load black-forest-labs/FLUX.2-dev as a diffusers folder with Load Diffusers Model, or use "
+                         "its text_encoder from there.")
     if found != (slot.kind if slot.kind == "t5" or slot.kind in LLM_KINDS else "clip"):
         what = (f"a {TEXT_KINDS[found].split(' (')[0] if found in TEXT_KINDS else found.upper()} text encoder"
                 if found else "no text encoder (no CLIP, T5, Qwen3 or Qwen2.5-VL tensors)")

@@ -42,8 +42,8 @@ class ApplyControlNet(StageNode):
             "optional": {
                 "negative": (CONDITIONING, {"tooltip": "The negative prompt; connect it so the control also "
                                                        "steers the unconditional half of CFG, as the pipelines do."}),
-                "vae": (VAE, {"tooltip": "The model's VAE; SD3 and Flux ControlNets take the control image as "
-                                         "latents (SD1.x/SDXL ControlNets do not need it)."}),
+                "vae": (VAE, {"tooltip": "The model's VAE; SD3, Flux, Qwen-Image and Z-Image ControlNets take the "
+                                         "control image as latents (SD1.x/SDXL ControlNets do not need it)."}),
                 "union_mode": ("INT", {"default": -1, "min": -1, "max": 15, "advanced": True,
                                        "tooltip": "Union ControlNets only: the kind of control image (xinsir SDXL "
                                                   "union: 0 openpose, 1 depth, 2 hed/scribble, 3 canny/lineart, "

@@ -37,9 +37,10 @@ class LoadControlNet(StageNode):
     MODEL_FILE_INPUTS = {"controlnet_name": FOLDER}
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a ControlNet from models/controlnet: a diffusers folder (config.json + "
-                   "diffusion_pytorch_model.safetensors) for SD1.x/2.x, SDXL (also union), SD3 or Flux.1, or an "
-                   "SD1.x/2.x or SDXL single file (original or diffusers layout). Attach it to prompts with Apply "
-                   "ControlNet.")
+                   "diffusion_pytorch_model.safetensors) for SD1.x/2.x, SDXL (also union), SD3, Flux.1, "
+                   "Qwen-Image (InstantX, also union) or Z-Image (VideoX-Fun Union 1.0/2.0/2.1), or a single file: "
+                   "SD1.x/2.x or SDXL (original or diffusers layout), Z-Image-Turbo-Fun-Controlnet-Union*. Attach "
+                   "it to prompts with Apply ControlNet.")
     RETURN_TYPES = (CONTROLNET,)
     RETURN_NAMES = ("controlnet",)
     OUTPUT_TOOLTIPS = ("The ControlNet; connect to Apply ControlNet.",)

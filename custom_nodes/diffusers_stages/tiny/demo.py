@@ -10,6 +10,7 @@ from PIL import Image
 # shipped workflow (by its name's first word) -> the tiny model of its family
 TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux",
                "zimage": "tiny-z-image", "qwenimage": "tiny-qwen-image", "flux2": "tiny-flux2-klein"}
+TINY_MODELS_BY_WORKFLOW = {"flux2_dev_txt2img": "tiny-flux2-dev"}  # a family with several models
 # workflows made of component loaders (split files): the tiny file for each loader input, by node type
 TINY_FILES = {
     "sd15": {"DS_LoadControlNet": {"controlnet_name": "tiny-sd1-controlnet"},
@@ -45,7 +46,8 @@ def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> l
         nodes = json.load(f)["nodes"]
     types = {node["type"] for node in nodes}
     family = os.path.basename(workflow_path).split("_")[0]
-    sets = [f"Load Diffusers Model.model=diffusers/{TINY_MODELS[family]}"] if "DS_LoadModel" in types else []
+    tiny = TINY_MODELS_BY_WORKFLOW.get(os.path.splitext(os.path.basename(workflow_path))[0], TINY_MODELS[family])
+    sets = [f"Load Diffusers Model.model=diffusers/{tiny}"] if "DS_LoadModel" in types else []
     for node_type, values in TINY_FILES.get(family, {}).items():
         if node_type in types:
             sets += [f"{TITLES[node_type]}.{name}={value}" for name, value in values.items()]
@@ -78,7 +80,8 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
     models, inputs, output = (os.path.abspath(os.path.join(folder, name)) for name in ("models", "input", "output"))
     newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors",
               "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-qwen-image-lora-kohya.safetensors",
-              "loras/tiny-flux2-lora-ai-toolkit.safetensors", "vae/tiny-qwen-image-vae.safetensors")
+              "loras/tiny-flux2-lora-ai-toolkit.safetensors", "vae/tiny-qwen-image-vae.safetensors",
+              "diffusion_models/tiny-flux2-dev.safetensors", "controlnet/tiny-zimage-controlnet-2-0.safetensors")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 

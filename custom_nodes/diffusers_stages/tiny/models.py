@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .ldm_export import save_ldm_checkpoint, save_sdxl_checkpoint
+from .ldm_export import dit_to_original, save_ldm_checkpoint, save_sdxl_checkpoint
 
 SD1_SCHEDULER = dict(  # the PNDM config shipped with Stable Diffusion v1.5
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -229,7 +229,7 @@ def tiny_flux2_vae():
 def build_flux2_klein_pipeline(distilled: bool = False):
     """A Flux2KleinPipeline with random weights: the Flux.2 DiT, a Qwen3 text encoder deep enough for the layers the
     pipeline reads (9, 18, 27), the Flux.2 VAE; the released scheduler config (Flux.1-dev's)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import Flux2KleinPipeline
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = qwen_tokenizer()
@@ -238,17 +238,69 @@ def build_flux2_klein_pipeline(distilled: bool = False):
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
         num_key_value_heads=1, head_dim=8, max_position_embeddings=40960, pad_token_id=tokenizer.pad_token_id,
         rope_parameters={"rope_theta": 1000000.0, "rope_type": "default"}, tie_word_embeddings=True))
-    torch.manual_seed(12)
+    return Flux2KleinPipeline(text_encoder=text_encoder, tokenizer=tokenizer, is_distilled=distilled,
+                              **tiny_flux2_parts(12, joint_attention_dim=48, guidance_embeds=False))
+
+
+def tiny_flux2_parts(seed: int, joint_attention_dim: int, guidance_embeds: bool) -> dict:
+    """The Flux.2 pipelines' transformer, VAE and scheduler (the released config: Flux.1-dev's) at tiny widths."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
     transformer = Flux2Transformer2DModel(
         patch_size=1, in_channels=128, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=48, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
-    torch.manual_seed(13)
-    vae = tiny_flux2_vae()
+        joint_attention_dim=joint_attention_dim, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=guidance_embeds)
+    torch.manual_seed(seed + 1)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
                                                 base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                                                 max_image_seq_len=4096)
-    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                              transformer=transformer, is_distilled=distilled)
+    return {"transformer": transformer, "vae": tiny_flux2_vae(), "scheduler": scheduler}
+
+
+MISTRAL_CHAT_TEMPLATE = (  # a Mistral-v7-style template (system prompt, then the user turn), for the tiny tokenizer
+    "{{ bos_token }}{% for m in messages %}{% set text = m.content if m.content is string else m.content[0].text %}"
+    "{% if m.role == 'system' %}[SYSTEM_PROMPT]{{ text }}[/SYSTEM_PROMPT]{% elif m.role == 'user' %}[INST]{{ text }}"
+    "[/INST]{% endif %}{% endfor %}")
+
+
+def mistral_tokenizer():
+    """A small byte-level BPE tokenizer with Mistral's special tokens and a chat template. (Flux.2 dev's folder holds
+    a PixtralProcessor, which needs torchvision; its prompts are text only, so the tokenizer stands in for it, as
+    the loader does.)"""
+    from transformers import Qwen2Tokenizer
+
+    base = qwen_tokenizer()
+    vocab = {token: index for token, index in base.get_vocab().items() if not token.startswith("<|")}
+    specials = ["<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]",
+                "[IMG_BREAK]", "[IMG_END]"]
+    for token in specials:
+        vocab[token] = len(vocab)
+    merges = [("Ġ", "a"), ("Ġ", "c"), ("a", "t"), ("Ġc", "at"), ("Ġ", "p"), ("h", "o"), ("Ġp", "ho"), ("t", "o")]
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token="<s>", eos_token="</s>",
+                               pad_token="<pad>")
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[3:]})
+    tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_flux2_dev_pipeline():
+    """A Flux2Pipeline with random weights: the Flux.2 DiT with a guidance embedding, a Mistral 3 text encoder deep
+    enough for the layers the pipeline reads (10, 20, 30), the Flux.2 VAE."""
+    from diffusers import Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    tokenizer = mistral_tokenizer()
+    torch.manual_seed(14)
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=len(tokenizer), hidden_size=24, intermediate_size=32,
+                         num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=1, head_dim=12,
+                         max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=8, patch_size=16, image_size=64),
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2))
+    return Flux2Pipeline(text_encoder=text_encoder, tokenizer=tokenizer,
+                         **tiny_flux2_parts(15, joint_attention_dim=72, guidance_embeds=True))
 
 
 def build_qwen_image_pipeline():
@@ -401,10 +453,15 @@ def write_models(root: str) -> dict[str, str]:
     paths["flux2_klein_folder"] = os.path.join(root, "diffusers", "tiny-flux2-klein")
     klein.save_pretrained(paths["flux2_klein_folder"], safe_serialization=True)
     paths.update(write_flux2_files(root, klein))
+    dev = build_flux2_dev_pipeline()
+    paths["flux2_dev_folder"] = os.path.join(root, "diffusers", "tiny-flux2-dev")
+    dev.save_pretrained(paths["flux2_dev_folder"], safe_serialization=True)
+    paths.update(save_files(root, {"flux2_dev_dit": ("diffusion_models", "tiny-flux2-dev.safetensors",
+                                                     dit_to_original(dev.transformer))}))
     paths.update(write_flux2_loras(root, klein))
     paths.update(write_split_files(root, flux, sd3, sd1, zimage, qwen_image))
     paths.update(write_unet_files(root, sd1, sdxl))
-    paths.update(write_controlnets(root, sd1, sdxl, sd3, flux))
+    paths.update(write_controlnets(root, sd1, sdxl, sd3, flux, qwen_image, zimage))
     paths.update(write_loras(root, sd1, sdxl, sd3, flux, zimage, qwen_image))
     return paths
 
@@ -486,6 +543,39 @@ def build_flux_controlnet(transformer, seed: int):
     return randomise(controlnet, ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"), seed)
 
 
+def build_qwen_image_controlnet(transformer, seed: int):
+    """A Qwen-Image ControlNet in InstantX's layout (the control image as packed, normalised VAE latents)."""
+    from diffusers import QwenImageControlNetModel
+
+    torch.manual_seed(seed)
+    config = transformer.config
+    controlnet = QwenImageControlNetModel.from_transformer(
+        transformer, num_layers=1, attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads)
+    return randomise(controlnet, ("controlnet_blocks", "controlnet_x_embedder"), seed)
+
+
+def build_zimage_controlnet(transformer, seed: int, kind: str | None, control_in_dim: int = 16):
+    """A Z-Image Fun ControlNet (VideoX-Fun's layout) of one version: ``kind`` None = 1.0 (plain refiner blocks),
+    "control_layers" = 2.0, "control_noise_refiner" = 2.1; 2.x take 33 input channels (the latent padded)."""
+    from diffusers import ZImageControlNetModel
+
+    torch.manual_seed(seed)
+    config = transformer.config
+    controlnet = ZImageControlNetModel(
+        control_layers_places=[0], control_refiner_layers_places=[0], control_in_dim=control_in_dim,
+        add_control_noise_refiner=kind, dim=config.dim, n_refiner_layers=config.n_refiner_layers,
+        n_heads=config.n_heads, n_kv_heads=config.n_kv_heads)
+    return randomise(controlnet, ("control_layers", "control_noise_refiner", "control_all_x_embedder"), seed)
+
+
+def zimage_controlnet_2_0_file(controlnet_2_1) -> dict[str, torch.Tensor]:
+    """A 2.0 file as released: the control blocks, and refiner blocks whose input projection is zero (unused)."""
+    state = dict(controlnet_2_1.state_dict())
+    state.update({k: torch.zeros_like(v) for k, v in state.items() if k.startswith("control_noise_refiner.0.before")})
+    return state
+
+
 def build_flux_union_controlnet(transformer, seed: int, **variant):
     """A Flux union ControlNet (InstantX layout with a control-mode embedding), or with ``variant`` another kind:
     ``conditioning_embedding_channels=16`` is the XLabs layout (the ControlNet reads pixels itself)."""
@@ -502,8 +592,9 @@ def build_flux_union_controlnet(transformer, seed: int, **variant):
                                   "input_hint_block.conv_out"), seed)
 
 
-def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
-    """Diffusers ControlNet folders in models/controlnet: two for SD1.5 (to combine), one each for SDXL, SD3, Flux."""
+def write_controlnets(root: str, sd1, sdxl, sd3, flux, qwen_image, zimage) -> dict[str, str]:
+    """Diffusers ControlNet folders in models/controlnet: two for SD1.5 (to combine), one each for SDXL, SD3, Flux,
+    Qwen-Image."""
     paths = {}
     builders = {"sd1_controlnet": lambda: build_controlnet(sd1.unet, 11),
                 "sd1_controlnet_2": lambda: build_controlnet(sd1.unet, 12),
@@ -512,6 +603,10 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
                 "sd3_controlnet": lambda: build_sd3_controlnet(sd3.transformer, 14),
                 "flux_controlnet": lambda: build_flux_controlnet(flux.transformer, 15),
                 "flux_union_controlnet": lambda: build_flux_union_controlnet(flux.transformer, 17),
+                "qwen_image_controlnet": lambda: build_qwen_image_controlnet(qwen_image.transformer, 19),
+                "zimage_controlnet": lambda: build_zimage_controlnet(zimage.transformer, 20, None),
+                "zimage_controlnet_2_1": lambda: build_zimage_controlnet(
+                    zimage.transformer, 21, "control_noise_refiner", control_in_dim=33),
                 # XLabs: 16 hint channels at 1/8 size in 2x2 patches = the 64 packed latent channels
                 "flux_xlabs_controlnet": lambda: build_flux_union_controlnet(
                     flux.transformer, 18, conditioning_embedding_channels=16, patch_size=2)}
@@ -527,6 +622,13 @@ def write_controlnets(root: str, sd1, sdxl, sd3, flux) -> dict[str, str]:
             save(controlnet_to_ldm(controlnet), paths[key + "_single"])
             paths[key + "_diffusers_file"] = paths[key] + "-diffusers-layout.safetensors"
             save(controlnet.state_dict(), paths[key + "_diffusers_file"])
+        if key.startswith("zimage"):  # as released: one file (Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors)
+            paths[key + "_single"] = paths[key] + ".safetensors"
+            save(controlnet.state_dict(), paths[key + "_single"])
+            if key == "zimage_controlnet_2_1":
+                paths["zimage_controlnet_2_0_single"] = os.path.join(root, "controlnet",
+                                                                     "tiny-zimage-controlnet-2-0.safetensors")
+                save(zimage_controlnet_2_0_file(controlnet), paths["zimage_controlnet_2_0_single"])
     return paths
 
 

@@ -1,7 +1,10 @@
-"""Flux.2 klein (4B / 9B, distilled and base): a Flux2Transformer2DModel, a Qwen3 text encoder, the Flux.2 VAE.
+"""Flux.2 dev and klein (4B / 9B, distilled and base): a Flux2Transformer2DModel, the Flux.2 VAE, and an LLM text
+encoder: Mistral 3 Small (dev) or Qwen3 (klein).
 
-As Flux2KleinPipeline: the prompt is a chat turn (thinking off) padded to 512 tokens; the conditioning is the text
-encoder's hidden states of layers 9, 18 and 27 side by side for every token, padding included. LATENT is core's
+As Flux2Pipeline / Flux2KleinPipeline: the prompt is a chat turn padded to 512 tokens (dev: after BFL's system
+message; klein: thinking off); the conditioning is the text encoder's hidden states of three layers side by side for
+every token, padding included (dev: 10, 20, 30; klein: 9, 18, 27). dev embeds a guidance value (Flux Guidance;
+its pipeline's default 4) and runs no CFG. LATENT is core's
 ``Flux2`` format: the 32-channel VAE latent in 2x2 patches (128 channels at 1/16), normalised by the VAE's
 batch-norm statistics (``engine/vae.py``); the transformer takes it flattened to tokens with (t, row, column, l)
 position ids. The schedule is sigmas linspace(1, 1/N, N) shifted by the pipeline's empirical mu (from the token
@@ -25,7 +28,9 @@ from .folders import load_llm_folder
 from .qwen_text import stacked_layers
 
 MAX_SEQUENCE_LENGTH = 512  # Flux2KleinPipeline's default
-TEXT_LAYERS = (9, 18, 27)  # its text_encoder_out_layers
+TEXT_LAYERS = (9, 18, 27)  # Flux2KleinPipeline's text_encoder_out_layers
+MISTRAL_LAYERS = (10, 20, 30)  # Flux2Pipeline's
+DEFAULT_GUIDANCE = 4.0  # Flux2Pipeline's guidance_scale default
 SCHEDULER = SCHEDULER_DEV  # the released Flux.2 folders ship Flux.1-dev's scheduler config (its mu is computed)
 
 
@@ -41,7 +46,8 @@ class Flux2Family(Family):
     latent_channels = 128
     spatial_factor = 16
     size_multiple = 16
-    pipeline_classes = ("Flux2KleinPipeline", "Flux2KleinInpaintPipeline")
+    pipeline_classes = ("Flux2Pipeline", "Flux2KleinPipeline", "Flux2KleinInpaintPipeline")
+    takes_distilled_guidance = True  # dev's guidance embedding (klein has none)
     host_latent_format = "Flux2"
     flow_matching = True
     packs_latents = True  # the latent grid flattened to tokens
@@ -81,10 +87,21 @@ class Flux2Family(Family):
             raise InputError("clip_skip", "Flux.2 reads fixed layers of its LLM text encoder; clip_skip does not "
                              "apply.", "set clip_skip to 0.")
         part = text_encoder.parts[0]
-        embeds = stacked_layers(part, text, t5_max_length or MAX_SEQUENCE_LENGTH, TEXT_LAYERS)
+        length = t5_max_length or MAX_SEQUENCE_LENGTH
+        if "Mistral" in type(part.module).__name__:  # dev: Flux2Pipeline's own encoding
+            from diffusers.pipelines.flux2.pipeline_flux2 import Flux2Pipeline
+            from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+
+            with torch.no_grad():
+                embeds = Flux2Pipeline._get_mistral_3_small_prompt_embeds(
+                    part.module, part.tokenizer, [text], max_sequence_length=length, system_message=SYSTEM_MESSAGE,
+                    hidden_states_layers=MISTRAL_LAYERS)
+        else:
+            embeds = stacked_layers(part, text, length, TEXT_LAYERS)
         return Conditioning(self, embeds.to(part.module.dtype), None, text)
 
-    text_width_hint = "the text encoder of another Flux.2 model: klein 4B takes Qwen3 4B, klein 9B Qwen3 8B"
+    text_width_hint = ("the text encoder of another Flux.2 model: dev takes Mistral 3 Small, klein 4B Qwen3 4B, "
+                       "klein 9B Qwen3 8B")
 
     # ---- denoising -------------------------------------------------------------------------------
     def latent_channels_of(self, denoiser: Denoiser) -> int:
@@ -110,7 +127,7 @@ class Flux2Family(Family):
         img_ids = positions(0, image_size[0] // 16, image_size[1] // 16, 1, batch, device)
         guidance = None
         if module.config.guidance_embeds:
-            value = guider.positive.guidance if guider.positive.guidance is not None else 4.0
+            value = guider.positive.guidance if guider.positive.guidance is not None else DEFAULT_GUIDANCE
             guidance = torch.full([batch], value, device=device, dtype=torch.float32)
 
         def inputs(cond: Conditioning):

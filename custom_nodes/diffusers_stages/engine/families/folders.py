@@ -55,13 +55,27 @@ def scheduler_config(path: str, prediction: str = "auto") -> dict[str, Any]:
         return with_prediction(json.load(f), prediction)
 
 
+def with_chat_template(tokenizer, folder: str):
+    """The tokenizer with its folder's chat template: a processor folder (Flux.2 dev's PixtralProcessor, loaded as
+    its tokenizer: the prompts are text only) keeps it beside the tokenizer files."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer
+    for name in ("chat_template.jinja", "chat_template.json"):
+        file = os.path.join(folder, name)
+        if os.path.isfile(file):
+            with open(file, encoding="utf-8") as f:
+                tokenizer.chat_template = json.load(f)["chat_template"] if name.endswith(".json") else f.read()
+            break
+    return tokenizer
+
+
 def load_llm_folder(family: Family, path: str, dtype: torch.dtype, transformer_class, text_class,
                     vae_class) -> LoadedModel:
     """A diffusers folder of a family with one LLM text encoder: tokenizer/, text_encoder/, transformer/, vae/."""
     from transformers import AutoTokenizer
 
-    part = TextPart(load_tokenizer(path, AutoTokenizer, "tokenizer"),
-                    load_component(path, text_class, "text_encoder", dtype))
+    tokenizer = with_chat_template(load_tokenizer(path, AutoTokenizer, "tokenizer"), os.path.join(path, "tokenizer"))
+    part = TextPart(tokenizer, load_component(path, text_class, "text_encoder", dtype))
     return assemble(family, load_component(path, transformer_class, "transformer", dtype), (part,),
                     load_component(path, vae_class, "vae", dtype), scheduler_config(path), path)
 

@@ -46,6 +46,17 @@ class QwenImageFamily(Family):
     inference_dtypes = ("bf16", "fp16", "fp32")
     lora_pipeline, lora_denoiser = "QwenImagePipeline", "transformer"  # QwenImageLoraLoaderMixin: the transformer
     text_slots = (TextSlot("qwen25vl", projection=False),)
+    controlnet_classes = ("QwenImageControlNetModel",)  # InstantX's, the union one included (it takes no mode)
+    control_shared_across_cfg_calls = True  # QwenImageControlNetPipeline reuses the positive call's residuals
+
+    def claims_controlnet(self, class_name, config):
+        return class_name == "QwenImageControlNetModel"
+
+    def control_problem(self, denoiser, controlnet):
+        if controlnet.config.extra_condition_channels:
+            return ("is an inpainting ControlNet (it also takes a mask and the masked image, which Apply ControlNet "
+                    "does not give; QwenImageControlNetInpaintPipeline's inputs are not supported yet)")
+        return None
 
     @property
     def latent_scaling(self):
@@ -134,6 +145,22 @@ class QwenImageFamily(Family):
                     "img_shapes": img_shapes, "guidance": guidance}
 
         return ModelInputs(cfg=None, cond=inputs(guider.positive), uncond=inputs(guider.negative))
+
+    def prepare_control(self, control, height, width, batch, copies, generator):
+        """As QwenImageControlNetPipeline: the image in -1..1, one frame through the VAE, its posterior sampled with
+        the run's generator (before the initial noise is drawn), normalised per channel, packed in 2x2 patches."""
+        from ..control_inputs import control_latents, control_pixels
+
+        pixels = control_pixels(control, height, width, batch, normalize=True)
+        return FluxFamily.to_model_layout(self, control_latents(control, pixels, sample_with=generator))
+
+    def control_residuals(self, denoiser, control, controlnet, model_input, timestep, inputs, control_input, scale):
+        timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)
+        samples = controlnet(hidden_states=model_input, controlnet_cond=control_input, conditioning_scale=scale,
+                             timestep=timestep / 1000, encoder_hidden_states=inputs["encoder_hidden_states"],
+                             encoder_hidden_states_mask=inputs["encoder_hidden_states_mask"],
+                             img_shapes=inputs["img_shapes"], return_dict=False)
+        return {"controlnet_block_samples": samples}
 
     def predict(self, denoiser, model_input, timestep, inputs):
         timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)

@@ -49,6 +49,55 @@ class ZImageFamily(Family):
     cfg_halves = ("positive", "negative")  # ZImagePipeline batches prompt_embeds + negative_prompt_embeds
     lora_pipeline, lora_denoiser = "ZImagePipeline", "transformer"  # ZImageLoraLoaderMixin: the transformer only
     text_slots = (TextSlot("qwen3", projection=False),)
+    controlnet_classes = ("ZImageControlNetModel",)  # VideoX-Fun's Z-Image-Turbo-Fun-Controlnet-Union (1.0, 2.x)
+
+    def claims_controlnet(self, class_name, config):
+        return class_name == "ZImageControlNetModel"
+
+    def claims_controlnet_file(self, shapes, name):
+        return "control_all_x_embedder.2-1.weight" in shapes
+
+    def controlnet_from_file(self, path, shapes, dtype):
+        """Z-Image-Turbo-Fun-Controlnet-Union(-2.0/-2.1).safetensors (alibaba-pai), whose names are diffusers', as
+        diffusers' single-file loader reads them (2.0 keeps unused control_noise_refiner weights, which it drops)."""
+        from diffusers import ZImageControlNetModel
+
+        from ..weights import empty, fill, read_tensors
+
+        state = read_tensors(path)
+        config = z_image_controlnet_config(state)
+        if config["add_control_noise_refiner"] == "control_layers":
+            state = {k: v for k, v in state.items() if not k.startswith("control_noise_refiner.")}
+        return fill(empty(ZImageControlNetModel, config), state, dtype, "Z-Image ControlNet", "controlnet_name")
+
+    def prepare_control(self, control, height, width, batch, copies, generator):
+        """As ZImageControlNetPipeline: the image in -1..1 through the VAE (posterior mode), shifted and scaled, one
+        frame, zeros up to the ControlNet's input channels (2.x takes more); the [positive, negative] copies when
+        CFG is batched."""
+        from ..control_inputs import control_latents, control_pixels
+
+        net = control.controlnet.module
+        latents = control_latents(control, control_pixels(control, height, width, batch, normalize=True)).unsqueeze(2)
+        missing = net.config.control_in_dim - latents.shape[1]
+        if missing > 0:
+            latents = torch.cat([latents, latents.new_zeros(latents.shape[0], missing, *latents.shape[2:])], dim=1)
+        return torch.cat([latents] * copies)
+
+    def control_problem(self, denoiser, controlnet):
+        layers, last = len(denoiser.module.layers), max(controlnet.config.control_layers_places)
+        return f"steers layer {last}, but the transformer has {layers} layers" if last >= layers else None
+
+    def control_residuals(self, denoiser, control, controlnet, model_input, timestep, inputs, control_input, scale):
+        """The ControlNet shares the transformer's embedders and refiners (diffusers' from_transformer, as the
+        pipeline links them)."""
+        from diffusers import ZImageControlNetModel
+
+        if controlnet.t_embedder is not denoiser.module.t_embedder:
+            ZImageControlNetModel.from_transformer(controlnet, denoiser.module)
+        time = (1000 - timestep.expand(model_input.shape[0])) / 1000
+        latents = list(model_input.to(denoiser.module.dtype).unsqueeze(2).unbind(dim=0))
+        return {"controlnet_block_samples": controlnet(latents, time, inputs["cap_feats"], control_input,
+                                                       conditioning_scale=scale)}
 
     @staticmethod
     def combine_cfg(cond, uncond, scale):
@@ -114,8 +163,31 @@ class ZImageFamily(Family):
         module = denoiser.module
         time = (1000 - timestep.expand(model_input.shape[0])) / 1000
         latents = list(model_input.to(module.dtype).unsqueeze(2).unbind(dim=0))
-        out = module(latents, time, inputs["cap_feats"], return_dict=False)[0]
+        out = module(latents, time, inputs["cap_feats"], return_dict=False,
+                     controlnet_block_samples=inputs.get("controlnet_block_samples"))[0]
         return -torch.stack([prediction.float() for prediction in out], dim=0).squeeze(2)
+
+
+RELEASED_LAYERS = 30  # Z-Image(-Turbo)'s transformer layers, over which the Fun ControlNets' layers are spread
+
+
+def z_image_controlnet_config(tensors: dict[str, torch.Tensor]) -> dict:
+    """A Z-Image ControlNet's config from its tensors: widths, heads and layer counts, and which version it is (1.0:
+    plain control refiner blocks; 2.0: its control blocks also refine, its own refiner weights unused and zero;
+    2.1: its own refiner blocks). The layers it steers are not recorded: spread evenly over the released 30 (every
+    5th for 1.0's 6 blocks, every 2nd for 2.x's 15), as VideoX-Fun places them."""
+    dim, patch_values = tensors["control_all_x_embedder.2-1.weight"].shape
+    head_dim = tensors["control_layers.0.attention.norm_q.weight"].shape[0]
+    heads = dim // head_dim
+    count = len({k.split(".")[1] for k in tensors if k.startswith("control_layers.")})
+    refiners = len({k.split(".")[1] for k in tensors if k.startswith("control_noise_refiner.")})
+    before = tensors.get("control_noise_refiner.0.before_proj.weight")
+    kind = None if before is None else "control_layers" if bool((before == 0).all()) else "control_noise_refiner"
+    return {"control_layers_places": list(range(0, RELEASED_LAYERS, max(RELEASED_LAYERS // count, 1)))[:count],
+            "control_refiner_layers_places": list(range(refiners)), "control_in_dim": patch_values // 4,
+            "add_control_noise_refiner": kind, "all_patch_size": [2], "all_f_patch_size": [1], "dim": dim,
+            "n_refiner_layers": refiners, "n_heads": heads,
+            "n_kv_heads": tensors["control_layers.0.attention.to_k.weight"].shape[0] // head_dim}
 
 
 Z_IMAGE = ZImageFamily()
