@@ -218,25 +218,45 @@ def test_flux2_dev_and_klein_prompts_do_not_mix(dev_graph, klein_graph, nodes):
         dev_graph.denoise(guider, dev_graph.default_scheduler, dev_graph.empty())
 
 
-def test_flux2_dev_mistral_file_gets_a_clear_refusal(nodes, models_root, tmp_path):
-    """mistral_3_small_flux2_bf16.safetensors (Llama-style names under model., the tekken tokenizer inside) is named
-    and sent to the diffusers folder, not misread."""
+def test_flux2_dev_split_files_equal_the_folder(nodes, dev_graph):
+    """flux2_dev (BFL layout) and mistral_3_small_flux2 (Llama-style names, pruned to the 30 layers Flux.2 reads, its
+    tekken tokenizer inside: the folder's tokenizer is used) with the folder's VAE ≡ the folder (the VAE file is
+    klein's test); in fresh memory."""
+    from test_component_files import image
+
+    denoiser, scheduler = nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-flux2-dev.safetensors",
+                                                                 dtype="fp32")
+    text_encoder = nodes["DS_LoadTextEncoders"].execute(family="flux2", llm="tiny-mistral-3-small-flux2.safetensors",
+                                                        dtype="fp32")[0]
+    assert len(text_encoder.parts[0].module.layers) == 30  # pruned: hidden state 30 is layer 29's output, not normed
+    split = Graph(nodes, None, (denoiser, text_encoder, dev_graph.vae, scheduler))
+    assert torch.equal(split.encode(PROMPT).embeds, dev_graph.encode(PROMPT).embeds)
+    assert torch.equal(image(split, cfg=1.0), image(dev_graph, cfg=1.0))
+
+
+def test_flux2_mistral_tokenizer_missing_offline_says_where_to_put_one(models_root):
+    from safetensors.torch import load_file
+
+    from diffusers_stages.engine.errors import InputError
+    from diffusers_stages.engine.text_files import mistral3_part
+
+    with pytest.raises(InputError, match="no Mistral tokenizer was found .*models/text_encoders/mistral_tokenizer"):
+        mistral3_part(load_file(models_root["flux2_dev_mistral"]), torch.float32, [], "llm")
+
+
+def test_flux2_dev_lora_matches_the_pipeline(nodes, models_root, dev_graph):
+    """An ai-toolkit LoRA (BFL names) on Flux.2 dev, through Flux2Pipeline's load_lora_weights."""
     import os
-    import shutil
 
-    from safetensors.torch import save_file
+    from test_lora import with_loras
 
-    dev = load_pipeline("Flux2Pipeline", models_root["flux2_dev_folder"]).text_encoder
-    state = {k.replace("model.language_model.", "model."): v.contiguous() for k, v in dev.state_dict().items()
-             if k.startswith("model.language_model.")}
-    state["tekken_model"] = torch.frombuffer(bytearray(b'{"config": {}}'), dtype=torch.uint8)
-    name = "tiny-mistral-3-small-flux2.safetensors"
-    path = os.path.join(models_root["root"], "text_encoders", name)
-    save_file(state, str(tmp_path / name))
-    shutil.move(str(tmp_path / name), path)
-    try:
-        with pytest.raises(StageError, match="llm: .* is Flux.2 dev's Mistral 3 Small text encoder, which this version "
-                                             "reads only from Flux.2 dev's diffusers folder.*Fix: load "):
-            nodes["DS_LoadTextEncoders"].execute(family="flux2", llm=name, dtype="fp32")
-    finally:
-        os.remove(path)
+    graph = with_loras(dev_graph, (os.path.basename(models_root["flux2_dev_lora_ai_toolkit"]), 0.7, 1.0))
+    guider = nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), cfg=1.0)[0]
+    ours = bchw(graph.decode(graph.denoise(guider, graph.default_scheduler, graph.empty(96, 64, 2), seed=SEED,
+                                           steps=4)))
+    pipe = load_pipeline("Flux2Pipeline", models_root["flux2_dev_folder"])
+    pipe.load_lora_weights(models_root["flux2_dev_lora_ai_toolkit"], adapter_name="lora")
+    pipe.set_adapters(["lora"], adapter_weights=[0.7])
+    ref = pipe(prompt=PROMPT, guidance_scale=4.0, num_inference_steps=4, width=96, height=64, num_images_per_prompt=2,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(ours, ref)

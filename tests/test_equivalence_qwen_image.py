@@ -131,7 +131,7 @@ def test_qwen_image_text_encoder_of_another_family_is_named(nodes):
                                          "Qwen2.5-VL 7B .* Fix: choose the Qwen2.5-VL 7B"):
         nodes["DS_LoadTextEncoders"].execute(family="qwenimage", llm="tiny-qwen-3.safetensors", dtype="fp32")
     with pytest.raises(StageError, match="llm: .tiny-qwen-2.5-vl.safetensors. is a Qwen2.5-VL 7B text encoder, not "
-                                         "the Qwen3 4B"):
+                                         r"the Qwen3 \(klein: qwen_3_4b / 8b\) or Mistral 3 Small \(dev"):
         nodes["DS_LoadTextEncoders"].execute(family="flux2", llm="tiny-qwen-2.5-vl.safetensors", dtype="fp32")
 
 

@@ -4,6 +4,7 @@ their tokenizers found offline."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -18,8 +19,12 @@ from .weights import empty, fill
 TEXT_KINDS = {"clip_l": "CLIP-L (clip_l.safetensors)", "clip_g": "CLIP-G (clip_g.safetensors)",
               "t5": "T5-XXL (t5xxl_*.safetensors)", "qwen3": "Qwen3 4B (qwen_3_4b*.safetensors)",
               "qwen25vl": "Qwen2.5-VL 7B (qwen_2.5_vl_7b*.safetensors)",
-              "mistral3": "Mistral 3 Small (mistral_3_small_flux2*.safetensors)", "llm": "LLM"}
-LLM_KINDS = ("qwen3", "qwen25vl")  # the kinds Load Text Encoders' llm input takes (one per family)
+              "mistral3": "Mistral 3 Small (mistral_3_small_flux2*.safetensors)",
+              "flux2_llm": "Qwen3 (klein: qwen_3_4b / 8b) or Mistral 3 Small (dev: mistral_3_small_flux2)",
+              "llm": "LLM"}
+LLM_KINDS = ("qwen3", "qwen25vl", "flux2_llm")  # the kinds Load Text Encoders' llm input takes (one per family)
+# slot kinds that take one of several text encoders, by what the file holds (Flux.2: klein's Qwen3 or dev's Mistral)
+KIND_CHOICES = {"flux2_llm": ("qwen3", "mistral3")}
 
 
 CLIP_PAD_TOKENS = {"clip_l": "<|endoftext|>", "clip_g": "!"}  # as the released tokenizers (OpenCLIP-G pads with "!")
@@ -106,6 +111,20 @@ def t5_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: 
     return TextPart(find_t5_tokenizer(tokenizer_dirs, config["vocab_size"], input_name), module)
 
 
+def with_chat_template(tokenizer, folder: str):
+    """The tokenizer with its folder's chat template: a processor folder (Flux.2 dev's PixtralProcessor, loaded as
+    its tokenizer: the prompts are text only) keeps it beside the tokenizer files."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer
+    for name in ("chat_template.jinja", "chat_template.json"):
+        file = os.path.join(folder, name)
+        if os.path.isfile(file):
+            with open(file, encoding="utf-8") as f:
+                tokenizer.chat_template = json.load(f)["chat_template"] if name.endswith(".json") else f.read()
+            break
+    return tokenizer
+
+
 def find_tokenizer(dirs: Iterable[str], files: tuple[str, ...], fits):
     """The first tokenizer in ``dirs`` (folders holding one of ``files``) that transformers reads and ``fits``
     accepts, or None."""
@@ -119,7 +138,7 @@ def find_tokenizer(dirs: Iterable[str], files: tuple[str, ...], fits):
         except Exception:  # not a tokenizer transformers can read: try the next place
             continue
         if fits(tokenizer):
-            return tokenizer
+            return with_chat_template(tokenizer, directory)
     return None
 
 
@@ -181,7 +200,7 @@ def find_qwen_tokenizer(dirs: Iterable[str], vocab_rows: int, input_name: str, q
     """The first Qwen tokenizer in ``dirs`` whose vocabulary fits the embedding table; for a Qwen3 (whose prompts
     are chat turns) with Qwen3's chat template unless it brings a Qwen3 one."""
     tokenizer = find_tokenizer(dirs, ("tokenizer.json", "vocab.json"), lambda found: "Qwen2Tokenizer" in type(
-        found).__name__ and len(found) <= vocab_rows)
+        found).__name__ and len(found) <= vocab_rows and "<|im_start|>" in found.get_vocab())
     if tokenizer is None:
         raise InputError(input_name, "no Qwen tokenizer was found for this Qwen text encoder (a .safetensors file "
                          "holds only the weights).", "inside ComfyUI the one ComfyUI ships is used; elsewhere put "
@@ -252,6 +271,41 @@ def qwen25vl_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_
     return TextPart(tokenizer, module)
 
 
+# ---- Mistral 3 Small (Flux.2 dev): mistral_3_small_flux2_bf16.safetensors as ComfyUI keeps it -----------------------
+# The language model under Llama-style names (model.layers.*), possibly pruned to the layers Flux.2 reads; ComfyUI's
+# copy also carries its tekken tokenizer as a tensor, which is not used: the tokenizer (and its chat template) come
+# from Flux.2 dev's diffusers folder or a mistral_tokenizer folder, as for T5 and Qwen.
+MISTRAL3_DEFAULTS = {"rope_theta": 1000000000.0, "rms_norm_eps": 1e-5, "max_position_embeddings": 131072,
+                     "hidden_act": "silu", "tie_word_embeddings": False, "sliding_window": None}  # Mistral Small 3.x
+
+
+def mistral3_config(shapes: dict[str, tuple[int, ...]]) -> dict:
+    vocab, hidden = shapes["embed_tokens.weight"]
+    head_dim = 128  # Mistral Small 3.x's attention heads (the tensors record heads x width)
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(r"layers\.(\d+)\.", k))}
+    return dict(MISTRAL3_DEFAULTS, vocab_size=vocab, hidden_size=hidden, head_dim=head_dim,
+                intermediate_size=shapes["layers.0.mlp.gate_proj.weight"][0], num_hidden_layers=len(layers),
+                num_attention_heads=shapes["layers.0.self_attn.q_proj.weight"][0] // head_dim,
+                num_key_value_heads=shapes["layers.0.self_attn.k_proj.weight"][0] // head_dim)
+
+
+def mistral3_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: Iterable[str],
+                  input_name: str) -> TextPart:
+    from transformers import MistralConfig, MistralModel
+
+    body = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    config = mistral3_config({k: tuple(v.shape) for k, v in body.items()})
+    module = fill(empty(MistralModel, MistralConfig(**config)), body, dtype, "Mistral 3 text encoder", input_name)
+    tokenizer = find_tokenizer(tokenizer_dirs, ("tokenizer.json",), lambda found: len(found) <= config["vocab_size"]
+                               and "[SYSTEM_PROMPT]" in found.get_vocab())
+    if tokenizer is None:
+        raise InputError(input_name, "no Mistral tokenizer was found for this Mistral 3 text encoder.",
+                         "put the tokenizer folder of black-forest-labs/FLUX.2-dev (tokenizer.json, "
+                         "tokenizer_config.json, chat_template) in models/text_encoders/mistral_tokenizer, or keep "
+                         "a diffusers Flux.2 dev folder in models/diffusers.")
+    return TextPart(tokenizer, module)
+
+
 def text_encoder_from_parts(family, parts: dict[str, TextPart], source: str) -> TextEncoder:
     """The family's TextEncoder from parts by kind; a missing required part is named with its file type."""
     ordered = []
@@ -275,21 +329,19 @@ def text_part_from_tensors(state: dict[str, torch.Tensor], slot: TextSlot, dtype
                            vocab_dirs: tuple[str, ...], tokenizer_dirs: Iterable[str], input_name: str,
                            name: str = "the file") -> TextPart:
     found = text_kind(state)
-    if found == "mistral3":
-        raise InputError(input_name, f"{name} is Flux.2 dev's Mistral 3 Small text encoder, which this version reads "
-                         "only from Flux.2 dev's diffusers folder (its file carries its own tokenizer format).",
-                         "load black-forest-labs/FLUX.2-dev as a diffusers folder with Load Diffusers Model, or use "
-                         "its text_encoder from there.")
-    if found != (slot.kind if slot.kind == "t5" or slot.kind in LLM_KINDS else "clip"):
+    accepted = KIND_CHOICES.get(slot.kind, (slot.kind if slot.kind == "t5" or slot.kind in LLM_KINDS else "clip",))
+    if found not in accepted:
         what = (f"a {TEXT_KINDS[found].split(' (')[0] if found in TEXT_KINDS else found.upper()} text encoder"
                 if found else "no text encoder (no CLIP, T5, Qwen3 or Qwen2.5-VL tensors)")
         raise InputError(input_name, f"{name} is {what}, not the {TEXT_KINDS[slot.kind]} text encoder.",
                          f"choose the {TEXT_KINDS[slot.kind]} file from models/text_encoders.")
     if slot.kind == "t5":
         return t5_part(state, dtype, tokenizer_dirs, input_name)
-    if slot.kind == "qwen3":
+    if found == "qwen3":
         return qwen3_part(state, dtype, tokenizer_dirs, input_name)
-    if slot.kind == "qwen25vl":
+    if found == "mistral3":
+        return mistral3_part(state, dtype, tokenizer_dirs, input_name)
+    if found == "qwen25vl":
         return qwen25vl_part(state, dtype, tokenizer_dirs, input_name)
     return clip_part(state, slot.kind, slot.projection, dtype, vocab_dirs, input_name)
 

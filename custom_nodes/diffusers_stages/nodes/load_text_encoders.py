@@ -28,7 +28,7 @@ class LoadTextEncoders(StageNode):
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a model family's text encoders from separate files in models/text_encoders: Flux.1 takes "
                    "CLIP-L + T5-XXL, SD3/3.5 CLIP-L + CLIP-G (+ T5-XXL, optional), SDXL CLIP-L + CLIP-G, SD1.x "
-                   "CLIP-L, Z-Image Qwen3 4B, Flux.2 klein Qwen3 4B (klein 4B) or 8B (klein 9B), Qwen-Image "
+                   "CLIP-L, Z-Image Qwen3 4B, Flux.2 klein Qwen3 4B or 8B and Flux.2 dev Mistral 3 Small, Qwen-Image "
                    "Qwen2.5-VL 7B. The tokenizers "
                    "come from ComfyUI's own, the open-clip vocabulary and, for T5 and Qwen outside ComfyUI, "
                    "models/text_encoders/t5_tokenizer or qwen_tokenizer, a "
@@ -43,7 +43,7 @@ class LoadTextEncoders(StageNode):
         inputs = {"family": (list(families_with_text_files()), {
             "tooltip": "The model family the text encoders are for (it decides which files are needed and how the "
                        "prompt is encoded): sd15 = SD1.x, sdxl = SDXL, sd3 = SD3/3.5, flux = Flux.1, flux2 = "
-                       "Flux.2 klein, zimage = Z-Image, qwenimage = Qwen-Image."})}
+                       "Flux.2 (dev or klein, by the llm file), zimage = Z-Image, qwenimage = Qwen-Image."})}
 
         def file_input(kind):
             return (files, {"default": NONE, "tooltip": f"The {TEXT_KINDS[kind]} text encoder file, or none if the "
@@ -54,6 +54,8 @@ class LoadTextEncoders(StageNode):
         inputs["llm"] = (files, {"default": NONE, "tooltip": "The LLM text encoder file of families that use one "
                                                              "(Z-Image and Flux.2 klein 4B: Qwen3 4B, "
                                                              "qwen_3_4b.safetensors; Flux.2 klein 9B: Qwen3 8B; "
+                                                             "Flux.2 dev: Mistral 3 Small, "
+                                                             "mistral_3_small_flux2_bf16.safetensors; "
                                                              "Qwen-Image: Qwen2.5-VL 7B, qwen_2.5_vl_7b.safetensors)"
                                                              ", or none."})
         return {"required": inputs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -49,14 +50,26 @@ QWEN_TOKENIZER_REPOS = ("Tongyi-MAI/Z-Image-Turbo", "black-forest-labs/FLUX.2-kl
 
 def qwen_tokenizer_dirs() -> Iterator[str]:
     """Where a Qwen tokenizer may be, in order: models/text_encoders/qwen_tokenizer, the host's own, the tokenizers
-    of Z-Image / Flux.2 klein diffusers folders in models/diffusers, then the Hugging Face cache of those models.
-    Lazy, as ``t5_tokenizer_dirs``."""
+    of diffusers folders in models/diffusers (Z-Image, Flux.2 klein, Qwen-Image), then the Hugging Face cache of
+    those models. Lazy, as ``t5_tokenizer_dirs``."""
     yield from (os.path.join(root, "qwen_tokenizer") for root in host.model_roots("text_encoders"))
     yield from host.qwen_tokenizer_dirs()
+    yield from llm_tokenizer_dirs(QWEN_TOKENIZER_REPOS)
+
+
+def mistral_tokenizer_dirs() -> Iterator[str]:
+    """Where Flux.2 dev's Mistral tokenizer may be: models/text_encoders/mistral_tokenizer, the tokenizers of
+    diffusers folders in models/diffusers, the Hugging Face cache of black-forest-labs/FLUX.2-dev."""
+    yield from (os.path.join(root, "mistral_tokenizer") for root in host.model_roots("text_encoders"))
+    yield from llm_tokenizer_dirs(("black-forest-labs/FLUX.2-dev",))
+
+
+def llm_tokenizer_dirs(repos) -> Iterator[str]:
+    """The tokenizer folders of the diffusers folders in models/diffusers, then of ``repos`` in the HF cache."""
     for root in host.model_roots("diffusers"):
         for folder in loading.list_diffusers_folders([root]):
             yield os.path.join(root, folder, "tokenizer")
-    for repo in QWEN_TOKENIZER_REPOS:
+    for repo in repos:
         try:
             from huggingface_hub import snapshot_download
 
@@ -68,6 +81,8 @@ def qwen_tokenizer_dirs() -> Iterator[str]:
 
 def tokenizer_dirs(kind: str) -> Iterable[str]:
     """Where the tokenizer of a text encoder of this kind may be (CLIP tokenizers are built from a vocabulary)."""
+    if kind == "flux2_llm":  # klein's Qwen3 or dev's Mistral: whichever the file is
+        return itertools.chain(qwen_tokenizer_dirs(), mistral_tokenizer_dirs())
     return {"t5": t5_tokenizer_dirs, "qwen3": qwen_tokenizer_dirs, "qwen25vl": qwen_tokenizer_dirs}.get(kind, tuple)()
 
 

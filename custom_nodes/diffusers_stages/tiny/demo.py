@@ -81,7 +81,8 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
     newest = ("loras/tiny-sdxl-lora.safetensors", "checkpoints/tiny-sdxl-refiner.safetensors",
               "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-qwen-image-lora-kohya.safetensors",
               "loras/tiny-flux2-lora-ai-toolkit.safetensors", "vae/tiny-qwen-image-vae.safetensors",
-              "diffusion_models/tiny-flux2-dev.safetensors", "controlnet/tiny-zimage-controlnet-2-0.safetensors")
+              "diffusion_models/tiny-flux2-dev.safetensors", "controlnet/tiny-zimage-controlnet-2-0.safetensors",
+              "text_encoders/tiny-mistral-3-small-flux2.safetensors")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 

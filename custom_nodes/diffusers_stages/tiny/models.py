@@ -286,7 +286,8 @@ def mistral_tokenizer():
 
 def build_flux2_dev_pipeline():
     """A Flux2Pipeline with random weights: the Flux.2 DiT with a guidance embedding, a Mistral 3 text encoder deep
-    enough for the layers the pipeline reads (10, 20, 30), the Flux.2 VAE."""
+    enough for the layers the pipeline reads (10, 20, 30; 128-wide heads and the rotary base of Mistral Small 3.x,
+    as the file loader assumes), the Flux.2 VAE."""
     from diffusers import Flux2Pipeline
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
@@ -294,13 +295,31 @@ def build_flux2_dev_pipeline():
     torch.manual_seed(14)
     text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
         text_config=dict(model_type="mistral", vocab_size=len(tokenizer), hidden_size=24, intermediate_size=32,
-                         num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=1, head_dim=12,
+                         num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=1, head_dim=128,
+                         rope_theta=1000000000.0, rms_norm_eps=1e-5, sliding_window=None,
                          max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id),
         vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                            num_attention_heads=2, head_dim=8, patch_size=16, image_size=64),
         image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2))
     return Flux2Pipeline(text_encoder=text_encoder, tokenizer=tokenizer,
                          **tiny_flux2_parts(15, joint_attention_dim=72, guidance_embeds=True))
+
+
+def mistral_flux2_file(text_encoder, keep_layers: int) -> dict[str, torch.Tensor]:
+    """A Mistral 3 text encoder as ComfyUI's mistral_3_small_flux2: the language model under Llama-style names
+    (model.*), pruned to the first ``keep_layers`` layers, with its tokenizer as a uint8 tensor (tekken_model)."""
+    import re
+
+    state = {}
+    for key, value in text_encoder.state_dict().items():
+        if not key.startswith("model.language_model."):
+            continue  # the vision tower, projector and lm_head are not in the file
+        key = key.replace("model.language_model.", "model.")
+        layer = re.match(r"model\.layers\.(\d+)\.", key)
+        if layer is None or int(layer.group(1)) < keep_layers:
+            state[key] = value
+    state["tekken_model"] = torch.frombuffer(bytearray(b'{"config": {}, "vocab": []}'), dtype=torch.uint8)
+    return state
 
 
 def build_qwen_image_pipeline():
@@ -456,9 +475,11 @@ def write_models(root: str) -> dict[str, str]:
     dev = build_flux2_dev_pipeline()
     paths["flux2_dev_folder"] = os.path.join(root, "diffusers", "tiny-flux2-dev")
     dev.save_pretrained(paths["flux2_dev_folder"], safe_serialization=True)
-    paths.update(save_files(root, {"flux2_dev_dit": ("diffusion_models", "tiny-flux2-dev.safetensors",
-                                                     dit_to_original(dev.transformer))}))
-    paths.update(write_flux2_loras(root, klein))
+    paths.update(save_files(root, {
+        "flux2_dev_dit": ("diffusion_models", "tiny-flux2-dev.safetensors", dit_to_original(dev.transformer)),
+        "flux2_dev_mistral": ("text_encoders", "tiny-mistral-3-small-flux2.safetensors",
+                              mistral_flux2_file(dev.text_encoder, keep_layers=30))}))
+    paths.update(write_flux2_loras(root, klein, dev))
     paths.update(write_split_files(root, flux, sd3, sd1, zimage, qwen_image))
     paths.update(write_unet_files(root, sd1, sdxl))
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux, qwen_image, zimage))
@@ -704,18 +725,20 @@ def write_flux2_files(root: str, klein) -> dict[str, str]:
     })
 
 
-def write_flux2_loras(root: str, klein) -> dict[str, str]:
-    """Flux.2 LoRAs (transformer only: diffusers loads none for its LLM text encoder) in the diffusers layout and in
-    BFL's block names as ai-toolkit writes them (fused q/k/v with one LoRA each)."""
+def write_flux2_loras(root: str, klein, dev) -> dict[str, str]:
+    """Flux.2 LoRAs (transformer only: diffusers loads none for its LLM text encoders) in the diffusers layout and in
+    BFL's block names as ai-toolkit writes them (fused q/k/v with one LoRA each), for klein and for dev."""
     from .ldm_export import dit_to_original
     from .lora_export import save_diffusers_lora, save_original_layout_lora
 
     folder = os.path.join(root, "loras")
     os.makedirs(folder, exist_ok=True)
     paths = {"flux2_lora": os.path.join(folder, "tiny-flux2-lora.safetensors"),
-             "flux2_lora_ai_toolkit": os.path.join(folder, "tiny-flux2-lora-ai-toolkit.safetensors")}
+             "flux2_lora_ai_toolkit": os.path.join(folder, "tiny-flux2-lora-ai-toolkit.safetensors"),
+             "flux2_dev_lora_ai_toolkit": os.path.join(folder, "tiny-flux2-dev-lora-ai-toolkit.safetensors")}
     save_diffusers_lora(klein, paths["flux2_lora"], seed=29, text_encoders=False)
     save_original_layout_lora(dit_to_original(klein.transformer), paths["flux2_lora_ai_toolkit"], seed=30)
+    save_original_layout_lora(dit_to_original(dev.transformer), paths["flux2_dev_lora_ai_toolkit"], seed=31)
     return paths
 
 

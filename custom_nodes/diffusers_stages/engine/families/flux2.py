@@ -25,7 +25,7 @@ from . import dit_keys
 from .dit_files import load_dit
 from .flux import SCHEDULER_DEV, flow_timesteps
 from .folders import load_llm_folder
-from .qwen_text import stacked_layers
+from .qwen_text import mistral_layers, stacked_layers
 
 MAX_SEQUENCE_LENGTH = 512  # Flux2KleinPipeline's default
 TEXT_LAYERS = (9, 18, 27)  # Flux2KleinPipeline's text_encoder_out_layers
@@ -55,7 +55,7 @@ class Flux2Family(Family):
     inference_dtypes = ("bf16", "fp16", "fp32")
     skip_layer_lists = {"": "transformer_blocks", "single": "single_transformer_blocks"}
     lora_pipeline, lora_denoiser = "Flux2KleinPipeline", "transformer"  # Flux2LoraLoaderMixin: the transformer
-    text_slots = (TextSlot("qwen3", projection=False),)
+    text_slots = (TextSlot("flux2_llm", projection=False),)  # klein's Qwen3 or dev's Mistral 3, by the file
 
     @staticmethod
     def vae_latent_scaling(vae):
@@ -88,14 +88,10 @@ class Flux2Family(Family):
                              "apply.", "set clip_skip to 0.")
         part = text_encoder.parts[0]
         length = t5_max_length or MAX_SEQUENCE_LENGTH
-        if "Mistral" in type(part.module).__name__:  # dev: Flux2Pipeline's own encoding
-            from diffusers.pipelines.flux2.pipeline_flux2 import Flux2Pipeline
+        if "Mistral" in type(part.module).__name__:  # dev
             from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
-            with torch.no_grad():
-                embeds = Flux2Pipeline._get_mistral_3_small_prompt_embeds(
-                    part.module, part.tokenizer, [text], max_sequence_length=length, system_message=SYSTEM_MESSAGE,
-                    hidden_states_layers=MISTRAL_LAYERS)
+            embeds = mistral_layers(part, text, length, MISTRAL_LAYERS, SYSTEM_MESSAGE)
         else:
             embeds = stacked_layers(part, text, length, TEXT_LAYERS)
         return Conditioning(self, embeds.to(part.module.dtype), None, text)

@@ -12,6 +12,7 @@ from ..components import Denoiser, TextEncoder, TextPart, Vae
 from ..errors import InputError
 from ..family import Family, LoadedModel
 from ..schedulers import spec_from_config
+from ..text_files import with_chat_template
 
 
 def weights_variant(folder: str, component: str) -> str | None:
@@ -53,20 +54,6 @@ def with_prediction(config: dict[str, Any], prediction: str) -> dict[str, Any]:
 def scheduler_config(path: str, prediction: str = "auto") -> dict[str, Any]:
     with open(os.path.join(path, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
         return with_prediction(json.load(f), prediction)
-
-
-def with_chat_template(tokenizer, folder: str):
-    """The tokenizer with its folder's chat template: a processor folder (Flux.2 dev's PixtralProcessor, loaded as
-    its tokenizer: the prompts are text only) keeps it beside the tokenizer files."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer
-    for name in ("chat_template.jinja", "chat_template.json"):
-        file = os.path.join(folder, name)
-        if os.path.isfile(file):
-            with open(file, encoding="utf-8") as f:
-                tokenizer.chat_template = json.load(f)["chat_template"] if name.endswith(".json") else f.read()
-            break
-    return tokenizer
 
 
 def load_llm_folder(family: Family, path: str, dtype: torch.dtype, transformer_class, text_class,

@@ -46,3 +46,36 @@ def stacked_layers(part: TextPart, text: str, max_length: int, layers: tuple[int
     out = torch.stack([hidden[k] for k in layers], dim=1)  # [1, layers, tokens, width]
     batch, count, tokens, width = out.shape
     return out.permute(0, 2, 1, 3).reshape(batch, tokens, count * width)
+
+
+def mistral_layers(part: TextPart, text: str, max_length: int, layers: tuple[int, ...],
+                   system_message: str) -> torch.Tensor:
+    """Flux2Pipeline's Mistral 3 prompt: BFL's system message and the prompt through the tokenizer's chat template,
+    padded to ``max_length``; the hidden states of ``layers`` side by side ([1, max_length, width x layers]).
+    Hidden state k is layer k-1's output, read from the layers themselves, so a file pruned to the layers Flux.2
+    reads gives what the whole model gives (transformers would hand back the final norm's output as the last one)."""
+    from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+    tokenizer, module = part.tokenizer, part.module
+    inputs = tokenizer.apply_chat_template(format_input(prompts=[text], system_message=system_message),
+                                           add_generation_prompt=False, tokenize=True, return_dict=True,
+                                           return_tensors="pt", padding="max_length", truncation=True,
+                                           max_length=max_length)
+    blocks = getattr(module, "language_model", module).layers
+    if max(layers) > len(blocks):
+        raise InputError("text_encoder", f"the text encoder has {len(blocks)} layers, but Flux.2 reads the hidden "
+                         f"states of layers {', '.join(map(str, layers))}.", "use Flux.2 dev's Mistral 3 Small.")
+    captured = {}
+    hooks = [blocks[k - 1].register_forward_hook(
+        lambda _m, _a, output, k=k: captured.__setitem__(k, output[0] if isinstance(output, tuple) else output))
+        for k in layers]
+    try:
+        with torch.no_grad():
+            module(input_ids=inputs["input_ids"].to(module.device),
+                   attention_mask=inputs["attention_mask"].to(module.device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out = torch.stack([captured[k] for k in layers], dim=1)
+    batch, count, tokens, width = out.shape
+    return out.permute(0, 2, 1, 3).reshape(batch, tokens, count * width)
