@@ -284,3 +284,19 @@ def test_z_image_fun_controlnet_union_config_is_read_back():
                     dim=3840, n_refiner_layers=2, n_heads=30, n_kv_heads=30)
     model = meta(ZImageControlNetModel, released)
     assert z_image_controlnet_config(model.state_dict()) == released
+
+
+def test_mistral_3_small_config_is_read_back():
+    """Mistral-Small-3.2-24B's language model (Flux.2 dev's text encoder), from mistral_3_small_flux2's names."""
+    from transformers import MistralConfig, MistralModel
+
+    from diffusers_stages.engine.text_files import mistral3_config, text_kind
+
+    released = dict(vocab_size=131072, hidden_size=5120, intermediate_size=32768, num_hidden_layers=40,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1000000000.0,
+                    rms_norm_eps=1e-5, max_position_embeddings=131072, hidden_act="silu", tie_word_embeddings=False,
+                    sliding_window=None)
+    model = meta(MistralModel, MistralConfig(**released))
+    names = {f"model.{k}": v for k, v in model.state_dict().items()}
+    assert text_kind(names) == "mistral3"
+    assert mistral3_config({k[len("model."):]: tuple(v.shape) for k, v in names.items()}) == released

@@ -175,14 +175,19 @@ def qwen3_prefix(keys) -> str | None:
     return None
 
 
-def qwen3_config(shapes: dict[str, tuple[int, ...]]) -> dict:
+def decoder_config(shapes: dict[str, tuple[int, ...]], head_dim: int, defaults: dict) -> dict:
+    """A decoder-only LLM's config (Qwen3, Mistral) from its shapes (names without the model. prefix): widths, layer
+    and head counts; ``head_dim`` and ``defaults`` give what the tensors do not record."""
     vocab, hidden = shapes["embed_tokens.weight"]
-    head_dim = shapes["layers.0.self_attn.q_norm.weight"][0]
     layers = {int(m.group(1)) for k in shapes if (m := re.match(r"layers\.(\d+)\.", k))}
-    return dict(QWEN3_DEFAULTS, vocab_size=vocab, hidden_size=hidden, head_dim=head_dim,
+    return dict(defaults, vocab_size=vocab, hidden_size=hidden, head_dim=head_dim,
                 intermediate_size=shapes["layers.0.mlp.gate_proj.weight"][0], num_hidden_layers=len(layers),
                 num_attention_heads=shapes["layers.0.self_attn.q_proj.weight"][0] // head_dim,
                 num_key_value_heads=shapes["layers.0.self_attn.k_proj.weight"][0] // head_dim)
+
+
+def qwen3_config(shapes: dict[str, tuple[int, ...]]) -> dict:
+    return decoder_config(shapes, shapes["layers.0.self_attn.q_norm.weight"][0], QWEN3_DEFAULTS)
 
 
 def qwen3_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: Iterable[str],
@@ -280,13 +285,7 @@ MISTRAL3_DEFAULTS = {"rope_theta": 1000000000.0, "rms_norm_eps": 1e-5, "max_posi
 
 
 def mistral3_config(shapes: dict[str, tuple[int, ...]]) -> dict:
-    vocab, hidden = shapes["embed_tokens.weight"]
-    head_dim = 128  # Mistral Small 3.x's attention heads (the tensors record heads x width)
-    layers = {int(m.group(1)) for k in shapes if (m := re.match(r"layers\.(\d+)\.", k))}
-    return dict(MISTRAL3_DEFAULTS, vocab_size=vocab, hidden_size=hidden, head_dim=head_dim,
-                intermediate_size=shapes["layers.0.mlp.gate_proj.weight"][0], num_hidden_layers=len(layers),
-                num_attention_heads=shapes["layers.0.self_attn.q_proj.weight"][0] // head_dim,
-                num_key_value_heads=shapes["layers.0.self_attn.k_proj.weight"][0] // head_dim)
+    return decoder_config(shapes, 128, MISTRAL3_DEFAULTS)  # Mistral Small 3.x's heads are 128 wide
 
 
 def mistral3_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_dirs: Iterable[str],
