@@ -114,9 +114,16 @@ def empty(module_class, config):
         return module_class.from_config(config) if isinstance(config, dict) else module_class(config)
 
 
-def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, input_name: str):
+def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, input_name: str,
+         scales: dict[str, torch.Tensor] | None = None):
     """``module`` (from ``empty``) filled with ``state``, cast to ``dtype`` except the modules its class keeps in
-    fp32 for half precision (T5's ``wo``); names what is missing."""
+    fp32 for half precision (T5's ``wo``); names what is missing. Linear weights stored in fp8 stay fp8 and are
+    dequantized at each forward in ``dtype`` (x their ``scales`` entry, if any: ``engine/quantized.py``)."""
+    from .quantized import FP8_DTYPES, keep_quantized, take_scales
+
+    state, found = take_scales(state)  # scaled-fp8 tensors that came along with the weights
+    scales = {**found, **(scales or {})}
+
     expected = module.state_dict()
     keep_fp32 = getattr(module, "_keep_in_fp32_modules", None) or ()
     missing = [k for k in expected if k not in state]
@@ -128,9 +135,14 @@ def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, 
         raise InputError(input_name, f"the {what} has {len(unused)} tensors this architecture has no place for "
                          f"(e.g. '{unused[0]}').", "the file is of a variant this version cannot read; use the "
                          "model's diffusers folder.")
-    cast = {}
+    cast, quantized = {}, []
     for key in expected:
         target = torch.float32 if dtype == torch.float16 and any(f".{m}." in f".{key}" for m in keep_fp32) else dtype
+        owner = module.get_submodule(key.rpartition(".")[0]) if "." in key else module
+        if state[key].dtype in FP8_DTYPES and key.endswith(".weight") and isinstance(owner, torch.nn.Linear):
+            cast[key] = state[key]  # kept in fp8
+            quantized.append((owner, key, target))
+            continue
         cast[key] = state[key].to(target) if state[key].is_floating_point() else state[key]  # counters stay ints
     wrong = [k for k in expected if tuple(cast[k].shape) != tuple(expected[k].shape)]
     if wrong:
@@ -140,4 +152,6 @@ def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, 
                          f"{tuple(expected[key].shape)}).", "the file is damaged or mixes two model variants: "
                          "download it again.")
     module.load_state_dict(cast, strict=True, assign=True)
+    for owner, key, target in quantized:
+        keep_quantized(owner, scales.get(key), target)
     return module.eval()
