@@ -143,3 +143,14 @@ def test_the_rules_catch_what_they_are_for(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from .families.flux import FLUX\nif family.id == 'sdxl':\n    pass\n")
     assert len(family_branches(str(bad))) >= 2
+
+
+def test_host_holder_is_named_after_the_modules_it_holds():
+    """ComfyUI logs "Requested to load <class of the patched model>": our holder carries the modules' class names."""
+    import torch
+
+    from diffusers_stages.host import holder_of
+
+    holder = holder_of([torch.nn.Linear(2, 2), torch.nn.Conv2d(1, 1, 1)])
+    assert type(holder).__name__ == "Linear+Conv2d"
+    assert isinstance(holder.wrapped_0, torch.nn.Linear) and isinstance(holder.wrapped_1, torch.nn.Conv2d)

@@ -150,6 +150,7 @@ def test_txt2img_through_post_prompt(server):
     with Image.open(path) as image:
         assert image.size == (64, 64)
         assert "prompt" in image.info  # core SaveImage wrote the API prompt chunk
+    assert "Requested to load UNet2DConditionModel" in server.read_log()  # our modules named by their class
 
 
 def test_queue_time_validation_names_node_and_input(server):

@@ -158,14 +158,20 @@ def manage(modules: list[torch.nn.Module], kind: str) -> Residency:
     if not IN_COMFYUI:
         return Residency([module.to(compute_device()) for module in modules])
     load_name, offload_name = _DEVICES[kind]
-    # ModelPatcher sets `.device` on the model it wraps; diffusers models make that a read-only
-    # property, so the patcher wraps a plain holder module instead.
-    holder = torch.nn.Module()
-    for index, module in enumerate(modules):
-        holder.add_module(f"wrapped_{index}", module)
-    patcher = _patcher.ModelPatcher(holder, load_device=getattr(_mm, load_name)(),
+    patcher = _patcher.ModelPatcher(holder_of(modules), load_device=getattr(_mm, load_name)(),
                                     offload_device=getattr(_mm, offload_name)())
     return Residency(modules, patcher)
+
+
+def holder_of(modules: list[torch.nn.Module]) -> torch.nn.Module:
+    """The module the host's patcher wraps: ModelPatcher sets `.device` on its model, which diffusers models make a
+    read-only property, so a plain holder carries them. Its class is named after what it holds, as the host logs
+    "Requested to load <class name>" (e.g. Flux2Transformer2DModel, CLIPTextModel+CLIPTextModelWithProjection)."""
+    name = "+".join(type(module).__name__ for module in modules) or "DiffusersStagesModules"
+    holder = type(name, (torch.nn.Module,), {"__module__": __name__})()
+    for index, module in enumerate(modules):
+        holder.add_module(f"wrapped_{index}", module)
+    return holder
 
 
 def ensure_loaded(*residencies: Residency) -> None:
