@@ -86,14 +86,23 @@ class Family:
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         raise NotImplementedError
 
+    # how the family's transformer files are laid out (families/dit_files.DitLayout), for DiT families
+    dit_layout = None
+    file_scheduler_config: dict[str, Any] = {}  # the scheduler a denoiser loaded from a file gets
+
     def claims_denoiser(self, keys) -> bool:
         """A diffusion-model file (models/diffusion_models) of this family."""
-        return False
+        return self.dit_layout is not None and self.dit_layout.claims(keys)
 
     def denoiser_from_file(self, path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
                            input_name: str) -> tuple[Any, dict[str, Any]]:
         """(denoiser module, the family's default scheduler config) from a diffusion-model file."""
-        raise NotImplementedError
+        module = self.dit_layout.load(path, shapes, dtype, input_name)
+        return module, self.file_scheduler(module)
+
+    def file_scheduler(self, module) -> dict[str, Any]:
+        """The scheduler config for a denoiser loaded from a file (no scheduler_config.json beside it)."""
+        return dict(self.file_scheduler_config)
 
     def load_single_file(self, path: str, keys: dict[str, tuple[int, ...]], dtype: torch.dtype, prediction: str,
                          vocab_dirs: tuple[str, ...], t5_dirs: Iterable[str] = ()) -> LoadedModel:

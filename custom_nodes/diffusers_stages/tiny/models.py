@@ -436,45 +436,35 @@ def write_models(root: str) -> dict[str, str]:
     """Populate a ComfyUI-style models folder; return the paths written."""
     paths = {}
     sd1 = build_sd_pipeline("sd1")
-    paths["sd1_folder"] = os.path.join(root, "diffusers", "tiny-sd15")
-    sd1.save_pretrained(paths["sd1_folder"], safe_serialization=True)
+    paths["sd1_folder"] = save_folder(root, "tiny-sd15", sd1)
     os.makedirs(os.path.join(root, "checkpoints"), exist_ok=True)
     paths["sd1_single"] = os.path.join(root, "checkpoints", "tiny-sd15.safetensors")
     save_ldm_checkpoint(sd1, paths["sd1_single"])
     sd2 = build_sd_pipeline("sd2")
-    paths["sd2_folder"] = os.path.join(root, "diffusers", "tiny-sd2-v")
-    sd2.save_pretrained(paths["sd2_folder"], safe_serialization=True)
+    paths["sd2_folder"] = save_folder(root, "tiny-sd2-v", sd2)
     paths["sd2_single"] = os.path.join(root, "checkpoints", "tiny-sd2-v.safetensors")
     save_ldm_checkpoint(sd2, paths["sd2_single"], open_clip=True)
     sdxl = build_sdxl_pipeline()
-    paths["sdxl_folder"] = os.path.join(root, "diffusers", "tiny-sdxl")
-    sdxl.save_pretrained(paths["sdxl_folder"], safe_serialization=True)
+    paths["sdxl_folder"] = save_folder(root, "tiny-sdxl", sdxl)
     paths["sdxl_single"] = os.path.join(root, "checkpoints", "tiny-sdxl.safetensors")
     save_sdxl_checkpoint(sdxl, paths["sdxl_single"])
     refiner = build_sdxl_refiner_pipeline()
-    paths["sdxl_refiner_folder"] = os.path.join(root, "diffusers", "tiny-sdxl-refiner")
-    refiner.save_pretrained(paths["sdxl_refiner_folder"], safe_serialization=True)
+    paths["sdxl_refiner_folder"] = save_folder(root, "tiny-sdxl-refiner", refiner)
     paths["sdxl_refiner_single"] = os.path.join(root, "checkpoints", "tiny-sdxl-refiner.safetensors")
     save_sdxl_checkpoint(refiner, paths["sdxl_refiner_single"])
     flux = build_flux_pipeline()
-    paths["flux_folder"] = os.path.join(root, "diffusers", "tiny-flux")
-    flux.save_pretrained(paths["flux_folder"], safe_serialization=True)
+    paths["flux_folder"] = save_folder(root, "tiny-flux", flux)
     sd3 = build_sd3_pipeline()
-    paths["sd3_folder"] = os.path.join(root, "diffusers", "tiny-sd3")
-    sd3.save_pretrained(paths["sd3_folder"], safe_serialization=True)
+    paths["sd3_folder"] = save_folder(root, "tiny-sd3", sd3)
     zimage = build_zimage_pipeline()
-    paths["zimage_folder"] = os.path.join(root, "diffusers", "tiny-z-image")
-    zimage.save_pretrained(paths["zimage_folder"], safe_serialization=True)
+    paths["zimage_folder"] = save_folder(root, "tiny-z-image", zimage)
     qwen_image = build_qwen_image_pipeline()
-    paths["qwen_image_folder"] = os.path.join(root, "diffusers", "tiny-qwen-image")
-    qwen_image.save_pretrained(paths["qwen_image_folder"], safe_serialization=True)
+    paths["qwen_image_folder"] = save_folder(root, "tiny-qwen-image", qwen_image)
     klein = build_flux2_klein_pipeline()
-    paths["flux2_klein_folder"] = os.path.join(root, "diffusers", "tiny-flux2-klein")
-    klein.save_pretrained(paths["flux2_klein_folder"], safe_serialization=True)
+    paths["flux2_klein_folder"] = save_folder(root, "tiny-flux2-klein", klein)
     paths.update(write_flux2_files(root, klein))
     dev = build_flux2_dev_pipeline()
-    paths["flux2_dev_folder"] = os.path.join(root, "diffusers", "tiny-flux2-dev")
-    dev.save_pretrained(paths["flux2_dev_folder"], safe_serialization=True)
+    paths["flux2_dev_folder"] = save_folder(root, "tiny-flux2-dev", dev)
     paths.update(save_files(root, {
         "flux2_dev_dit": ("diffusion_models", "tiny-flux2-dev.safetensors", dit_to_original(dev.transformer)),
         "flux2_dev_mistral": ("text_encoders", "tiny-mistral-3-small-flux2.safetensors",
@@ -485,6 +475,13 @@ def write_models(root: str) -> dict[str, str]:
     paths.update(write_controlnets(root, sd1, sdxl, sd3, flux, qwen_image, zimage))
     paths.update(write_loras(root, sd1, sdxl, sd3, flux, zimage, qwen_image))
     return paths
+
+
+def save_folder(root: str, name: str, pipe) -> str:
+    """A pipeline as a diffusers folder in models/diffusers; returns its path."""
+    path = os.path.join(root, "diffusers", name)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
 
 
 def save_files(root: str, files: dict[str, tuple[str, str, dict]]) -> dict[str, str]:

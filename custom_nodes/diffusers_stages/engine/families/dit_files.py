@@ -4,7 +4,8 @@ checkpoints (transformer, VAE and whichever text encoders they bundle)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -14,6 +15,24 @@ from ..vae_loading import vae_config, vae_from_tensors
 from ..weights import empty, fill, read_tensors
 from . import dit_keys
 from .folders import assemble
+
+
+@dataclass(frozen=True)
+class DitLayout:
+    """A family's transformer files: the diffusers class they become, what the layout is called in messages, and the
+    ``dit_keys`` functions that recognise the file, read its config and map its names."""
+
+    class_name: str
+    label: str
+    claims: Callable[..., bool]
+    config: Callable[..., dict]
+    rules: Callable[..., list]
+
+    def load(self, path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, input_name: str):
+        import diffusers
+
+        return load_dit(path, shapes, dtype, getattr(diffusers, self.class_name), self.config, self.rules, self.label,
+                        input_name)
 
 
 def load_dit(path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, module_class, config_of, rules_of,

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
 from .clip_text import encode_clip, repeat_batch
-from .dit_files import load_dit, load_dit_checkpoint
+from .dit_files import DitLayout, load_dit_checkpoint
 from .folders import assemble, load_component, load_tokenizer, scheduler_config
 from .t5_text import encode_t5
 
@@ -99,20 +99,17 @@ class FluxFamily(Family):
         """FluxPipeline runs true CFG only with a negative prompt: without one there is no guidance."""
         return None
 
+    dit_layout = DitLayout("FluxTransformer2DModel", "Flux.1 transformer",
+                           dit_keys.is_flux, dit_keys.flux_config, dit_keys.flux_rules)
+
+    def file_scheduler(self, module):
+        """dev (a guidance embedding) shifts with the image size, schnell does not."""
+        return dict(SCHEDULER_DEV if module.config.guidance_embeds else SCHEDULER_SCHNELL)
+
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return (any(".double_blocks." in k or k.startswith("double_blocks.") for k in keys)
                 and not dit_keys.is_flux2(keys))
-
-    def claims_denoiser(self, keys) -> bool:
-        return dit_keys.is_flux(keys)
-
-    def denoiser_from_file(self, path, shapes, dtype, input_name):
-        from diffusers import FluxTransformer2DModel
-
-        module = load_dit(path, shapes, dtype, FluxTransformer2DModel, dit_keys.flux_config, dit_keys.flux_rules,
-                          "Flux.1 transformer", input_name)
-        return module, dict(SCHEDULER_DEV if module.config.guidance_embeds else SCHEDULER_SCHNELL)
 
     def load_single_file(self, path, keys, dtype, prediction, vocab_dirs, t5_dirs=()) -> LoadedModel:
         return load_dit_checkpoint(self, path, keys, dtype, vocab_dirs, t5_dirs)

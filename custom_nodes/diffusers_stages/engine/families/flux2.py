@@ -22,7 +22,7 @@ from ..components import Conditioning, Denoiser, TextEncoder
 from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
-from .dit_files import load_dit
+from .dit_files import DitLayout
 from .flux import SCHEDULER_DEV, flow_timesteps
 from .folders import load_llm_folder
 from .qwen_text import mistral_layers, stacked_layers
@@ -61,19 +61,13 @@ class Flux2Family(Family):
     def vae_latent_scaling(vae):
         return 1.0, 0.0  # LATENT is already normalised (by the VAE's batch norm)
 
+    dit_layout = DitLayout("Flux2Transformer2DModel", "Flux.2 transformer",
+                           dit_keys.is_flux2, dit_keys.flux2_config, dit_keys.flux2_rules)
+    file_scheduler_config = SCHEDULER
+
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return False  # split files and folders only
-
-    def claims_denoiser(self, keys) -> bool:
-        return dit_keys.is_flux2(keys)
-
-    def denoiser_from_file(self, path, shapes, dtype, input_name):
-        from diffusers import Flux2Transformer2DModel
-
-        module = load_dit(path, shapes, dtype, Flux2Transformer2DModel, dit_keys.flux2_config, dit_keys.flux2_rules,
-                          "Flux.2 transformer", input_name)
-        return module, dict(SCHEDULER)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel

@@ -16,7 +16,7 @@ from ..components import Conditioning, TextEncoder
 from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
-from .dit_files import load_dit
+from .dit_files import DitLayout
 from .flux import FluxFamily
 from .folders import load_llm_folder
 
@@ -85,19 +85,13 @@ class QwenImageFamily(Family):
         """QwenImagePipeline runs true CFG only with a negative prompt: without one there is no guidance."""
         return None
 
+    dit_layout = DitLayout("QwenImageTransformer2DModel", "Qwen-Image transformer",
+                           dit_keys.is_qwen_image, dit_keys.qwen_image_config, dit_keys.qwen_image_rules)
+    file_scheduler_config = SCHEDULER
+
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return False  # split files and folders only
-
-    def claims_denoiser(self, keys) -> bool:
-        return dit_keys.is_qwen_image(keys)
-
-    def denoiser_from_file(self, path, shapes, dtype, input_name):
-        from diffusers import QwenImageTransformer2DModel
-
-        module = load_dit(path, shapes, dtype, QwenImageTransformer2DModel, dit_keys.qwen_image_config,
-                          dit_keys.qwen_image_rules, "Qwen-Image transformer", input_name)
-        return module, dict(SCHEDULER)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel

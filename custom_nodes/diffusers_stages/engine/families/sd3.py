@@ -18,7 +18,7 @@ from ..components import Conditioning, Denoiser, TextEncoder, TextPart
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
 from .clip_text import check_clip_skip, encode_clip, repeat_batch, same_length
-from .dit_files import load_dit, load_dit_checkpoint
+from .dit_files import DitLayout, load_dit_checkpoint
 from .flux import calculate_shift
 from .folders import assemble, load_component, load_tokenizer, scheduler_config
 from .t5_text import encode_t5
@@ -57,19 +57,13 @@ class StableDiffusion3Family(Family):
     text_slots = (TextSlot("clip_l", projection=True), TextSlot("clip_g", projection=True),
                   TextSlot("t5", projection=False, required=False))
 
+    dit_layout = DitLayout("SD3Transformer2DModel", "SD3 transformer (MMDiT)",
+                           dit_keys.is_sd3, dit_keys.sd3_config, dit_keys.sd3_rules)
+    file_scheduler_config = SCHEDULER
+
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return any(".joint_blocks." in k or k.startswith("joint_blocks.") for k in keys)
-
-    def claims_denoiser(self, keys) -> bool:
-        return dit_keys.is_sd3(keys)
-
-    def denoiser_from_file(self, path, shapes, dtype, input_name):
-        from diffusers import SD3Transformer2DModel
-
-        module = load_dit(path, shapes, dtype, SD3Transformer2DModel, dit_keys.sd3_config, dit_keys.sd3_rules,
-                          "SD3 transformer (MMDiT)", input_name)
-        return module, dict(SCHEDULER)
 
     def load_single_file(self, path, keys, dtype, prediction, vocab_dirs, t5_dirs=()) -> LoadedModel:
         return load_dit_checkpoint(self, path, keys, dtype, vocab_dirs, t5_dirs)

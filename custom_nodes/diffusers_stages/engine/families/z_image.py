@@ -17,7 +17,7 @@ from ..components import Conditioning, TextEncoder
 from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
-from .dit_files import load_dit
+from .dit_files import DitLayout
 from .folders import load_llm_folder
 from .qwen_text import encode_chat_prompt
 
@@ -104,20 +104,13 @@ class ZImageFamily(Family):
         """ZImagePipeline's CFG: pos + g (pos - neg), g = its guidance_scale = cfg - 1."""
         return cond + (scale - 1.0) * (cond - uncond)
 
+    dit_layout = DitLayout("ZImageTransformer2DModel", "Z-Image transformer",
+                           dit_keys.is_z_image, dit_keys.z_image_config, dit_keys.z_image_rules)
+    file_scheduler_config = SCHEDULER
+
     # ---- loading -------------------------------------------------------------------------------
     def claims_checkpoint(self, keys) -> bool:
         return False  # no single-file Z-Image checkpoints are in use; split files come through the loaders
-
-    def claims_denoiser(self, keys) -> bool:
-        return dit_keys.is_z_image(keys)
-
-    def denoiser_from_file(self, path, shapes, dtype, input_name):
-        """The original (Tongyi-MAI / ComfyUI) layout: fused q/k/v, x_embedder/final_layer without patch keys."""
-        from diffusers import ZImageTransformer2DModel
-
-        module = load_dit(path, shapes, dtype, ZImageTransformer2DModel, dit_keys.z_image_config,
-                          dit_keys.z_image_rules, "Z-Image transformer", input_name)
-        return module, dict(SCHEDULER)
 
     def load_folder(self, path: str, dtype: torch.dtype, prediction: str) -> LoadedModel:
         from diffusers import AutoencoderKL, ZImageTransformer2DModel
