@@ -123,7 +123,9 @@ def flux_rope_axes(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * side, side, side
 
 
-def flux_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+def bfl_blocks(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """What Black Forest Labs' layout tells alike for Flux.1 and Flux.2: widths, heads, block counts, text width,
+    whether a guidance embedding is there."""
     hidden, in_channels = shapes["img_in.weight"]
     head_dim = shapes["double_blocks.0.img_attn.norm.query_norm.scale"][0]
     return {
@@ -132,10 +134,14 @@ def flux_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
         "num_single_layers": len(_indices(shapes, r"single_blocks\.(\d+)\.")),
         "attention_head_dim": head_dim, "num_attention_heads": hidden // head_dim,
         "joint_attention_dim": shapes["txt_in.weight"][1],
-        "pooled_projection_dim": shapes["vector_in.in_layer.weight"][1],
         "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
-        "axes_dims_rope": flux_rope_axes(head_dim),
     }
+
+
+def flux_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    config = bfl_blocks(shapes)
+    return dict(config, pooled_projection_dim=shapes["vector_in.in_layer.weight"][1],
+                axes_dims_rope=flux_rope_axes(config["attention_head_dim"]))
 
 
 def flux_rules(config: dict[str, Any]) -> list[Rule]:
@@ -185,19 +191,11 @@ def is_flux2(keys) -> bool:
 def flux2_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """What the tensors tell; rope_theta (2000), eps (1e-6) and the rotary axes (four equal ones: 32 each for the
     released 128-wide heads) leave no tensor and take the released models' values."""
-    hidden, in_channels = shapes["img_in.weight"]
-    head_dim = shapes["double_blocks.0.img_attn.norm.query_norm.scale"][0]
-    return {
-        "patch_size": 1, "in_channels": in_channels, "out_channels": shapes["final_layer.linear.weight"][0],
-        "num_layers": len(_indices(shapes, r"double_blocks\.(\d+)\.")),
-        "num_single_layers": len(_indices(shapes, r"single_blocks\.(\d+)\.")),
-        "attention_head_dim": head_dim, "num_attention_heads": hidden // head_dim,
-        "joint_attention_dim": shapes["txt_in.weight"][1],
-        "timestep_guidance_channels": shapes["time_in.in_layer.weight"][1],
-        "mlp_ratio": shapes["double_blocks.0.img_mlp.0.weight"][0] / 2 / hidden,  # SwiGLU: gate and value in one
-        "axes_dims_rope": (head_dim // 4,) * 4, "rope_theta": 2000, "eps": 1e-6,
-        "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
-    }
+    config = bfl_blocks(shapes)
+    hidden = config["attention_head_dim"] * config["num_attention_heads"]
+    return dict(config, timestep_guidance_channels=shapes["time_in.in_layer.weight"][1],
+                mlp_ratio=shapes["double_blocks.0.img_mlp.0.weight"][0] / 2 / hidden,  # SwiGLU: gate, value in one
+                axes_dims_rope=(config["attention_head_dim"] // 4,) * 4, rope_theta=2000, eps=1e-6)
 
 
 def flux2_rules(config: dict[str, Any]) -> list[Rule]:
