@@ -44,6 +44,9 @@ def main(argv: list[str]) -> int:
         pip("--no-deps", "open-clip-torch")
     if "--dev" in argv:
         pip(*DEV_TOOLS)
+        # ComfyUI's own quantization kernels (Apache-2.0), which the tests check our int8 dequantization against;
+        # without its dependencies, which ask for a torch of their choosing
+        pip("--no-deps", "comfy-kitchen==0.2.31")
     print("Diffusers Stages: set-up complete.")
     return 0
 

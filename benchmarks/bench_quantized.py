@@ -1,14 +1,16 @@
-"""Memory and time of fp8 files kept in fp8 (dequantized per layer at each forward) against the same model in bf16.
+"""Memory and time of quantized files kept quantized (dequantized per layer at each forward) against the same model
+in bf16 (and fp32): ComfyUI's scaled fp8 and int8 convrot, city96's GGUF Q8_0 and Q4_K.
 
     python benchmarks/bench_quantized.py [--width 1024] [--layers 4] [--runs 5]
 
 A Flux.2-shaped transformer with random weights (width --width, --layers double and 2x single blocks) is written
-as the files ComfyUI users have: bf16, and scaled fp8 (ComfyUI's layout: fp8 block weights, weight_scale,
-comfy_quant). Each is loaded by Load Diffusion Model in a fresh process (compute dtype bf16); reported: the model's
+as the files ComfyUI users have: bf16, scaled fp8 and int8 convrot (ComfyUI's layouts: block weights quantized,
+weight_scale, comfy_quant), GGUF Q8_0 and Q4_K (city96's). Each is loaded by Load Diffusion Model in a fresh process
+(compute dtype bf16; the fp32 row loads the bf16 file in fp32); reported: the model's
 weight bytes, the process's peak RSS above its baseline after imports once loaded and after the calls, and the time
 of one transformer call on 1024 image tokens + 512 text tokens (median of --runs). A bf16 file's weights stay
-memory-mapped until a forward touches them, so the peak after the calls is the one to compare. Ratios are fp8 / bf16
-(goal: <= 0.55 x bf16 weight memory).
+memory-mapped until a forward touches them, so the peak after the calls is the one to compare. Ratios are against
+bf16 (goal for fp8 and Q8_0: <= 0.55 x bf16 weight memory).
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def write_files(root: str, width: int, layers: int) -> None:
     import torch
     from diffusers import Flux2Transformer2DModel
     from safetensors.torch import save_file
-    from test_quantized_files import quantized_file
 
     from diffusers_stages.tiny.ldm_export import dit_to_original
+    from diffusers_stages.tiny.quantized_files import fp8_file, gguf_file, int8_file
 
     torch.manual_seed(0)
     model = Flux2Transformer2DModel(in_channels=128, num_layers=layers, num_single_layers=2 * layers,
@@ -53,10 +55,13 @@ def write_files(root: str, width: int, layers: int) -> None:
     os.makedirs(folder, exist_ok=True)
     bf16 = {k: v.to(torch.bfloat16).contiguous() for k, v in original.items()}
     save_file(bf16, os.path.join(folder, "bf16.safetensors"))
-    quantized_file(os.path.join(folder, "fp8.safetensors"), bf16, scaled=True)  # other tensors stay bf16
+    fp8_file(os.path.join(folder, "fp8.safetensors"), bf16, scaled=True)  # other tensors stay bf16
+    int8_file(os.path.join(folder, "int8-convrot.safetensors"), bf16, convrot_groupsize=256)
+    gguf_file(os.path.join(folder, "Q8_0.gguf"), bf16, "flux", ("Q8_0",))
+    gguf_file(os.path.join(folder, "Q4_K.gguf"), bf16, "flux", ("Q4_K",))
 
 
-def child(root: str, name: str, runs: int) -> None:
+def child(root: str, name: str, runs: int, dtype: str) -> None:
     import torch
 
     from diffusers_stages import host
@@ -64,12 +69,12 @@ def child(root: str, name: str, runs: int) -> None:
 
     host.set_models_dir(root)
     base = rss_mb()
-    denoiser, _ = N["DS_LoadDiffusionModel"]().execute(model_name=name, dtype="bf16")
+    denoiser, _ = N["DS_LoadDiffusionModel"]().execute(model_name=name, dtype=dtype)
     module = denoiser.module
     weight_bytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
     loaded = rss_mb("VmHWM") - base
-    hidden = torch.randn(1, 1024, 128, dtype=torch.bfloat16)
-    text = torch.randn(1, 512, module.config.joint_attention_dim, dtype=torch.bfloat16)
+    hidden = torch.randn(1, 1024, 128, dtype=module.dtype)
+    text = torch.randn(1, 512, module.config.joint_attention_dim, dtype=module.dtype)
     img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(32), torch.arange(32), torch.arange(1))[None]
     txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(512))[None]
     times = []
@@ -88,10 +93,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--child", nargs=2, metavar=("ROOT", "NAME"))
+    parser.add_argument("--child", nargs=3, metavar=("ROOT", "NAME", "DTYPE"))
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.runs)
+        root, name, dtype = args.child
+        child(root, name, args.runs, dtype)
         return
     import torch
 
@@ -100,17 +106,21 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Flux.2-shaped transformer, width "
           f"{args.width}, {args.layers} double + {2 * args.layers} single blocks, compute dtype bf16")
     results = {}
-    for name in ("bf16.safetensors", "fp8.safetensors"):
-        out = subprocess.run([sys.executable, __file__, "--runs", str(args.runs), "--child", root, name],
+    runs = [("bf16", "bf16.safetensors", "bf16"), ("fp32", "bf16.safetensors", "fp32"),
+            ("fp8 scaled", "fp8.safetensors", "bf16"), ("int8 convrot", "int8-convrot.safetensors", "bf16"),
+            ("GGUF Q8_0", "Q8_0.gguf", "bf16"), ("GGUF Q4_K", "Q4_K.gguf", "bf16")]
+    for label, name, dtype in runs:
+        out = subprocess.run([sys.executable, __file__, "--runs", str(args.runs), "--child", root, name, dtype],
                              capture_output=True, text=True, check=True).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
-        r = results[name]
-        print(f"{name:18s} weights {r['weights_mb']:7.1f} MB   peak RSS of the load +{r['load_peak_mb']:7.1f} MB, "
+        results[label] = r = json.loads(out.strip().splitlines()[-1])
+        print(f"{label:13s} weights {r['weights_mb']:7.1f} MB   peak RSS of the load +{r['load_peak_mb']:7.1f} MB, "
               f"with a forward +{r['peak_mb']:7.1f} MB   forward {r['seconds'] * 1000:7.1f} ms")
-    bf16, fp8 = results["bf16.safetensors"], results["fp8.safetensors"]
-    print(f"fp8 / bf16: weights {fp8['weights_mb'] / bf16['weights_mb']:.3f}, peak RSS of the load "
-          f"{fp8['load_peak_mb'] / bf16['load_peak_mb']:.3f}, with a forward {fp8['peak_mb'] / bf16['peak_mb']:.3f}, "
-          f"forward time {fp8['seconds'] / bf16['seconds']:.3f}")
+    bf16 = results["bf16"]
+    for label, r in results.items():
+        if label != "bf16":
+            print(f"{label:13s} / bf16: weights {r['weights_mb'] / bf16['weights_mb']:.3f}, peak RSS of the load "
+                  f"{r['load_peak_mb'] / bf16['load_peak_mb']:.3f}, with a forward {r['peak_mb'] / bf16['peak_mb']:.3f}"
+                  f", forward time {r['seconds'] / bf16['seconds']:.3f}")
 
 
 if __name__ == "__main__":

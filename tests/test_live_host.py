@@ -312,3 +312,28 @@ def test_real_frontend_loads_workflows_and_agrees_with_our_converter(server):
         frontend = report["results"][path]
         assert frontend["missing"] == [], (path, frontend["missing"])
         assert frontend["output"] == runner.load(path).prompt, path
+
+
+@pytest.mark.parametrize("layout", ["Q8_0.gguf", "int8-convrot.safetensors"])
+def test_quantized_files_listed_and_run_through_the_real_server(server, layout):
+    """A GGUF (a suffix the host does not register for diffusion_models) and a ComfyUI int8 convrot file are offered
+    by Load Diffusion Model and run by the server, their weights kept quantized."""
+    from safetensors.torch import load_file
+
+    from diffusers_stages.tiny.quantized_files import gguf_file, int8_file
+
+    base = os.path.join(os.path.dirname(server.log_path), "models", "diffusion_models")
+    name = f"tiny-flux-2-klein-{layout}"
+    original = load_file(os.path.join(base, "tiny-flux-2-klein.safetensors"))
+    if layout.endswith(".gguf"):
+        gguf_file(os.path.join(base, name), original, "flux")
+    else:
+        int8_file(os.path.join(base, name), original, convrot_groupsize=16)
+    assert name in server.get("/object_info/DS_LoadDiffusionModel")["DS_LoadDiffusionModel"]["input"]["required"][
+        "model_name"][0]
+    prompt, _ = converted(server, "flux2_klein_split_files.json")
+    loader = next(node for node in prompt.values() if node["class_type"] == "DS_LoadDiffusionModel")
+    loader["inputs"]["model_name"] = name
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert "Requested to load Flux2Transformer2DModel" in server.read_log()

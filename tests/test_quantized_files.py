@@ -12,37 +12,20 @@ import torch
 from conftest import Graph, bchw, load_pipeline
 
 from diffusers_stages.engine.errors import StageError
+from diffusers_stages.tiny.quantized_files import fp8_file, gguf_file, int8_file
 
 PROMPT, SEED = "a photo of a cat", 21
 
 
-def quantized_file(path: str, original: dict, scaled: bool, fmt: str = "float8_e4m3fn", block_scale=False) -> None:
-    """The transformer's block linear weights as ComfyUI writes them: fp8, with a per-tensor float32 weight_scale
-    (absmax / 448), an input_scale and a comfy_quant format tensor, plus _quantization_metadata (``scaled``); or a
-    plain fp8 cast of them (not ``scaled``). Other tensors stay float32."""
-    from safetensors.torch import save_file
-
-    tensors, layers = {}, {}
-    for key, value in original.items():
-        layer = key.removesuffix(".weight")
-        if not (key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and value.ndim == 2):
-            tensors[key] = value.contiguous()
-            continue
-        if not scaled:
-            tensors[key] = value.to(torch.float8_e4m3fn)
-            continue
-        scale = value.abs().max().float() / 448.0
-        tensors[key] = (value / scale).to(torch.float8_e4m3fn)
-        tensors[f"{layer}.weight_scale"] = scale.repeat(2) if block_scale else scale
-        tensors[f"{layer}.input_scale"] = torch.tensor(1.0)
-        tensors[f"{layer}.comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
-        layers[layer] = {"format": fmt}
-    metadata = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})} if scaled else None
-    save_file(tensors, path, metadata=metadata)
-
-
 def dequantized(path: str) -> dict:
-    """The file's weights dequantized once (fp8 x scale, in float32)."""
+    """The file's weights dequantized once, in float32, by other code than ours: fp8 x scale; int8 by comfy-kitchen's
+    own dequantization (rotated back for ConvRot); GGUF as diffusers reads and dequantizes it."""
+    if path.endswith(".gguf"):
+        from diffusers.models.model_loading_utils import load_gguf_checkpoint
+        from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+        return {k: dequantize_gguf_tensor(v).float() for k, v in load_gguf_checkpoint(path).items()}
+    from comfy_kitchen.backends.eager import quantization as kitchen
     from safetensors.torch import load_file
 
     tensors = load_file(path)
@@ -50,8 +33,15 @@ def dequantized(path: str) -> dict:
     for key, value in tensors.items():
         if key.endswith((".weight_scale", ".input_scale", ".comfy_quant")):
             continue
-        scale = tensors.get(key.removesuffix(".weight") + ".weight_scale")
-        out[key] = value.float() * scale if scale is not None else value.float()
+        layer = key.removesuffix(".weight")
+        scale = tensors.get(layer + ".weight_scale")
+        spec = json.loads(bytes(tensors[layer + ".comfy_quant"].tolist())) if layer + ".comfy_quant" in tensors else {}
+        if spec.get("convrot"):
+            out[key] = kitchen.dequantize_int8_convrot_weight(value, scale, spec["convrot_groupsize"]).float()
+        elif spec.get("format") == "int8_tensorwise":
+            out[key] = kitchen.dequantize_int8_simple(value, scale).float()
+        else:
+            out[key] = value.float() * scale if scale is not None else value.float()
     return out
 
 
@@ -80,12 +70,12 @@ def klein(models_root):
 def file_in_models(models_root):
     made = []
 
-    def make(name, **kwargs):
+    def make(name, writer=fp8_file, **kwargs):
         from diffusers_stages.tiny.ldm_export import dit_to_original
 
         pipe = load_pipeline("Flux2KleinPipeline", models_root["flux2_klein_folder"])
         path = os.path.join(models_root["root"], "diffusion_models", name)
-        quantized_file(path, dit_to_original(pipe.transformer), **kwargs)
+        writer(path, dit_to_original(pipe.transformer), **kwargs)
         made.append(path)
         return path
     yield make
@@ -93,38 +83,140 @@ def file_in_models(models_root):
         os.remove(path)
 
 
-@pytest.mark.parametrize("scaled", [True, False], ids=["scaled-fp8", "plain-fp8"])
-def test_fp8_transformer_file_stays_fp8_and_equals_the_pipeline_on_dequantized_weights(nodes, klein,
-                                                                                       file_in_models, scaled):
+LAYOUTS = {  # file name: (writer, its arguments, what a block linear's stored weight is)
+    "fp8-scaled.safetensors": (fp8_file, {"scaled": True}, torch.float8_e4m3fn),
+    "fp8.safetensors": (fp8_file, {"scaled": False}, torch.float8_e4m3fn),
+    "int8-convrot.safetensors": (int8_file, {"convrot_groupsize": 16}, torch.int8),
+    "int8-rowwise.safetensors": (int8_file, {}, torch.int8),
+    "int8-tensorwise.safetensors": (int8_file, {"per_row": False}, torch.int8),
+    "Q8_0.gguf": (gguf_file, {"arch": "flux"}, torch.uint8),
+    "Q4_0-Q5_1-Q8_0.gguf": (gguf_file, {"arch": "flux", "qtypes": ("Q4_0", "Q5_1", "Q8_0")}, torch.uint8),
+}
 
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_quantized_transformer_file_stays_quantized_and_equals_the_pipeline_on_dequantized_weights(
+        nodes, klein, file_in_models, layout):
     from diffusers_stages.engine.quantized import QuantizedLinear
 
-    name = f"tiny-flux-2-klein-{'fp8-scaled' if scaled else 'fp8'}.safetensors"
-    path = file_in_models(name, scaled=scaled)
+    writer, kwargs, stored = LAYOUTS[layout]
+    name = f"tiny-flux-2-klein-{layout}"
+    path = file_in_models(name, writer=writer, **kwargs)
     denoiser, scheduler = nodes["DS_LoadDiffusionModel"].execute(model_name=name, dtype="fp32")
     layer = denoiser.module.transformer_blocks[0].attn.to_q
-    assert isinstance(layer, QuantizedLinear) and layer.weight_stored.dtype == torch.float8_e4m3fn
+    assert isinstance(layer, QuantizedLinear) and layer.weight_stored.dtype == stored
     assert denoiser.module.dtype == torch.float32  # the compute dtype: stored weights are buffers
     folder = Graph(nodes, "diffusers/tiny-flux2-klein")
     graph = Graph(nodes, None, (denoiser, folder.text_encoder, folder.vae, scheduler))
     guider = nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), cfg=1.0)[0]
     ours = bchw(graph.decode(graph.denoise(guider, scheduler, graph.empty(96, 64, 2), seed=SEED, steps=4)))
 
-    pipe = pipeline_on_dequantized(klein, path)
-    ref = pipe(prompt=PROMPT, guidance_scale=1.0, num_inference_steps=4, width=96, height=64,
-               num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
-    assert torch.equal(ours, ref)
+    def run(pipe):
+        return pipe(prompt=PROMPT, guidance_scale=1.0, num_inference_steps=4, width=96, height=64,
+                    num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED),
+                    output_type="pt").images
+
+    assert torch.equal(ours, run(pipeline_on_dequantized(klein, path)))
+    if layout.endswith(".gguf"):  # diffusers reads this file itself: its own GGUF loading gives the same images
+        from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel, GGUFQuantizationConfig
+
+        transformer = Flux2Transformer2DModel.from_single_file(
+            path, config=klein.name_or_path, subfolder="transformer", torch_dtype=torch.float32,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32))
+        pipe = Flux2KleinPipeline(**{**klein.components, "transformer": transformer})
+        pipe.set_progress_bar_config(disable=True)
+        assert torch.equal(ours, run(pipe))
+
+
+@pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_1", "Q5_0"])
+def test_gguf_k_quants_equal_diffusers_own_gguf_loading(models_root, tmp_path, qtype):
+    """A Flux.2 transformer 256 wide (K-quants come in blocks of 256) in each GGUF type: our loading, diffusers'
+    from_single_file with GGUFQuantizationConfig and the weights dequantized once give the same output."""
+    from diffusers import Flux2Transformer2DModel, GGUFQuantizationConfig
+
+    from diffusers_stages.engine.component_files import load_denoiser_file
+    from diffusers_stages.engine.families import dit_keys
+    from diffusers_stages.engine.quantized import QuantizedLinear
+    from diffusers_stages.engine.weights import empty, fill
+    from diffusers_stages.tiny.ldm_export import dit_to_original
+
+    torch.manual_seed(0)
+    model = Flux2Transformer2DModel(patch_size=1, in_channels=128, num_layers=1, num_single_layers=1,
+                                    attention_head_dim=128, num_attention_heads=2, joint_attention_dim=256,
+                                    timestep_guidance_channels=256, axes_dims_rope=(32, 32, 32, 32),
+                                    guidance_embeds=False)
+    model.save_config(tmp_path / "transformer")
+    path = str(tmp_path / f"flux2-{qtype}.gguf")
+    gguf_file(path, dit_to_original(model), "flux", (qtype,))
+
+    ours = load_denoiser_file(path, torch.float32)[0].module
+    assert isinstance(ours.transformer_blocks[0].attn.to_q, QuantizedLinear)
+    theirs = Flux2Transformer2DModel.from_single_file(
+        path, config=str(tmp_path), subfolder="transformer", torch_dtype=torch.float32,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32))
+    config = dict(model.config)
+    reference = empty(Flux2Transformer2DModel, config)
+    state, _, _ = dit_keys.to_diffusers(dequantized(path), dit_keys.flux2_rules(config),
+                                        {k: tuple(v.shape) for k, v in reference.state_dict().items()})
+    once = fill(reference, state, torch.float32, "t", "t")
+    generator = torch.Generator().manual_seed(1)
+    inputs = {"hidden_states": torch.randn(1, 16, 128, generator=generator),
+              "encoder_hidden_states": torch.randn(1, 8, 256, generator=generator),
+              "timestep": torch.tensor([0.5]), "img_ids": torch.zeros(1, 16, 4), "txt_ids": torch.zeros(1, 8, 4)}
+    with torch.no_grad():
+        outputs = [m(**inputs).sample for m in (ours, theirs, once)]
+    assert outputs[0].abs().sum() > 0
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"fmt": "int8_convrot"}, "stores layer 'double_blocks.0.img_attn.qkv' quantized as 'int8_convrot', which this "
-                              "version cannot compute yet"),
+    ({"fmt": "nvfp4"}, "stores layer 'double_blocks.0.img_attn.proj' quantized as 'nvfp4' \\(NVIDIA FP4"),
+    ({"fmt": "float4_future"}, "quantized as 'float4_future' \\(a format this version does not know\\)"),
     ({"block_scale": True}, r"scales '\w+_blocks\.\d+\.[\w.]+' per block"),
 ])
 def test_quantized_layouts_not_computed_here_are_refused_by_name(nodes, file_in_models, kwargs, message):
     file_in_models("tiny-flux-2-klein-other-quant.safetensors", scaled=True, **kwargs)
     with pytest.raises(StageError, match=f"model_name: .*{message}.*Fix: "):
         nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-flux-2-klein-other-quant.safetensors", dtype="fp32")
+
+
+def test_gguf_of_another_architecture_or_type_is_refused_by_name(nodes, models_root):
+    import gguf
+
+    folder = os.path.join(models_root["root"], "diffusion_models")
+    made = []
+    try:
+        wan = os.path.join(folder, "tiny-wan-Q8_0.gguf")
+        gguf_file(wan, {"blocks.0.self_attn.q.weight": torch.randn(64, 64), "head.modulation": torch.randn(2, 64)},
+                  "wan")
+        made.append(wan)
+        with pytest.raises(StageError, match="model_name: 'tiny-wan-Q8_0.gguf' is a GGUF of the 'wan' architecture, "
+                                             "not the diffusion model of a supported family.*Fix: "):
+            nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-wan-Q8_0.gguf", dtype="fp32")
+
+        from safetensors.torch import load_file  # a type diffusers cannot dequantize (Q8_1) in one layer
+
+        odd = os.path.join(folder, "tiny-flux-2-klein-Q8_1.gguf")
+        writer = gguf.GGUFWriter(path=None, arch="flux")
+        for key, value in load_file(os.path.join(folder, "tiny-flux-2-klein.safetensors")).items():
+            if key == "double_blocks.0.img_attn.proj.weight":
+                block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_1]
+                blocks = torch.zeros(value.shape[0], value.shape[1] // block * size, dtype=torch.uint8)
+                writer.add_tensor(key, blocks.numpy(), raw_dtype=gguf.GGMLQuantizationType.Q8_1)
+            else:
+                writer.add_tensor(key, value.float().numpy())
+        writer.write_header_to_file(path=odd)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        made.append(odd)
+        with pytest.raises(StageError, match="model_name: 'tiny-flux-2-klein-Q8_1.gguf' stores "
+                                             "'double_blocks.0.img_attn.proj.weight' as GGUF Q8_1, which this version "
+                                             "cannot dequantize.*Fix: "):
+            nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-flux-2-klein-Q8_1.gguf", dtype="fp32")
+    finally:
+        for path in made:
+            os.remove(path)
 
 
 def test_lora_on_an_fp8_file_equals_the_pipeline(nodes, klein, file_in_models, models_root):

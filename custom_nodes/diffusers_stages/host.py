@@ -44,10 +44,16 @@ def model_roots(kind: str) -> list[str]:
 
 
 def list_model_files(kind: str, suffixes: tuple[str, ...]) -> list[str]:
-    """Files of a model folder kind, relative and '/'-separated, filtered by suffix."""
-    if IN_COMFYUI:
-        return [f for f in _folder_paths.get_filename_list(kind) if f.lower().endswith(suffixes)]
+    """Files of a model folder kind, relative and '/'-separated, filtered by suffix. Inside ComfyUI, the host's list
+    (its folders and extra_model_paths), plus the suffixes it does not register for that kind (.gguf) found by
+    walking the same folders."""
     found = set()
+    if IN_COMFYUI:
+        found.update(f for f in _folder_paths.get_filename_list(kind) if f.lower().endswith(suffixes))
+        registered = tuple(_folder_paths.folder_names_and_paths.get(kind, ((), set()))[1])
+        suffixes = tuple(s for s in suffixes if s not in registered)
+        if not suffixes:
+            return sorted(found)
     for root in model_roots(kind):
         for current, _dirs, files in os.walk(root, followlinks=True):
             for name in files:

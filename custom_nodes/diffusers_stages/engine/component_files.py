@@ -11,7 +11,7 @@ import os
 
 from .components import Denoiser
 from .errors import InputError
-from .weights import open_safetensors
+from .weights import WEIGHT_SUFFIXES, open_safetensors
 
 
 # ---- denoisers ----------------------------------------------------------------------------------------
@@ -22,8 +22,17 @@ def load_denoiser_file(path: str, dtype, input_name: str = "model_name") -> tupl
     from .loading import supported_families
     from .weights import resolve_dtype
 
-    shapes = open_safetensors(path, input_name)
+    shapes = open_safetensors(path, input_name, WEIGHT_SUFFIXES)
     family = next((f for f in all_families() if f.claims_denoiser(shapes)), None)
+    if path.lower().endswith(".gguf") and (family is None or family.dit_layout is None):
+        from .gguf_files import architecture
+
+        arch = architecture(path, input_name)
+        what = (f"a GGUF of the '{arch}' architecture, not the diffusion model of a supported family" if family is None
+                else f"a GGUF {family.display_name} U-Net, which this version reads only as safetensors")
+        raise InputError(input_name, f"'{os.path.basename(path)}' is {what} (GGUF is read for the DiT families: "
+                         "Flux.1, Flux.2, SD3, Qwen-Image, Z-Image).",
+                         "choose a GGUF of one of those, or the model's safetensors release.")
     if family is None:
         raise InputError(input_name, f"'{os.path.basename(path)}' is not the diffusion model (U-Net/DiT) of a "
                          f"supported family (supported: {supported_families()}).",

@@ -327,9 +327,9 @@ CHECKPOINT_TEXT_PREFIXES = {"clip_l": "text_encoders.clip_l.transformer.",
 def text_part_from_tensors(state: dict[str, torch.Tensor], slot: TextSlot, dtype: torch.dtype,
                            vocab_dirs: tuple[str, ...], tokenizer_dirs: Iterable[str], input_name: str,
                            name: str = "the file") -> TextPart:
-    from .quantized import refuse_unknown_formats
+    from .quantized import gather
 
-    refuse_unknown_formats(state, {}, input_name, name.strip("'"))
+    state = gather(state, input_name, name.strip("'"))
     found = text_kind(state)
     accepted = KIND_CHOICES.get(slot.kind, (slot.kind if slot.kind == "t5" or slot.kind in LLM_KINDS else "clip",))
     if found not in accepted:

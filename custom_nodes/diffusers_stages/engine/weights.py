@@ -2,8 +2,8 @@
 model on the meta device and filling it, and the precision a model loads in. Every loader reads files through
 here; nothing here knows a model family.
 
-Only safetensors (and diffusers folders of safetensors) are loaded: pickle formats (.ckpt, .pt, .bin) can run
-code when unpickled and are refused.
+Only safetensors (and diffusers folders of safetensors) are loaded, and GGUF files for diffusion models and text
+encoders (``gguf_files``): pickle formats (.ckpt, .pt, .bin) can run code when unpickled and are refused.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
 
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+WEIGHT_SUFFIXES = (*SAFETENSORS_SUFFIXES, ".gguf")  # the files a diffusion model or text encoder may come in
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -46,9 +47,14 @@ def safe_join(root: str, name: str, input_name: str = "model", folder: str = "mo
 
 
 def read_checkpoint_shapes(path: str, input_name: str = "model") -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a safetensors file, read from its header (no weights loaded)."""
+    """Tensor names and shapes of a safetensors or GGUF file, read from its header (no weights loaded); a GGUF
+    tensor's shape is the one it has once dequantized."""
     from safetensors import safe_open
 
+    if path.lower().endswith(".gguf"):
+        from .gguf_files import read_shapes
+
+        return read_shapes(path, input_name)
     try:
         with safe_open(path, framework="pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
@@ -85,13 +91,15 @@ def resolve_dtype(dtype: DtypeChoice, family: Family) -> torch.dtype:
     return dtype(family) if callable(dtype) else dtype
 
 
-def open_safetensors(path: str, input_name: str = "model") -> dict[str, tuple[int, ...]]:
-    """Tensor shapes of a safetensors model file chosen in ``input_name``; pickle files, other formats and missing
-    files are refused with the input named."""
+def open_safetensors(path: str, input_name: str = "model",
+                     suffixes: tuple[str, ...] = SAFETENSORS_SUFFIXES) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a safetensors model file chosen in ``input_name`` (or of a GGUF file, where ``suffixes``
+    admit it); pickle files, other formats and missing files are refused with the input named."""
     refuse_pickle(path, input_name)
-    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
-        raise InputError(input_name, f"'{os.path.basename(path)}' is not a .safetensors file.",
-                         "choose a .safetensors model file.")
+    if not path.lower().endswith(suffixes):
+        kinds = " or ".join(sorted({s.lstrip(".") for s in suffixes} - {"sft"}))
+        raise InputError(input_name, f"'{os.path.basename(path)}' is not a {kinds} file.",
+                         f"choose a {kinds} model file.")
     if not os.path.isfile(path):
         raise InputError(input_name, f"'{path}' does not exist.",
                          "put the file in its ComfyUI model folder and refresh the node list.")
@@ -99,11 +107,20 @@ def open_safetensors(path: str, input_name: str = "model") -> dict[str, tuple[in
 
 
 def read_tensors(path: str, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The tensors under ``prefix`` (removed from their names), memory-mapped until used."""
+    """The tensors under ``prefix`` (removed from their names), memory-mapped until used. A safetensors file's
+    ``_quantization_metadata`` comes as the ``<layer>.comfy_quant`` tensors it stands for; a GGUF file's
+    block-quantized tensors come as ``quantized.QuantizedWeight``."""
     from safetensors import safe_open
 
+    from .quantized import metadata_as_tensors
+
+    if path.lower().endswith(".gguf"):
+        from .gguf_files import read_tensors as read_gguf
+
+        return read_gguf(path, prefix)
     with safe_open(path, framework="pt") as f:
-        return {key[len(prefix):]: f.get_tensor(key) for key in f.keys() if key.startswith(prefix)}
+        tensors = {key[len(prefix):]: f.get_tensor(key) for key in f.keys() if key.startswith(prefix)}
+        return {**metadata_as_tensors(f.metadata(), prefix), **tensors}
 
 
 def empty(module_class, config):
@@ -114,16 +131,14 @@ def empty(module_class, config):
         return module_class.from_config(config) if isinstance(config, dict) else module_class(config)
 
 
-def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, input_name: str,
-         scales: dict[str, torch.Tensor] | None = None):
+def fill(module, state: dict, dtype: torch.dtype, what: str, input_name: str):
     """``module`` (from ``empty``) filled with ``state``, cast to ``dtype`` except the modules its class keeps in
-    fp32 for half precision (T5's ``wo``); names what is missing. Linear weights stored in fp8 stay fp8 and are
-    dequantized at each forward in ``dtype`` (x their ``scales`` entry, if any: ``engine/quantized.py``)."""
-    from .quantized import FP8_DTYPES, keep_quantized, take_scales
+    fp32 for half precision (T5's ``wo``); names what is missing. Linear weights stored quantized (fp8, int8, GGUF:
+    ``engine/quantized.py``) stay so and are dequantized at each forward in ``dtype``; other quantized tensors are
+    dequantized once, here."""
+    from .quantized import QuantizedWeight, gather, keep_quantized
 
-    state, found = take_scales(state)  # scaled-fp8 tensors that came along with the weights
-    scales = {**found, **(scales or {})}
-
+    state = gather(state, input_name, what)  # scales and formats that came along with the weights taken in
     expected = module.state_dict()
     keep_fp32 = getattr(module, "_keep_in_fp32_modules", None) or ()
     missing = [k for k in expected if k not in state]
@@ -135,23 +150,23 @@ def fill(module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, 
         raise InputError(input_name, f"the {what} has {len(unused)} tensors this architecture has no place for "
                          f"(e.g. '{unused[0]}').", "the file is of a variant this version cannot read; use the "
                          "model's diffusers folder.")
-    cast, quantized = {}, []
-    for key in expected:
-        target = torch.float32 if dtype == torch.float16 and any(f".{m}." in f".{key}" for m in keep_fp32) else dtype
-        owner = module.get_submodule(key.rpartition(".")[0]) if "." in key else module
-        if state[key].dtype in FP8_DTYPES and key.endswith(".weight") and isinstance(owner, torch.nn.Linear):
-            cast[key] = state[key]  # kept in fp8
-            quantized.append((owner, key, target))
-            continue
-        cast[key] = state[key].to(target) if state[key].is_floating_point() else state[key]  # counters stay ints
-    wrong = [k for k in expected if tuple(cast[k].shape) != tuple(expected[k].shape)]
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
     if wrong:
         key = wrong[0]
         raise InputError(input_name, f"the {what} has {len(wrong)} tensors of the wrong shape (e.g. '{key}' is "
-                         f"{tuple(cast[key].shape)}, the architecture read from the file wants "
+                         f"{tuple(state[key].shape)}, the architecture read from the file wants "
                          f"{tuple(expected[key].shape)}).", "the file is damaged or mixes two model variants: "
                          "download it again.")
-    module.load_state_dict(cast, strict=True, assign=True)
-    for owner, key, target in quantized:
-        keep_quantized(owner, scales.get(key), target)
+    cast = {}
+    for key in expected:
+        value = state[key]
+        target = torch.float32 if dtype == torch.float16 and any(f".{m}." in f".{key}" for m in keep_fp32) else dtype
+        if isinstance(value, QuantizedWeight):
+            owner = module.get_submodule(key.rpartition(".")[0]) if "." in key else module
+            if key.endswith(".weight") and isinstance(owner, torch.nn.Linear):
+                keep_quantized(owner, value, target)  # its stored weight and scale become buffers
+                continue
+            value = value.dequantize(target)
+        cast[key] = value.to(target) if value.is_floating_point() else value  # counters stay ints
+    module.load_state_dict(cast, strict=False, assign=True)
     return module.eval()

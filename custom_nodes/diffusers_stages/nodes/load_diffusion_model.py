@@ -35,7 +35,7 @@ class LoadDiffusionModel(StageNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": (host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES), {
+                "model_name": (host.list_model_files(FOLDER, weights.WEIGHT_SUFFIXES), {
                     "tooltip": "A diffusion model file from models/diffusion_models (Flux.1, Flux.2, SD3/3.5, Z-Image, "
                                "Qwen-Image, SD1.x/2.x or SDXL U-Net, in the layout the makers release)."}),
                 "dtype": (["auto", *weights.DTYPES], {

@@ -38,26 +38,21 @@ class DitLayout:
 def load_dit(path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, module_class, config_of, rules_of,
              what: str, input_name: str):
     """A transformer in its original release layout (``dit_keys``), with or without the checkpoint prefix."""
-    from ..quantized import file_formats, split_quantization
+    from ..quantized import gather
 
     prefix = dit_keys.strip_prefix(shapes)
     body = {k[len(prefix):]: shape for k, shape in shapes.items() if k.startswith(prefix)}
     config = config_of(body)
     module = empty(module_class, config)
     target = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    formats = {k[len(prefix):]: v for k, v in file_formats(path).items() if k.startswith(prefix)}
-    tensors, file_scales = split_quantization(read_tensors(path, prefix), formats, input_name, os.path.basename(path))
-    rules = rules_of(config)
-    state, unused, missing = dit_keys.to_diffusers(tensors, rules, target)
-    # a per-tensor scale goes with its weight to every tensor the weight becomes (fused q/k/v split in three)
-    scales = {name: file_scales[rule.original] for rule in rules if rule.original in file_scales
-              for name in rule.diffusers}
+    tensors = gather(read_tensors(path, prefix), input_name, os.path.basename(path))
+    state, unused, missing = dit_keys.to_diffusers(tensors, rules_of(config), target)
     if missing or unused:
         problem = (f"lacks {len(missing)} tensors (e.g. '{missing[0]}')" if missing else
                    f"has {len(unused)} tensors this loader does not understand (e.g. '{unused[0]}')")
         raise InputError(input_name, f"'{os.path.basename(path)}' is laid out as a {what} but {problem}.",
-                         "use the original release file (bf16/fp16/fp8) of the model.")
-    return fill(module, state, dtype, what, input_name, scales)
+                         "use the original release file (bf16/fp16/fp8/GGUF) of the model.")
+    return fill(module, state, dtype, what, input_name)
 
 
 def load_dit_checkpoint(family, path: str, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,

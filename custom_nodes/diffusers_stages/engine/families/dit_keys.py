@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from ..quantized import cat_rows, split_rows
+
 ORIGINAL_PREFIX = "model.diffusion_model."
 
 
@@ -324,9 +326,11 @@ def qwen_image_rules(config: dict[str, Any]) -> list[Rule]:
 
 
 # ---- conversion, both ways --------------------------------------------------------------------------
-def _swap(tensor: torch.Tensor) -> torch.Tensor:
-    first, second = tensor.chunk(2, dim=0)
-    return torch.cat([second, first], dim=0)
+def _swap(tensor):
+    """The two halves of the rows swapped (shift/scale vs scale/shift), for plain and quantized weights alike."""
+    half = tensor.shape[0] // 2
+    first, second = split_rows(tensor, [half, half])
+    return cat_rows([second, first])
 
 
 def to_diffusers(original: dict[str, torch.Tensor], rules: list[Rule],
@@ -342,7 +346,7 @@ def to_diffusers(original: dict[str, torch.Tensor], rules: list[Rule],
             continue
         if rule.kind == "split":
             sizes = [target_shapes[name][0] for name in rule.diffusers]
-            converted.update(zip(rule.diffusers, torch.split(tensor, sizes, dim=0)))
+            converted.update(zip(rule.diffusers, split_rows(tensor, sizes), strict=True))
         else:
             converted[rule.diffusers[0]] = _swap(tensor) if rule.kind == "swap" else tensor
     used = {rule.original for rule in rules}
