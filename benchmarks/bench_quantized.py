@@ -6,7 +6,9 @@ in bf16 (and fp32): ComfyUI's scaled fp8 and int8 convrot, city96's GGUF Q8_0 an
 A Flux.2-shaped transformer with random weights (width --width, --layers double and 2x single blocks) is written
 as the files ComfyUI users have: bf16, scaled fp8 and int8 convrot (ComfyUI's layouts: block weights quantized,
 weight_scale, comfy_quant), GGUF Q8_0 and Q4_K (city96's). Each is loaded by Load Diffusion Model in a fresh process
-(compute dtype bf16; the fp32 row loads the bf16 file in fp32); reported: the model's
+(compute dtype bf16; the fp32 row loads the bf16 file in fp32), and the bf16 file with each memory option of the
+loader (fp8 storage, group offload, sequential offload: on the CPU the offloads move nothing, so their rows give
+their time overhead, not a memory saving); reported: the model's
 weight bytes, the process's peak RSS above its baseline after imports once loaded and after the calls, and the time
 of one transformer call on 1024 image tokens + 512 text tokens (median of --runs). A bf16 file's weights stay
 memory-mapped until a forward touches them, so the peak after the calls is the one to compare. Ratios are against
@@ -61,7 +63,7 @@ def write_files(root: str, width: int, layers: int) -> None:
     gguf_file(os.path.join(folder, "Q4_K.gguf"), bf16, "flux", ("Q4_K",))
 
 
-def child(root: str, name: str, runs: int, dtype: str) -> None:
+def child(root: str, name: str, runs: int, dtype: str, memory: str) -> None:
     import torch
 
     from diffusers_stages import host
@@ -69,7 +71,7 @@ def child(root: str, name: str, runs: int, dtype: str) -> None:
 
     host.set_models_dir(root)
     base = rss_mb()
-    denoiser, _ = N["DS_LoadDiffusionModel"]().execute(model_name=name, dtype=dtype)
+    denoiser, _ = N["DS_LoadDiffusionModel"]().execute(model_name=name, dtype=dtype, memory=memory)
     module = denoiser.module
     weight_bytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
     loaded = rss_mb("VmHWM") - base
@@ -93,11 +95,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--child", nargs=3, metavar=("ROOT", "NAME", "DTYPE"))
+    parser.add_argument("--child", nargs=4, metavar=("ROOT", "NAME", "DTYPE", "MEMORY"))
     args = parser.parse_args()
     if args.child:
-        root, name, dtype = args.child
-        child(root, name, args.runs, dtype)
+        root, name, dtype, memory = args.child
+        child(root, name, args.runs, dtype, memory)
         return
     import torch
 
@@ -106,12 +108,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Flux.2-shaped transformer, width "
           f"{args.width}, {args.layers} double + {2 * args.layers} single blocks, compute dtype bf16")
     results = {}
-    runs = [("bf16", "bf16.safetensors", "bf16"), ("fp32", "bf16.safetensors", "fp32"),
-            ("fp8 scaled", "fp8.safetensors", "bf16"), ("int8 convrot", "int8-convrot.safetensors", "bf16"),
-            ("GGUF Q8_0", "Q8_0.gguf", "bf16"), ("GGUF Q4_K", "Q4_K.gguf", "bf16")]
-    for label, name, dtype in runs:
-        out = subprocess.run([sys.executable, __file__, "--runs", str(args.runs), "--child", root, name, dtype],
-                             capture_output=True, text=True, check=True).stdout
+    runs = [("bf16", "bf16.safetensors", "bf16", "none"), ("fp32", "bf16.safetensors", "fp32", "none"),
+            ("fp8 scaled", "fp8.safetensors", "bf16", "none"),
+            ("int8 convrot", "int8-convrot.safetensors", "bf16", "none"),
+            ("GGUF Q8_0", "Q8_0.gguf", "bf16", "none"), ("GGUF Q4_K", "Q4_K.gguf", "bf16", "none"),
+            ("fp8 storage", "bf16.safetensors", "bf16", "fp8 storage"),
+            ("group offl.", "bf16.safetensors", "bf16", "group offload"),
+            ("sequential", "bf16.safetensors", "bf16", "sequential offload")]
+    for label, name, dtype, memory in runs:
+        out = subprocess.run([sys.executable, __file__, "--runs", str(args.runs), "--child", root, name, dtype,
+                              memory], capture_output=True, text=True, check=True).stdout
         results[label] = r = json.loads(out.strip().splitlines()[-1])
         print(f"{label:13s} weights {r['weights_mb']:7.1f} MB   peak RSS of the load +{r['load_peak_mb']:7.1f} MB, "
               f"with a forward +{r['peak_mb']:7.1f} MB   forward {r['seconds'] * 1000:7.1f} ms")

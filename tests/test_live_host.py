@@ -33,14 +33,14 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, base: str):
+    def __init__(self, base: str, *extra_args: str):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(base, "server.log")
         python = os.environ.get("COMFYUI_PYTHON", sys.executable)
         cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--disable-api-nodes", "--base-directory", base,
-               "--database-url", "sqlite:///:memory:"]
+               "--database-url", "sqlite:///:memory:", *extra_args]
         self.log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1")
         self.process = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -337,3 +337,67 @@ def test_quantized_files_listed_and_run_through_the_real_server(server, layout):
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert "Requested to load Flux2Transformer2DModel" in server.read_log()
+
+
+BUDGET_PACK = '''"""Test helper: the host's partial loading on a CPU (where ComfyUI always loads models whole),
+by giving the Diffusers Stages models a budget smaller than they are, as a GPU short of memory would."""
+import comfy.model_patcher as model_patcher
+
+NODE_CLASS_MAPPINGS = {}
+_load = model_patcher.ModelPatcher.load
+
+
+def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False, **kwargs):
+    if type(self.model).__module__.endswith(".host") and hasattr(self.model, "wrapped_0"):
+        lowvram_model_memory, full_load = 64 * 1024, False
+    return _load(self, device_to, lowvram_model_memory, force_patch_weights, full_load, **kwargs)
+
+
+model_patcher.ModelPatcher.load = load
+'''
+
+
+@pytest.fixture(scope="module")
+def lowvram_server(server, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("comfy-lowvram"))
+    os.makedirs(os.path.join(base, "custom_nodes", "stages_test_budget"))
+    with open(os.path.join(base, "custom_nodes", "stages_test_budget", "__init__.py"), "w") as f:
+        f.write(BUDGET_PACK)
+    os.symlink(REPO, os.path.join(base, "custom_nodes", "Diffusers Stages (test clone)"))
+    os.symlink(os.path.join(os.path.dirname(server.log_path), "models"), os.path.join(base, "models"))
+    srv = Server(base)  # --lowvram cannot go with --cpu: the budget pack stands for it
+    yield srv
+    srv.stop()
+
+
+def _image(server, entry, node_id):
+    import numpy as np
+    from PIL import Image
+
+    picture = entry["outputs"][node_id]["images"][0]
+    path = os.path.join(os.path.dirname(server.log_path), "output", picture["subfolder"], picture["filename"])
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_quantized_file_loaded_partially_gives_the_same_image(server, lowvram_server):
+    """A GGUF Q8_0 transformer under a memory budget smaller than the model: the host loads our modules partially
+    (its low-VRAM path, not a forced full load) and the image equals the one of a full load."""
+    from safetensors.torch import load_file
+
+    from diffusers_stages.tiny.quantized_files import gguf_file
+
+    base = os.path.join(os.path.dirname(server.log_path), "models", "diffusion_models")
+    name = "tiny-flux-2-klein-lowvram-Q8_0.gguf"
+    gguf_file(os.path.join(base, name), load_file(os.path.join(base, "tiny-flux-2-klein.safetensors")), "flux")
+    prompt, _ = converted(server, "flux2_klein_split_files.json")
+    next(n for n in prompt.values() if n["class_type"] == "DS_LoadDiffusionModel")["inputs"]["model_name"] = name
+    save = next(nid for nid, node in prompt.items() if node["class_type"] == "SaveImage")
+    images = []
+    for srv in (server, lowvram_server):
+        entry = srv.run(prompt)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        images.append(_image(srv, entry, save))
+    assert "loaded partially" in lowvram_server.read_log()
+    assert "loaded partially" not in server.read_log().split("Requested to load Flux2Transformer2DModel")[-1]
+    assert (images[0] == images[1]).all()

@@ -300,3 +300,54 @@ def test_plain_fp8_t5_file_equals_its_dequantized_weights(nodes, models_root):
         assert torch.equal(encode_t5(t5, PROMPT, 128), encode_t5(reference, PROMPT, 128))
     finally:
         os.remove(path)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "t5encoder"])
+def test_gguf_text_encoder_in_llama_cpp_names_equals_its_dequantized_weights(nodes, models_root, kind):
+    """Text encoders as llama.cpp's converter writes them (Qwen3 for Z-Image: blk.N.attn_q…; T5's encoder:
+    enc.blk.N.attn_q…), Q8_0: the prompt encodes exactly as with the weights dequantized once."""
+    from safetensors.torch import load_file
+
+    from diffusers_stages.engine.families.qwen_text import encode_chat_prompt
+    from diffusers_stages.engine.families.t5_text import encode_t5
+    from diffusers_stages.engine.gguf_files import TEXT_NAMES, _renamed
+    from diffusers_stages.engine.quantized import QuantizedLinear
+    from diffusers_stages.engine.text_files import qwen3_part, t5_part
+
+    source = models_root["zimage_qwen3"] if kind == "qwen3" else models_root["flux_t5"]
+    name = f"tiny-{kind}-Q8_0.gguf"
+    path = os.path.join(models_root["root"], "text_encoders", name)
+    gguf_file(path, load_file(source), kind)
+    once = {_renamed(k, TEXT_NAMES[kind]): v for k, v in dequantized(path).items()}
+    try:
+        if kind == "qwen3":
+            text_encoder = nodes["DS_LoadTextEncoders"].execute(family="zimage", llm=name, dtype="fp32")[0]
+            part = text_encoder.parts[0]
+            assert any(isinstance(m, QuantizedLinear) for m in part.module.modules())  # those over 1024 values
+            ours = nodes["DS_TextEncode"].execute(text_encoder=text_encoder, text=PROMPT, clip_skip=0)[0].embeds
+            reference = qwen3_part(once, torch.float32, [os.path.join(models_root["zimage_folder"], "tokenizer")],
+                                   "llm")
+            assert torch.equal(ours, encode_chat_prompt(reference, PROMPT, 512))
+        else:
+            text_encoder = nodes["DS_LoadTextEncoders"].execute(
+                family="flux", clip_l="tiny-flux-clip_l.safetensors", t5=name, dtype="fp32")[0]
+            t5 = text_encoder.parts[1]
+            assert any(isinstance(m, QuantizedLinear) for m in t5.module.modules())
+            reference = t5_part(once, torch.float32, [os.path.join(models_root["flux_folder"], "tokenizer_2")], "t5")
+            assert torch.equal(encode_t5(t5, PROMPT, 128), encode_t5(reference, PROMPT, 128))
+    finally:
+        os.remove(path)
+
+
+def test_gguf_text_encoder_of_an_unread_architecture_is_refused_by_name(nodes, models_root):
+    from safetensors.torch import load_file
+
+    name = "tiny-qwen-2.5-vl-Q8_0.gguf"
+    path = os.path.join(models_root["root"], "text_encoders", name)
+    gguf_file(path, load_file(models_root["zimage_qwen3"]), "qwen2vl")
+    try:
+        with pytest.raises(StageError, match=f"llm: '{name}' is a GGUF text encoder of the 'qwen2vl' architecture, "
+                                             "which this version does not read .*mmproj.*Fix: "):
+            nodes["DS_LoadTextEncoders"].execute(family="qwenimage", llm=name, dtype="fp32")
+    finally:
+        os.remove(path)

@@ -160,11 +160,19 @@ class Residency:
 
 
 def manage(modules: list[torch.nn.Module], kind: str) -> Residency:
-    """Register loaded modules (moved as one) with the host. Headless, they simply move to the compute device once."""
+    """Register loaded modules (moved as one) with the host. Headless, they simply move to the compute device once.
+    Modules that diffusers' offload hooks move (the loaders' memory option) are left to them."""
+    from .engine.memory import offloaded
+
+    held = [module for module in modules if not offloaded(module)]
     if not IN_COMFYUI:
-        return Residency([module.to(compute_device()) for module in modules])
+        for module in held:
+            module.to(compute_device())
+        return Residency(modules)
+    if not held:
+        return Residency(modules)
     load_name, offload_name = _DEVICES[kind]
-    patcher = _patcher.ModelPatcher(holder_of(modules), load_device=getattr(_mm, load_name)(),
+    patcher = _patcher.ModelPatcher(holder_of(held), load_device=getattr(_mm, load_name)(),
                                     offload_device=getattr(_mm, offload_name)())
     return Residency(modules, patcher)
 
@@ -181,11 +189,74 @@ def holder_of(modules: list[torch.nn.Module]) -> torch.nn.Module:
 
 
 def ensure_loaded(*residencies: Residency) -> None:
-    """Bring modules onto their compute device before use (ComfyUI may have offloaded them)."""
+    """Bring modules onto their compute device before use (ComfyUI may have offloaded them). Inside ComfyUI the host
+    decides how much of each model fits: where its memory is short it loads a model partially (its low-VRAM path),
+    leaving the weights of some layers on the offload device; those layers then bring their weights along for each
+    call (``_stream``)."""
     patchers = [r.patcher for r in residencies if r is not None and r.patcher is not None]
-    if patchers:
-        # Partial loading only streams comfy's own layer types; a diffusers module must be loaded whole.
-        _mm.load_models_gpu(patchers, force_full_load=True)
+    if not patchers:
+        return
+    for patcher in patchers:
+        _offer_partial_loading(patcher.model, patcher.load_device)
+    _mm.load_models_gpu(patchers)
+    for patcher in patchers:
+        _stream(patcher.model, patcher.load_device)
+
+
+def _owns_tensors(module: torch.nn.Module) -> bool:
+    return any(t is not None for t in (*module._parameters.values(), *module._buffers.values()))
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``tensor`` is on ``device`` ('cuda' means any CUDA index, as the host names its load device)."""
+    return tensor.device.type == device.type and (device.index is None or tensor.device.index == device.index)
+
+
+def _offer_partial_loading(holder: torch.nn.Module, device: torch.device) -> None:
+    """Mark the layers the host may leave on the offload device (its partial loading considers only modules carrying
+    ``comfy_cast_weights``, sets the flag to True for those it leaves, and reads their ``weight`` and ``bias``): those
+    with a weight parameter and a bias attribute (Linear, Conv, norms). Other modules holding tensors (embeddings,
+    RMS norms, quantized linears, whose weight is computed) are loaded by the host where they fit; either way,
+    ``_stream`` brings what stays behind."""
+    for module in holder.modules():
+        if "weight" in module._parameters and hasattr(module, "bias") and not hasattr(module, "comfy_cast_weights"):
+            module.comfy_cast_weights = False
+
+
+def _stream(holder: torch.nn.Module, device: torch.device) -> None:
+    """After the host loaded ``holder`` (wholly or partly): each module with a weight left off ``device`` moves its
+    own weights there for each call and back after it; modules wholly on ``device`` run as they are (no hook)."""
+    for module in holder.modules():
+        away = any(t is not None and not _on(t, device)
+                   for t in (*module._parameters.values(), *module._buffers.values()))
+        hooks = module.__dict__.get("_stages_stream_hooks")
+        if away and hooks is None:
+            module._stages_stream_device = device
+            module._stages_stream_hooks = (module.register_forward_pre_hook(_bring_weights),
+                                           module.register_forward_hook(_return_weights))
+        elif not away and hooks is not None:
+            for hook in hooks:
+                hook.remove()
+            del module._stages_stream_hooks
+
+
+def _bring_weights(module: torch.nn.Module, _args) -> None:
+    """Forward pre-hook: the module's own tensors that are off its device, replaced by copies on it for this call."""
+    device, moved = module._stages_stream_device, []
+    for table in (module._parameters, module._buffers):
+        for name, tensor in list(table.items()):
+            if tensor is not None and not _on(tensor, device):
+                moved.append((table, name, tensor))
+                copy = tensor.detach().to(device, non_blocking=True)
+                table[name] = torch.nn.Parameter(copy, requires_grad=False) if isinstance(
+                    tensor, torch.nn.Parameter) else copy
+    module._stages_streamed = moved
+
+
+def _return_weights(module: torch.nn.Module, _args, _output) -> None:
+    """Forward hook: the module's own tensors put back (the copies are dropped)."""
+    for table, name, tensor in module.__dict__.pop("_stages_streamed", ()):
+        table[name] = tensor
 
 
 # ---- progress, interrupts, previews -----------------------------------------------------------------------

@@ -3,7 +3,9 @@ release names (the ``model.diffusion_model.`` prefix stripped or not), ``general
 (flux, sd3, qwen_image, lumina2 for Z-Image, …), F32/F16/BF16 tensors are plain, the others are llama.cpp blocks
 (Q8_0, Q4_K, …) kept as they are (``quantized.QuantizedWeight``) and dequantized by diffusers' GGUF functions.
 A tensor the converter reshaped to rows of 256 carries its real shape in ``comfy.gguf.orig_shape.<name>``.
-Nothing is read into memory here: the tensors map the file."""
+Text encoders come as llama.cpp writes them (``t5``/``t5encoder``: ``enc.blk.N.attn_q``…; ``qwen3``/``qwen2``:
+``blk.N.attn_q``…) and are renamed to the names of their safetensors releases (``TEXT_NAMES``). Nothing is read into
+memory here: the tensors map the file."""
 
 from __future__ import annotations
 
@@ -17,6 +19,22 @@ from .quantized import GGUF, Codec, QuantizedWeight
 
 GGUF_SUFFIX = ".gguf"
 ORIG_SHAPE = "comfy.gguf.orig_shape."
+
+# llama.cpp's text-model names -> the safetensors releases' (T5 encoder as in t5xxl files; decoder-only LLMs as
+# transformers names them), replaced in this order
+_T5_NAMES = (("enc.blk.", "encoder.block."), ("enc.output_norm", "encoder.final_layer_norm"), ("token_embd", "shared"),
+             ("attn_q", "layer.0.SelfAttention.q"), ("attn_k", "layer.0.SelfAttention.k"),
+             ("attn_v", "layer.0.SelfAttention.v"), ("attn_o", "layer.0.SelfAttention.o"),
+             ("attn_norm", "layer.0.layer_norm"), ("attn_rel_b", "layer.0.SelfAttention.relative_attention_bias"),
+             ("ffn_up", "layer.1.DenseReluDense.wi_1"), ("ffn_gate", "layer.1.DenseReluDense.wi_0"),
+             ("ffn_down", "layer.1.DenseReluDense.wo"), ("ffn_norm", "layer.1.layer_norm"))
+_LLM_NAMES = (("blk.", "model.layers."), ("attn_norm", "input_layernorm"), ("attn_q_norm", "self_attn.q_norm"),
+              ("attn_k_norm", "self_attn.k_norm"), ("attn_q.", "self_attn.q_proj."), ("attn_k.", "self_attn.k_proj."),
+              ("attn_v.", "self_attn.v_proj."), ("attn_output", "self_attn.o_proj"), ("ffn_up", "mlp.up_proj"),
+              ("ffn_down", "mlp.down_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_norm", "post_attention_layernorm"),
+              ("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"), ("output.weight", "lm_head.weight"))
+TEXT_NAMES = {"t5": _T5_NAMES, "t5encoder": _T5_NAMES, "qwen3": _LLM_NAMES, "qwen2": _LLM_NAMES}
+TEXT_SKIPPED = {"t5": ("dec.",)}  # a whole T5's decoder: text encoders use the encoder only
 
 
 def _reader(path: str, input_name: str):
@@ -42,6 +60,18 @@ def architecture(path: str, input_name: str) -> str | None:
     return _field(_reader(path, input_name)[1], "general.architecture")
 
 
+def refuse_unread_gguf(path: str, input_name: str) -> None:
+    """Refuses a GGUF text encoder of an architecture whose llama.cpp names this version does not map."""
+    if not path.lower().endswith(GGUF_SUFFIX):
+        return
+    arch = architecture(path, input_name)
+    if arch not in TEXT_NAMES:
+        why = (" (Qwen2.5-VL's GGUF leaves its vision tower in a separate mmproj file)" if arch == "qwen2vl" else "")
+        raise InputError(input_name, f"'{os.path.basename(path)}' is a GGUF text encoder of the '{arch}' "
+                         f"architecture, which this version does not read{why}; it reads T5 and Qwen3 GGUFs.",
+                         "use the text encoder's safetensors release (bf16, fp8 or int8).")
+
+
 def _logical_shape(reader, tensor) -> tuple[int, ...]:
     orig = _field(reader, ORIG_SHAPE + tensor.name)
     if orig is not None:
@@ -50,25 +80,38 @@ def _logical_shape(reader, tensor) -> tuple[int, ...]:
 
 
 def read_shapes(path: str, input_name: str) -> dict[str, tuple[int, ...]]:
-    """Tensor names and their shapes once dequantized (what a safetensors header would say)."""
+    """Tensor names and their shapes once dequantized (what a safetensors header would say); a llama.cpp text
+    model's names as its safetensors release has them."""
     reader = _reader(path, input_name)[1]
-    return {t.name: _logical_shape(reader, t) for t in reader.tensors}
+    arch = _field(reader, "general.architecture")
+    names, skipped = TEXT_NAMES.get(arch, ()), TEXT_SKIPPED.get(arch, ())
+    return {_renamed(t.name, names): _logical_shape(reader, t) for t in reader.tensors
+            if not t.name.startswith(skipped)}
+
+
+def _renamed(name: str, replacements) -> str:
+    for old, new in replacements:
+        name = name.replace(old, new)
+    return name
 
 
 def read_tensors(path: str, prefix: str = "", input_name: str = "model_name") -> dict:
     """The tensors under ``prefix`` (removed from their names): plain tensors for F32/F16/BF16, QuantizedWeight for
-    block-quantized ones. Types diffusers cannot dequantize are refused by name."""
+    block-quantized ones; a llama.cpp text model's renamed to its safetensors names. Types diffusers cannot
+    dequantize are refused by name."""
     from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES
 
     gguf, reader = _reader(path, input_name)
     plain = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
+    arch = _field(reader, "general.architecture")
+    names, skipped = TEXT_NAMES.get(arch, ()), TEXT_SKIPPED.get(arch, ())
     out = {}
     with warnings.catch_warnings():  # the tensors map the read-only file; nothing writes to them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for tensor in reader.tensors:
-            if not tensor.name.startswith(prefix):
+            if not tensor.name.startswith(prefix) or tensor.name.startswith(skipped):
                 continue
-            key, kind = tensor.name[len(prefix):], tensor.tensor_type
+            key, kind = _renamed(tensor.name[len(prefix):], names), tensor.tensor_type
             shape = _logical_shape(reader, tensor)
             data = torch.from_numpy(tensor.data)
             if kind in plain:

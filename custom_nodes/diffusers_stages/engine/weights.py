@@ -2,8 +2,9 @@
 model on the meta device and filling it, and the precision a model loads in. Every loader reads files through
 here; nothing here knows a model family.
 
-Only safetensors (and diffusers folders of safetensors) are loaded, and GGUF files for DiT diffusion models
-(``gguf_files``): pickle formats (.ckpt, .pt, .bin) can run code when unpickled and are refused.
+Only safetensors (and diffusers folders of safetensors) are loaded, and GGUF files for DiT diffusion models and
+T5 / Qwen3 text encoders (``gguf_files``): pickle formats (.ckpt, .pt, .bin) can run code when unpickled and are
+refused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pt2")
 
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
-WEIGHT_SUFFIXES = (*SAFETENSORS_SUFFIXES, ".gguf")  # the files a diffusion model may come in
+WEIGHT_SUFFIXES = (*SAFETENSORS_SUFFIXES, ".gguf")  # the files a diffusion model or text encoder may come in
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

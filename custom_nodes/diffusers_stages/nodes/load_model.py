@@ -6,6 +6,7 @@ import os
 from .. import host
 from ..engine import loading, weights
 from ..engine.errors import InputError
+from ..engine.memory import MEMORY_OPTIONS, MEMORY_TOOLTIP, apply_memory_option
 from .base import DENOISER, SCHEDULER, TEXT_ENCODER, VAE, StageNode, category
 from .model_files import locate, t5_tokenizer_dirs
 
@@ -34,7 +35,7 @@ def resolve_model(name: str) -> tuple[str, str]:
 class LoadModel(StageNode):
     NODE_ID = "DS_LoadModel"
     DISPLAY_NAME = "Load Diffusers Model"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"  # 1.1.0: memory (optional, last)
     CATEGORY = category("loaders")
     DESCRIPTION = ("Loads a whole model (denoiser, text encoder, VAE and its default scheduler) from a diffusers "
                    "folder in models/diffusers, a single-file .safetensors checkpoint in models/checkpoints, or a "
@@ -70,7 +71,10 @@ class LoadModel(StageNode):
                 "allow_download": ("BOOLEAN", {
                     "default": False, "advanced": True,
                     "tooltip": "Allow downloading a repo_id that is not in the local cache (needs network)."}),
-            }
+            },
+            "optional": {
+                "memory": (list(MEMORY_OPTIONS), {"default": "none", "tooltip": MEMORY_TOOLTIP}),
+            },
         }
 
     @classmethod
@@ -88,7 +92,7 @@ class LoadModel(StageNode):
         # Naming `model` here replaces ComfyUI's list check with ours, which says what is wrong and how to fix it.
         return True if repo_id or model is None else cls.check_call(resolve_model, model)
 
-    def run(self, model, repo_id="", dtype="auto", prediction="auto", allow_download=False):
+    def run(self, model, repo_id="", dtype="auto", prediction="auto", allow_download=False, memory="none"):
         torch_dtype = host.default_dtype if dtype == "auto" else weights.DTYPES[dtype]  # auto: by family
         if repo_id.strip():
             loaded = loading.load_repo_id(repo_id.strip(), torch_dtype, prediction, allow_download)
@@ -100,6 +104,7 @@ class LoadModel(StageNode):
                 loaded = loading.load_single_file(path, torch_dtype, prediction, host.clip_vocab_dirs(),
                                                   t5_tokenizer_dirs())
         text_encoder = loaded.text_encoder
+        apply_memory_option(loaded.denoiser.module, memory, loaded.denoiser.module.dtype, host.compute_device())
         return (
             dataclasses.replace(loaded.denoiser, residency=host.manage([loaded.denoiser.module], "denoiser")),
             dataclasses.replace(text_encoder, residency=host.manage(text_encoder.modules, "text_encoder")),

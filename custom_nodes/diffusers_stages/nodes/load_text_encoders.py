@@ -7,6 +7,7 @@ from .. import host
 from ..engine import weights
 from ..engine.errors import InputError
 from ..engine.families import all_families
+from ..engine.gguf_files import refuse_unread_gguf
 from ..engine.text_files import LLM_KINDS, TEXT_KINDS, text_encoder_from_parts, text_part_from_tensors
 from ..engine.weights import open_safetensors, read_tensors
 from .base import TEXT_ENCODER, StageNode, category
@@ -39,7 +40,7 @@ class LoadTextEncoders(StageNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = [NONE, *host.list_model_files(FOLDER, weights.SAFETENSORS_SUFFIXES)]
+        files = [NONE, *host.list_model_files(FOLDER, weights.WEIGHT_SUFFIXES)]
         inputs = {"family": (list(families_with_text_files()), {
             "tooltip": "The model family the text encoders are for (it decides which files are needed and how the "
                        "prompt is encoded): sd15 = SD1.x, sdxl = SDXL, sd3 = SD3/3.5, flux = Flux.1, flux2 = "
@@ -100,8 +101,9 @@ class LoadTextEncoders(StageNode):
         slots = {slot.kind: slot for slot in family.text_slots}
         parts = {}
         for kind, path in paths.items():
-            open_safetensors(path, kind)
             field = "llm" if kind in LLM_KINDS else kind
+            open_safetensors(path, field, weights.WEIGHT_SUFFIXES)
+            refuse_unread_gguf(path, field)
             parts[kind] = text_part_from_tensors(read_tensors(path), slots[kind], torch_dtype, host.clip_vocab_dirs(),
                                                  tokenizer_dirs(kind), field, f"'{os.path.basename(path)}'")
         text_encoder = text_encoder_from_parts(family, parts, " + ".join(paths.values()))

@@ -95,10 +95,20 @@ def _blocks(value: torch.Tensor, qtype, generator: torch.Generator):
         return np.ascontiguousarray(data.reshape(rows, -1).numpy())
 
 
+def llama_cpp_name(name: str, arch: str) -> str:
+    """A text encoder's safetensors name as llama.cpp names it (the inverse of ``gguf_files.TEXT_NAMES``)."""
+    from ..engine.gguf_files import TEXT_NAMES
+
+    for old, new in reversed(TEXT_NAMES.get(arch, ())):
+        name = name.replace(new, old)
+    return name
+
+
 def gguf_file(path: str, original: dict, arch: str, qtypes: tuple[str, ...] = ("Q8_0",), seed: int = 0) -> None:
-    """``original`` as city96's tools write it: names unchanged, ``general.architecture`` = ``arch``, 1-D tensors
-    and tensors of <= 1024 values in F32, the rest in ``qtypes`` (taken in turn) where their rows fit the type's
-    blocks, else BF16 (as a bf16 release converts)."""
+    """``original`` as city96's tools write it: names unchanged (a text encoder's in llama.cpp's names, as
+    llama.cpp's converter writes them), ``general.architecture`` = ``arch``, 1-D tensors and tensors of <= 1024
+    values in F32, the rest in ``qtypes`` (taken in turn) where their rows fit the type's blocks, else BF16 (as a
+    bf16 release converts)."""
     import gguf
 
     writer = gguf.GGUFWriter(path=None, arch=arch)
@@ -106,7 +116,7 @@ def gguf_file(path: str, original: dict, arch: str, qtypes: tuple[str, ...] = ("
     generator = torch.Generator().manual_seed(seed)
     turn = 0
     for key, value in original.items():
-        value = value.detach().float()
+        key, value = llama_cpp_name(key, arch), value.detach().float()
         if value.ndim == 1 or value.numel() <= 1024:
             writer.add_tensor(key, value.numpy())
             continue
