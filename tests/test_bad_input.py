@@ -141,9 +141,15 @@ def test_guider_interval_backwards(nodes, sd1_graph):
 
 
 def test_inpainting_mask_not_silently_ignored(nodes, sd1_graph):
-    latent = dict(sd1_graph.empty(), noise_mask=torch.ones(1, 64, 64))
-    refused(lambda: sd1_graph.denoise(sd1_graph.guider("a", ""), sd1_graph.default_scheduler, latent),
-            "Denoise (Diffusers)", "latent", "noise mask")
+    """A mask that repaints nothing keeps the image (up to raw <-> model-space rounding); one that repaints all of
+    it changes it."""
+    torch.manual_seed(0)
+    raw = sd1_graph.encode_image(torch.rand(1, 64, 64, 3))
+    guider, scheduler = sd1_graph.guider("a", ""), sd1_graph.default_scheduler
+    kept = sd1_graph.denoise(guider, scheduler, dict(raw, noise_mask=torch.zeros(1, 64, 64)), steps=2)
+    assert (kept["samples"] - raw["samples"]).abs().max() < 1e-5
+    repainted = sd1_graph.denoise(guider, scheduler, dict(raw, noise_mask=torch.ones(1, 64, 64)), steps=2)
+    assert (repainted["samples"] - raw["samples"]).abs().mean() > 0.05
 
 
 def test_guider_without_negative(nodes, sd1_graph):

@@ -83,7 +83,7 @@ def test_flux2_img2img_matches_pipeline_from_the_noised_image(klein_graph, klein
     noise = randn_tensor(raw["samples"].shape, generator=generator)
     scheduler = klein_pipe.scheduler
     klein_graph.denoiser.family.set_timesteps(scheduler, steps, raw["samples"])
-    begin = steps - int(steps * strength)
+    begin = int(max(steps - steps * strength, 0))  # the flow pipelines' strength rule
     noised = scheduler.scale_noise(raw["samples"], scheduler.timesteps[begin:begin + 1], noise)
     sigmas = np.linspace(1.0, 1 / steps, steps)[begin:]
     ref = klein_pipe(prompt=PROMPT, negative_prompt_embeds=negative_embeds(klein_pipe), guidance_scale=4.0,

@@ -401,3 +401,41 @@ def test_quantized_file_loaded_partially_gives_the_same_image(server, lowvram_se
     assert "loaded partially" in lowvram_server.read_log()
     assert "loaded partially" not in server.read_log().split("Requested to load Flux2Transformer2DModel")[-1]
     assert (images[0] == images[1]).all()
+
+
+def test_core_alpha_mask_and_set_latent_noise_mask_drive_our_denoise(server):
+    """Core Load Image with an alpha mask -> our VAE Encode -> core Set Latent Noise Mask -> our Denoise -> our VAE
+    Decode -> core Save Image. The latent (saved by core Save Latent) keeps the encoded image outside the mask
+    (latent cells away from the transparent square) and is repainted inside."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    base = os.path.dirname(server.log_path)
+    os.makedirs(os.path.join(base, "input"), exist_ok=True)
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = np.random.default_rng(0).integers(0, 255, (64, 64, 3))
+    rgba[..., 3] = 255
+    rgba[16:48, 16:48, 3] = 0  # transparent square: core's MASK is 1 there (repaint)
+    Image.fromarray(rgba, "RGBA").save(os.path.join(base, "input", "masked.png"))
+    prompt = txt2img(steps=4)
+    prompt["20"] = {"class_type": "LoadImage", "inputs": {"image": "masked.png"}}
+    prompt["21"] = {"class_type": "DS_VAEEncode", "inputs": {"vae": ["1", 2], "pixels": ["20", 0]}}
+    prompt["22"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["21", 0], "mask": ["20", 1]}}
+    prompt["7"]["inputs"].update(latent=["22", 0], denoise=1.0)
+    for node_id, source in (("23", "7"), ("24", "21")):
+        prompt[node_id] = {"class_type": "SaveLatent", "inputs": {"samples": [source, 0],
+                                                                  "filename_prefix": f"latents/ds_mask_{node_id}"}}
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(entry["outputs"]["9"]["images"]) == 1
+
+    def latent(node_id):
+        saved = entry["outputs"][node_id]["latents"][0]
+        return load_file(os.path.join(base, "output", saved["subfolder"], saved["filename"]))["latent_tensor"]
+
+    difference = latent("23") - latent("24")
+    outside = np.ones((8, 8), bool)
+    outside[2:6, 2:6] = False  # the square's latent cells
+    assert difference[:, :, outside].abs().max() < 1e-5  # raw -> model space -> raw rounding only
+    assert difference[:, :, 3:5, 3:5].abs().mean() > 0.05  # inside: repainted

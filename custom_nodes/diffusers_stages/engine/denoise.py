@@ -26,6 +26,7 @@ from .controlnet import ControlPlan
 from .errors import InputError, require_finite
 from .family import Family
 from .guidance import Guidance, check_guider
+from .masks import blend, latent_mask, renoised
 from .schedulers import build_scheduler, is_flow, steps_error, uses_generator
 from .sigmas import apply_schedule
 
@@ -36,6 +37,7 @@ StepCallback = Callable[[int, int, "torch.Tensor | None"], None]  # (step index,
 class Plan:
     timesteps: torch.Tensor
     start_latents: torch.Tensor
+    noise: torch.Tensor | None = None  # the noise the start latents got (img2img, inpainting), for re-noising
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,11 @@ def check_scheduler(denoiser: Denoiser, spec: SchedulerSpec, steps: int) -> None
 
 
 def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int, strength: float,
-             generator: torch.Generator, txt2img: bool, explicit_schedule: str = "", window: Window = Window()) -> Plan:
+             generator: torch.Generator, txt2img: bool, explicit_schedule: str = "", window: Window = Window(),
+             inpaint: bool = False) -> Plan:
     """Timesteps and starting latents (model space, [B, C, h, w]); noise is drawn in that shape, as the pipelines do.
-    A window start continues a partly denoised latent: no noise is added (diffusers' add_noise=False)."""
+    A window start continues a partly denoised latent: no noise is added (diffusers' add_noise=False). Inpainting
+    at full strength starts from pure noise, as the inpaint pipelines do (``is_strength_max``)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     try:
@@ -130,7 +134,7 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
                              dtype=samples_model.dtype)
         sigma = getattr(scheduler, "init_noise_sigma", None)  # flow-matching schedulers start at unit noise
         return Plan(window.clip_end(scheduler.timesteps, scheduler), noise if sigma is None else noise * sigma)
-    run_steps = min(int(steps * strength), steps)
+    run_steps = family.strength_steps(steps, strength)
     begin = max(steps - run_steps, 0) * scheduler.order
     timesteps = window.clip_end(scheduler.timesteps[begin:], scheduler)
     if hasattr(scheduler, "set_begin_index"):
@@ -140,11 +144,14 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
     noise = randn_tensor(samples_model.shape, generator=generator, device=samples_model.device,
                          dtype=samples_model.dtype)
     first = timesteps[:1].repeat(samples_model.shape[0])
-    if hasattr(scheduler, "scale_noise"):  # flow matching: sigma * noise + (1 - sigma) * sample
+    sigma = getattr(scheduler, "init_noise_sigma", None)
+    if inpaint and strength >= 1.0:
+        start = noise if sigma is None else noise * sigma
+    elif hasattr(scheduler, "scale_noise"):  # flow matching: sigma * noise + (1 - sigma) * sample
         start = scheduler.scale_noise(samples_model, first, noise)
     else:
         start = scheduler.add_noise(samples_model, noise, first)
-    return Plan(timesteps, start)
+    return Plan(timesteps, start, noise)
 
 
 def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents: torch.Tensor, t,
@@ -187,9 +194,11 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
 
 def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.Tensor, seed: int, steps: int,
         strength: float = 1.0, on_step: StepCallback | None = None, window: Window = Window(),
-        samples_in_model_space: torch.Tensor | None = None) -> Denoised:
+        samples_in_model_space: torch.Tensor | None = None, noise_mask: torch.Tensor | None = None) -> Denoised:
     """``denoise`` with a denoising window; ``samples_in_model_space``: the exact model-space latents an earlier
-    run handed over (dividing by the VAE scale and multiplying back is not exact in floating point)."""
+    run handed over (dividing by the VAE scale and multiplying back is not exact in floating point);
+    ``noise_mask``: repaint only where it is 1, keeping the rest on ``samples`` as the inpaint pipelines do
+    (``engine/masks.py``)."""
     check_inputs(denoiser, guider, samples)
     if steps < 1:
         raise InputError("steps", f"{steps} steps is not a run.", "use at least 1 step.")
@@ -205,6 +214,9 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
                          "not both (diffusers ignores strength when denoising_start is set).")
     check_scheduler(denoiser, spec, steps)
     require_finite(samples, "latent", "the input latent", "the node that made the latent overflowed.")
+    if noise_mask is not None and window != Window():
+        raise InputError("latent", "a noise mask (inpainting) and a denoising window cannot go together.",
+                         "set denoising_start to 0 and denoising_end to 1, or remove the mask.")
 
     module = denoiser.module
     # the denoiser's precision (the pipelines use the prompt's, which is the same when all parts share one dtype;
@@ -228,8 +240,12 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
     # generator); two copies side by side when CFG runs batched
     controls = ControlPlan(denoiser, guider.positive.controls, guider.negative.controls if guider.negative else (),
                            image_size, batch, guidance.batch_copies, generator)
+    mask = None
+    if noise_mask is not None:
+        mask = latent_mask(noise_mask, samples.shape, denoiser.family.spatial_factor).to(device=device, dtype=dtype)
+        txt2img = False  # the image outside the mask is kept, whatever the strength
     plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img and
-                    window.start == 0.0, spec.explicit_schedule, window)
+                    window.start == 0.0, spec.explicit_schedule, window, inpaint=mask is not None)
     step_kwargs = {}
     if uses_generator(scheduler):
         step_kwargs["generator"] = generator
@@ -241,6 +257,11 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
         before = latents
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample
+        if mask is not None:  # the pipelines' blend: outside the mask, the image re-noised to the next timestep
+            image = samples_model if i == total - 1 else renoised(scheduler, samples_model, plan.noise,
+                                                                   plan.timesteps[i + 1:i + 2])
+            latents = denoiser.family.to_model_layout(blend(mask, denoiser.family.from_model_layout(
+                latents, samples_model.shape), image))
         require_finite(latents, "denoiser", f"the latent after step {i + 1} of {total}",
                        "the model's weights hold NaN/inf (a damaged file), an fp16 model overflowed (load it in bf16 "
                        "or fp32), or cfg / a prompt weight is extreme.")

@@ -215,6 +215,15 @@ class Family:
         """Channels of the LATENT this denoiser works on."""
         return denoiser.module.config.in_channels
 
+    def strength_steps(self, steps: int, strength: float) -> int:
+        """How many of ``steps`` an image-to-image or inpainting run at ``strength`` takes, counted as the family's
+        pipelines count them: the SD/SDXL pipelines run int(steps x strength); every flow-matching one (SD3, Flux,
+        Flux.2, Qwen-Image, Z-Image img2img and inpaint) skips int(steps - steps x strength), so 4 steps at 0.6 run 2
+        in the former and 3 in the latter."""
+        if self.flow_matching:
+            return steps - int(max(steps - steps * strength, 0))
+        return min(int(steps * strength), steps)
+
     def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
         """Timesteps for a run on ``latents`` (model space, unpacked); families with shifted schedules override."""
         scheduler.set_timesteps(steps, device=latents.device)

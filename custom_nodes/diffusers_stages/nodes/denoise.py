@@ -5,7 +5,6 @@ import torch
 from .. import host
 from ..engine import denoise as engine_denoise
 from ..engine import lora, schedulers
-from ..engine.errors import InputError
 from .base import DENOISER, GUIDER, SCHEDULER, StageNode, category
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -14,10 +13,12 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 class Denoise(StageNode):
     NODE_ID = "DS_Denoise"
     DISPLAY_NAME = "Denoise (Diffusers)"
-    VERSION = "1.1.0"  # 1.1.0: denoising_start / denoising_end (optional, advanced)
+    VERSION = "1.2.0"  # 1.1.0: denoising_start / denoising_end (optional, advanced); 1.2.0: a latent's noise_mask
     CATEGORY = category("sampling")
     DESCRIPTION = ("Runs the sampler: from an empty latent at denoise 1.0 (text-to-image), or from an encoded "
-                   "image with denoise below 1.0 (image-to-image, like diffusers' strength). Gives the same latents "
+                   "image with denoise below 1.0 (image-to-image, like diffusers' strength); a latent with a noise "
+                   "mask (Set Latent Noise Mask) is repainted inside the mask only, as diffusers' inpaint pipelines "
+                   "do (the mask binarised at 0.5). Gives the same latents "
                    "as the diffusers pipeline for the same weights, seed and settings. Reports progress every step, "
                    "can be interrupted every step, and sends live previews when the host has them on.")
     RETURN_TYPES = ("LATENT",)
@@ -32,15 +33,17 @@ class Denoise(StageNode):
                 "guider": (GUIDER, {"tooltip": "Prompts and guidance, from CFG Guider."}),
                 "scheduler": (SCHEDULER, {"tooltip": "From Scheduler, or the model's default from the loader."}),
                 "latent": ("LATENT", {"tooltip": "Where to start: Empty Latent for text-to-image, VAE Encode for "
-                                                 "image-to-image."}),
+                                                 "image-to-image; with a noise mask (Set Latent Noise Mask) for "
+                                                 "inpainting."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Seed of the noise (drawn on the CPU, so the same on every device)."}),
                 "steps": ("INT", {"default": 25, "min": 1, "max": 10000,
                                   "tooltip": "Number of sampler steps."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "How much to change the input. 1.0 on an empty latent is "
-                                                 "text-to-image; below 1.0 runs the last int(steps x denoise) "
-                                                 "steps on the input, as diffusers' img2img strength."}),
+                                                 "text-to-image; below 1.0 runs the last steps x denoise steps on "
+                                                 "the input, rounded as the model's diffusers img2img pipeline "
+                                                 "rounds its strength."}),
             },
             "optional": {
                 "denoising_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "advanced": True,
@@ -68,9 +71,6 @@ class Denoise(StageNode):
 
     def run(self, denoiser, guider, scheduler, latent, seed, steps, denoise=1.0, denoising_start=0.0,
             denoising_end=1.0):
-        if "noise_mask" in latent:
-            raise InputError("latent", "the latent carries a noise mask (inpainting), which this version of the "
-                             "pack does not support yet.", "remove the Set Latent Noise Mask node.")
         controls = guider.positive.controls + (guider.negative.controls if guider.negative else ())
         host.ensure_loaded(denoiser.residency, *(c.controlnet.residency for c in controls),
                            *(c.vae.residency for c in controls if c.vae is not None))  # SD3/Flux control latents
@@ -80,7 +80,7 @@ class Denoise(StageNode):
             with torch.inference_mode():
                 result = engine_denoise.run(denoiser, guider, scheduler, latent["samples"], seed, steps, denoise,
                                             progress.step, engine_denoise.Window(denoising_start, denoising_end),
-                                            handed_over(latent, denoiser))
+                                            handed_over(latent, denoiser), latent.get("noise_mask"))
         finally:
             progress.close()
         out = {k: v for k, v in latent.items() if k not in ("samples", HANDOFF)}

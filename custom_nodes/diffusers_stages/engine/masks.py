@@ -1,0 +1,51 @@
+"""Masks, as core ComfyUI passes them (``MASK`` [B, H, W]; ``LATENT["noise_mask"]`` [B, 1, H, W] from Set Latent
+Noise Mask, 1 = repaint), made into what the diffusers inpaint pipelines use: the mask processor's resize to the
+image size (nearest), its binarisation at 0.5, then the nearest resize to the latent size (``prepare_mask_latents``).
+A soft (blurred) mask is therefore binarised, as the pipelines do.
+
+During the run, the pipelines keep the area outside the mask on the original image: after each step the latents
+become (1 - mask) x the image latents re-noised to the next timestep (clean after the last) + mask x the latents
+(``blend``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+
+def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
+                input_name: str = "latent") -> torch.Tensor:
+    """[B, 1, h, w] mask at the latent's size (0/1) for a latent batch of ``latent_shape`` [B, C, h, w]."""
+    mask = noise_mask.detach().float().cpu()
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    elif mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise InputError(input_name, f"its noise mask has the shape {tuple(noise_mask.shape)}, not [B, H, W] or "
+                         "[B, 1, H, W].", "make the mask with core's mask nodes (Load Image's mask, Set Latent Noise "
+                         "Mask).")
+    batch, _, height, width = latent_shape
+    if mask.shape[0] not in (1, batch):
+        raise InputError(input_name, f"its noise mask holds {mask.shape[0]} masks for a batch of {batch} latents.",
+                         "give one mask, or one per latent.")
+    size = (height * factor, width * factor)
+    if tuple(mask.shape[-2:]) != size:  # the pipelines' mask processor resizes the mask to the image (nearest)
+        mask = F.interpolate(mask, size=size)
+    mask = (mask >= 0.5).to(mask.dtype)  # and binarises it
+    mask = F.interpolate(mask, size=(height, width))
+    return mask.repeat(batch // mask.shape[0], 1, 1, 1)
+
+
+def renoised(scheduler, image_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """The image latents noised to ``timestep`` (a 1-element tensor), as the pipelines do it in their loop."""
+    if hasattr(scheduler, "scale_noise"):  # flow matching
+        return scheduler.scale_noise(image_latents, timestep, noise)
+    return scheduler.add_noise(image_latents, noise, timestep)
+
+
+def blend(mask: torch.Tensor, latents: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:
+    return (1 - mask) * image_latents + mask * latents

@@ -1,0 +1,185 @@
+"""Inpainting with a noise mask (core's Set Latent Noise Mask on a VAE-encoded image) on a model without mask
+inputs: Denoise equals the diffusers inpaint pipeline, which keeps the area outside the (binarised) mask on the
+image re-noised to each next timestep. Strength below 1 and at 1, a soft (blurred) mask, batch 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import bchw
+from test_equivalence_sd15 import SEED, reference_scheduler
+
+from diffusers_stages.engine.errors import StageError
+
+
+def soft_mask(height: int, width: int) -> torch.Tensor:
+    """A ComfyUI MASK [1, H, W]: a disc, blurred (values between 0 and 1 around its edge)."""
+    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                          indexing="ij")
+    distance = ((y - height * 0.45) ** 2 + (x - width * 0.6) ** 2).sqrt()
+    return torch.sigmoid((min(height, width) * 0.3 - distance) / 3.0)[None]
+
+
+def masked_setup(nodes, models_root, model: str, folder_key: str, base_pipeline: str, inpaint_pipeline: str,
+                 seed: int):
+    """(graph, the inpaint pipeline on the folder's components, the encoded 64x96 picture, a soft mask, the latent
+    batch of 2 carrying it)."""
+    import diffusers
+    from conftest import Graph, load_pipeline
+
+    graph = Graph(nodes, model)
+    base = load_pipeline(base_pipeline, models_root[folder_key])
+    pipe = getattr(diffusers, inpaint_pipeline)(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.shipped_scheduler = base.shipped_scheduler
+    torch.manual_seed(seed)
+    raw = graph.encode_image(torch.rand(1, 64, 96, 3))
+    mask = soft_mask(64, 96)
+    return graph, pipe, raw, mask, {"samples": raw["samples"].repeat(2, 1, 1, 1), "noise_mask": mask}
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_sd15_noise_mask_equals_stable_diffusion_inpaint_pipeline(sd1_graph, sd1_pipe, strength):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    torch.manual_seed(3)
+    image = torch.rand(1, 64, 96, 3)
+    mask = soft_mask(64, 96)
+    raw = sd1_graph.encode_image(image)
+    latent = {"samples": raw["samples"].repeat(2, 1, 1, 1), "noise_mask": mask.reshape(-1, 1, 64, 96)}
+    guider = sd1_graph.guider("a photo of a cat", "blurry")
+    ours = sd1_graph.denoise(guider, sd1_graph.scheduler("euler", "normal"), latent, seed=SEED, steps=5,
+                             denoise=strength)
+    pictures = sd1_graph.decode(ours)
+
+    pipe = StableDiffusionInpaintPipeline(**sd1_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    # the encoded image as our VAE Encode gives it (the posterior's mode), scaled as the pipeline scales latents
+    scaled = raw["samples"] * pipe.vae.config.scaling_factor
+    for output_type in ("latent", "pt"):
+        pipe.scheduler = reference_scheduler(sd1_pipe, "euler", "normal", SEED)
+        ref = pipe("a photo of a cat", negative_prompt="blurry", image=scaled, mask_image=mask[None],
+                   masked_image_latents=scaled, height=64, width=96, strength=strength, num_inference_steps=5,
+                   guidance_scale=7.5, num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED),
+                   output_type=output_type).images
+        if output_type == "latent":
+            assert torch.equal(ours["samples"], ref / pipe.vae.config.scaling_factor)
+        else:
+            assert torch.equal(bchw(pictures), ref)
+    outside = torch.nn.functional.interpolate((mask[None] < 0.5).float(), size=(8, 12))
+    kept = ours["samples"] * outside - raw["samples"] * outside  # outside the mask: the image itself (up to the
+    assert kept.abs().max() < 1e-6  # rounding of raw -> x VAE scale -> / VAE scale, which is not exact in fp32
+
+
+def test_noise_mask_of_another_batch_or_shape_is_refused(sd1_graph):
+    raw = sd1_graph.encode_image(torch.rand(2, 64, 64, 3))
+    guider = sd1_graph.guider("a photo of a cat", "blurry")
+    scheduler = sd1_graph.scheduler("euler", "normal")
+    with pytest.raises(StageError, match="latent: its noise mask holds 3 masks for a batch of 2 latents.*Fix: "):
+        sd1_graph.denoise(guider, scheduler, {**raw, "noise_mask": torch.ones(3, 1, 64, 64)}, steps=2, denoise=0.5)
+    with pytest.raises(StageError, match=r"latent: its noise mask has the shape \(1, 3, 64, 64\).*Fix: "):
+        sd1_graph.denoise(guider, scheduler, {**raw, "noise_mask": torch.ones(1, 3, 64, 64)}, steps=2, denoise=0.5)
+
+
+def test_noise_mask_of_another_size_is_resized_as_the_pipeline_resizes_it(sd1_graph):
+    """A mask made for a picture twice the size: resized to the image (nearest), as the mask processor does."""
+    torch.manual_seed(3)
+    raw = sd1_graph.encode_image(torch.rand(1, 64, 96, 3))
+    mask = soft_mask(64, 96)
+    guider = sd1_graph.guider("a photo of a cat", "blurry")
+    runs = []
+    for noise_mask in (mask, torch.nn.functional.interpolate(mask[None], size=(128, 192))[0]):
+        runs.append(sd1_graph.denoise(guider, sd1_graph.scheduler("euler", "normal"),
+                                      {**raw, "noise_mask": noise_mask}, seed=SEED, steps=3, denoise=0.7)["samples"])
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_flux_noise_mask_equals_flux_inpaint_pipeline(nodes, models_root, strength):
+    """Flow matching: the image re-noised with scale_noise, latents packed (the blend is per element, so packing
+    does not change it)."""
+    from conftest import Graph, load_pipeline
+    from diffusers import FluxInpaintPipeline
+    from test_equivalence_flux import PROMPT, flux_guider
+
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    flux_pipe = load_pipeline("FluxPipeline", models_root["flux_folder"])
+    torch.manual_seed(4)
+    raw = graph.encode_image(torch.rand(1, 64, 96, 3))
+    mask = soft_mask(64, 96)
+    latent = {"samples": raw["samples"].repeat(2, 1, 1, 1), "noise_mask": mask}
+    ours = graph.denoise(flux_guider(graph), graph.default_scheduler, latent, seed=SEED, steps=5, denoise=strength)
+
+    pipe = FluxInpaintPipeline(**flux_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    denoiser = graph.denoiser
+    scaled = (raw["samples"] - denoiser.latent_shift) * denoiser.latent_scale  # as the pipeline encodes
+    ref = pipe(PROMPT, image=scaled, mask_image=mask[None], masked_image_latents=scaled, strength=strength,
+               num_inference_steps=5, guidance_scale=3.5, height=64, width=96, num_images_per_prompt=2,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(graph.decode(ours)), ref)
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_sdxl_noise_mask_equals_stable_diffusion_xl_inpaint_pipeline(nodes, models_root, strength):
+    graph, pipe, raw, mask, latent = masked_setup(nodes, models_root, "diffusers/tiny-sdxl", "sdxl_folder",
+                                                  "StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline", 5)
+    guider = graph.guider("a photo of a cat", "", cfg=6.0)
+    latent = {"samples": raw["samples"].repeat(2, 1, 1, 1), "noise_mask": mask}
+    ours = graph.denoise(guider, graph.scheduler("euler_ancestral", "normal"), latent, seed=SEED, steps=5,
+                         denoise=strength)
+    pipe.scheduler = reference_scheduler(pipe, "euler_ancestral", "normal", SEED)
+    scaled = raw["samples"] * pipe.vae.config.scaling_factor
+    ref = pipe("a photo of a cat", negative_prompt="", image=scaled, mask_image=mask[None],
+               masked_image_latents=scaled, height=64, width=96, strength=strength, num_inference_steps=5,
+               guidance_scale=6.0, num_images_per_prompt=2, output_type="latent",
+               generator=torch.Generator("cpu").manual_seed(SEED)).images
+    assert torch.equal(ours["samples"], ref / pipe.vae.config.scaling_factor)
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_sd3_noise_mask_equals_stable_diffusion_3_inpaint_pipeline(nodes, models_root, strength):
+    from test_equivalence_sd3 import PROMPT
+
+    graph, pipe, raw, mask, latent = masked_setup(nodes, models_root, "diffusers/tiny-sd3", "sd3_folder",
+                                                  "StableDiffusion3Pipeline", "StableDiffusion3InpaintPipeline", 8)
+    ours = graph.denoise(graph.guider(PROMPT, "blurry", cfg=5.0), graph.default_scheduler, latent, seed=SEED,
+                         steps=5, denoise=strength)
+    denoiser = graph.denoiser
+    scaled = (raw["samples"] - denoiser.latent_shift) * denoiser.latent_scale
+    # latents compared: the inpaint pipeline (diffusers 0.42) decodes latents / scaling_factor without adding the
+    # VAE's shift_factor back (its img2img and txt2img pipelines add it), so its pictures are off by that shift
+    ref = pipe(PROMPT, negative_prompt="blurry", image=scaled, mask_image=mask[None], masked_image_latents=scaled,
+               height=64, width=96, strength=strength, num_inference_steps=5, guidance_scale=5.0,
+               num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent").images
+    assert torch.equal(ours["samples"], ref / denoiser.latent_scale + denoiser.latent_shift)
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_img2img_step_count_rounds_as_the_familys_pipeline(nodes, models_root, family):
+    """4 steps at strength 0.6: the SD img2img pipeline runs int(2.4) = 2 steps, the flow ones 4 - int(1.6) = 3."""
+    from conftest import Graph, load_pipeline
+    from diffusers import FluxImg2ImgPipeline, StableDiffusionImg2ImgPipeline
+
+    graph = Graph(nodes, "diffusers/tiny-sd15" if family == "sd15" else "diffusers/tiny-flux")
+    torch.manual_seed(4)
+    raw = graph.encode_image(torch.rand(1, 64, 64, 3))
+    denoiser = graph.denoiser
+    scaled = (raw["samples"] - denoiser.latent_shift) * denoiser.latent_scale
+    if family == "sd15":
+        pipe = StableDiffusionImg2ImgPipeline(**load_pipeline("StableDiffusionPipeline",
+                                                              models_root["sd1_folder"]).components)
+        guider = graph.guider("a photo of a cat", "blurry")
+        ours = graph.denoise(guider, graph.default_scheduler, raw, seed=SEED, steps=4, denoise=0.6)
+        kwargs = {"negative_prompt": "blurry", "guidance_scale": 7.5}
+    else:
+        from test_equivalence_flux import flux_guider
+
+        pipe = FluxImg2ImgPipeline(**load_pipeline("FluxPipeline", models_root["flux_folder"]).components)
+        ours = graph.denoise(flux_guider(graph), graph.default_scheduler, raw, seed=SEED, steps=4, denoise=0.6)
+        kwargs = {"guidance_scale": 3.5}
+    pipe.set_progress_bar_config(disable=True)
+    prompt = "a photo of a cat" if family == "sd15" else __import__("test_equivalence_flux").PROMPT
+    ref = pipe(prompt, image=scaled, strength=0.6, num_inference_steps=4, height=64, width=64, output_type="pt",
+               generator=torch.Generator("cpu").manual_seed(SEED), **kwargs).images
+    assert torch.equal(bchw(graph.decode(ours)), ref)
