@@ -173,13 +173,14 @@ def test_img2img_step_count_rounds_as_the_familys_pipeline(nodes, models_root, f
         ours = graph.denoise(guider, graph.default_scheduler, raw, seed=SEED, steps=4, denoise=0.6)
         kwargs = {"negative_prompt": "blurry", "guidance_scale": 7.5}
     else:
-        from test_equivalence_flux import flux_guider
+        from test_equivalence_flux import PROMPT, flux_guider
 
         pipe = FluxImg2ImgPipeline(**load_pipeline("FluxPipeline", models_root["flux_folder"]).components)
         ours = graph.denoise(flux_guider(graph), graph.default_scheduler, raw, seed=SEED, steps=4, denoise=0.6)
         kwargs = {"guidance_scale": 3.5}
     pipe.set_progress_bar_config(disable=True)
-    prompt = "a photo of a cat" if family == "sd15" else __import__("test_equivalence_flux").PROMPT
+    prompt = "a photo of a cat" if family == "sd15" else PROMPT
     ref = pipe(prompt, image=scaled, strength=0.6, num_inference_steps=4, height=64, width=64, output_type="pt",
                generator=torch.Generator("cpu").manual_seed(SEED), **kwargs).images
     assert torch.equal(bchw(graph.decode(ours)), ref)
+

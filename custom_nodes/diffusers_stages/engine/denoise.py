@@ -242,7 +242,9 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
                            image_size, batch, guidance.batch_copies, generator)
     mask = None
     if noise_mask is not None:
-        mask = latent_mask(noise_mask, samples.shape, denoiser.family.spatial_factor).to(device=device, dtype=dtype)
+        family = denoiser.family
+        mask = latent_mask(noise_mask, samples.shape, family.spatial_factor, family.mask_resize).to(device=device,
+                                                                                                   dtype=dtype)
         txt2img = False  # the image outside the mask is kept, whatever the strength
     plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img and
                     window.start == 0.0, spec.explicit_schedule, window, inpaint=mask is not None)

@@ -1,6 +1,7 @@
 """Masks, as core ComfyUI passes them (``MASK`` [B, H, W]; ``LATENT["noise_mask"]`` [B, 1, H, W] from Set Latent
 Noise Mask, 1 = repaint), made into what the diffusers inpaint pipelines use: the mask processor's resize to the
-image size (nearest), its binarisation at 0.5, then the nearest resize to the latent size (``prepare_mask_latents``).
+image size (nearest), its binarisation at 0.5, then the resize to the latent size (``prepare_mask_latents``; nearest,
+bilinear for Flux.2).
 A soft (blurred) mask is therefore binarised, as the pipelines do.
 
 During the run, the pipelines keep the area outside the mask on the original image: after each step the latents
@@ -16,9 +17,10 @@ import torch.nn.functional as F
 from .errors import InputError
 
 
-def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
+def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int, mode: str = "nearest",
                 input_name: str = "latent") -> torch.Tensor:
-    """[B, 1, h, w] mask at the latent's size (0/1) for a latent batch of ``latent_shape`` [B, C, h, w]."""
+    """[B, 1, h, w] mask at the latent's size for a latent batch of ``latent_shape`` [B, C, h, w]: binarised, then
+    resized in the family's ``mode`` (nearest: 0/1; Flux.2's bilinear: soft at the edges)."""
     mask = noise_mask.detach().float().cpu()
     if mask.ndim == 2:
         mask = mask[None, None]
@@ -36,7 +38,7 @@ def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
     if tuple(mask.shape[-2:]) != size:  # the pipelines' mask processor resizes the mask to the image (nearest)
         mask = F.interpolate(mask, size=size)
     mask = (mask >= 0.5).to(mask.dtype)  # and binarises it
-    mask = F.interpolate(mask, size=(height, width))
+    mask = F.interpolate(mask, size=(height, width), mode=mode)
     return mask.repeat(batch // mask.shape[0], 1, 1, 1)
 
 

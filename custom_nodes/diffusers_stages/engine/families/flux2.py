@@ -52,6 +52,7 @@ class Flux2Family(Family):
     flow_matching = True
     packs_latents = True  # the latent grid flattened to tokens
     begin_index_on_full_run = True
+    mask_resize = "bilinear"  # Flux2KleinInpaintPipeline: straight to the packed size, bilinear (soft edges)
     inference_dtypes = ("bf16", "fp16", "fp32")
     skip_layer_lists = {"": "transformer_blocks", "single": "single_transformer_blocks"}
     lora_pipeline, lora_denoiser = "Flux2KleinPipeline", "transformer"  # Flux2LoraLoaderMixin: the transformer
