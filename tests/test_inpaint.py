@@ -184,3 +184,23 @@ def test_img2img_step_count_rounds_as_the_familys_pipeline(nodes, models_root, f
                generator=torch.Generator("cpu").manual_seed(SEED), **kwargs).images
     assert torch.equal(bchw(graph.decode(ours)), ref)
 
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_qwen_image_noise_mask_equals_qwen_image_inpaint_pipeline(nodes, models_root, strength):
+    """Qwen-Image (true CFG, latents normalised per channel): given our latents through a bypassed image processor,
+    as its img2img test gives them."""
+    from test_equivalence_qwen_image import NEGATIVE, PROMPT
+
+    graph, pipe, raw, mask, latent = masked_setup(nodes, models_root, "diffusers/tiny-qwen-image", "qwen_image_folder",
+                                                  "QwenImagePipeline", "QwenImageInpaintPipeline", 4)
+    guider = nodes["DS_CFGGuider"].execute(positive=graph.encode(PROMPT), negative=graph.encode(NEGATIVE),
+                                           cfg=3.0)[0]
+    ours = graph.denoise(guider, graph.default_scheduler, latent, seed=SEED, steps=5, denoise=strength)
+    pipe.image_processor.preprocess = lambda image, *args, **kwargs: image
+    normalised = graph.denoiser.to_model_space(raw["samples"])
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=3.0, image=normalised, mask_image=mask[None],
+               masked_image_latents=normalised, strength=strength, num_inference_steps=5, height=64, width=96,
+               num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(graph.decode(ours)), ref)
+
