@@ -147,10 +147,8 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
     sigma = getattr(scheduler, "init_noise_sigma", None)
     if inpaint and strength >= 1.0:
         start = noise if sigma is None else noise * sigma
-    elif hasattr(scheduler, "scale_noise"):  # flow matching: sigma * noise + (1 - sigma) * sample
-        start = scheduler.scale_noise(samples_model, first, noise)
-    else:
-        start = scheduler.add_noise(samples_model, noise, first)
+    else:  # flow matching: sigma * noise + (1 - sigma) * sample; otherwise the scheduler's add_noise
+        start = renoised(scheduler, samples_model, noise, first)
     return Plan(timesteps, start, noise)
 
 

@@ -43,7 +43,8 @@ def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
 
 
 def renoised(scheduler, image_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    """The image latents noised to ``timestep`` (a 1-element tensor), as the pipelines do it in their loop."""
+    """The image latents noised to ``timestep`` (one per latent, or one for all), as the img2img and inpaint
+    pipelines noise them: flow matching's scale_noise, else the scheduler's add_noise."""
     if hasattr(scheduler, "scale_noise"):  # flow matching
         return scheduler.scale_noise(image_latents, timestep, noise)
     return scheduler.add_noise(image_latents, noise, timestep)
