@@ -197,14 +197,10 @@ def ensure_loaded(*residencies: Residency) -> None:
     if not patchers:
         return
     for patcher in patchers:
-        _offer_partial_loading(patcher.model, patcher.load_device)
+        _offer_partial_loading(patcher.model)
     _mm.load_models_gpu(patchers)
     for patcher in patchers:
         _stream(patcher.model, patcher.load_device)
-
-
-def _owns_tensors(module: torch.nn.Module) -> bool:
-    return any(t is not None for t in (*module._parameters.values(), *module._buffers.values()))
 
 
 def _on(tensor: torch.Tensor, device: torch.device) -> bool:
@@ -212,7 +208,7 @@ def _on(tensor: torch.Tensor, device: torch.device) -> bool:
     return tensor.device.type == device.type and (device.index is None or tensor.device.index == device.index)
 
 
-def _offer_partial_loading(holder: torch.nn.Module, device: torch.device) -> None:
+def _offer_partial_loading(holder: torch.nn.Module) -> None:
     """Mark the layers the host may leave on the offload device (its partial loading considers only modules carrying
     ``comfy_cast_weights``, sets the flag to True for those it leaves, and reads their ``weight`` and ``bias``): those
     with a weight parameter and a bias attribute (Linear, Conv, norms). Other modules holding tensors (embeddings,
