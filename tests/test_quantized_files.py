@@ -128,7 +128,8 @@ def test_quantized_transformer_file_stays_quantized_and_equals_the_pipeline_on_d
         assert torch.equal(ours, run(pipe))
 
 
-@pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_1", "Q5_0"])
+@pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_1", "Q5_0", "IQ4_NL",
+                                   "IQ4_XS"])
 def test_gguf_k_quants_equal_diffusers_own_gguf_loading(models_root, tmp_path, qtype):
     """A Flux.2 transformer 256 wide (K-quants come in blocks of 256) in each GGUF type: our loading, diffusers'
     from_single_file with GGUFQuantizationConfig and the weights dequantized once give the same output."""

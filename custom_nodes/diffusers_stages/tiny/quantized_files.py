@@ -73,14 +73,15 @@ def int8_file(path: str, original: dict, convrot_groupsize: int = 0, per_row: bo
     save_file(tensors, path)
 
 
-# where each K-quant block keeps its float16 scales (d, dmin), from llama.cpp's block structs
-_K_QUANT_HALVES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+# where each K-quant / IQ4 block keeps its float16 scales (d, dmin), from llama.cpp's block structs
+_HALF_SCALES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_NL": (0,),
+                "IQ4_XS": (0,)}
 
 
 def _blocks(value: torch.Tensor, qtype, generator: torch.Generator):
     """``value`` in llama.cpp's blocks of ``qtype``: quantized by the gguf package where it implements the type;
-    K-quants (which it only reads) as blocks of random codes with small float16 scales, since the weights of these
-    tiny models are random anyway."""
+    K-quants and IQ4 (which it only reads) as blocks of random codes with small float16 scales, since the weights
+    of these tiny models are random anyway."""
     import gguf
     import numpy as np
 
@@ -90,7 +91,7 @@ def _blocks(value: torch.Tensor, qtype, generator: torch.Generator):
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         rows, columns = value.shape
         data = torch.randint(0, 256, (rows, columns // block, size), dtype=torch.uint8, generator=generator)
-        for offset in _K_QUANT_HALVES[qtype.name]:
+        for offset in _HALF_SCALES[qtype.name]:
             data[..., offset:offset + 2] = torch.tensor([1e-4], dtype=torch.float16).view(torch.uint8)
         return np.ascontiguousarray(data.reshape(rows, -1).numpy())
 
