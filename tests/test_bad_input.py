@@ -161,10 +161,11 @@ def test_guider_without_negative(nodes, sd1_graph):
     assert torch.equal(a["samples"], b["samples"])  # cfg 1: the negative is never used
 
 
-def test_inpainting_model_refused_at_load(nodes, models_root):
+def test_specialised_model_refused_at_load(nodes, models_root):
+    """An 8-channel U-Net (InstructPix2Pix's layout) is refused when loaded; inpainting U-Nets (9) load."""
     import shutil
 
-    folder = os.path.join(models_root["root"], "diffusers", "tiny-sd15-inpaint")
+    folder = os.path.join(models_root["root"], "diffusers", "tiny-sd15-pix2pix")
     if not os.path.isdir(folder):
         shutil.copytree(models_root["sd1_folder"], folder)
         config_path = os.path.join(folder, "unet", "config.json")
@@ -173,9 +174,9 @@ def test_inpainting_model_refused_at_load(nodes, models_root):
         from diffusers import UNet2DConditionModel
 
         UNet2DConditionModel(**{**{k: v for k, v in config.items() if not k.startswith("_")},
-                                "in_channels": 9}).save_pretrained(os.path.join(folder, "unet"))
-    refused(load(nodes, model="diffusers/tiny-sd15-inpaint"), "Load Diffusers Model", "model", "9 input channels",
-            "inpainting")
+                                "in_channels": 8}).save_pretrained(os.path.join(folder, "unet"))
+    refused(load(nodes, model="diffusers/tiny-sd15-pix2pix"), "Load Diffusers Model", "model", "8 input channels",
+            "specialised model")
 
 
 def test_size_conditioning_refuses_families_without_it(nodes):

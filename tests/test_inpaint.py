@@ -204,3 +204,46 @@ def test_qwen_image_noise_mask_equals_qwen_image_inpaint_pipeline(nodes, models_
                num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert torch.equal(bchw(graph.decode(ours)), ref)
 
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_inpainting_unet_with_inpaint_conditioning_equals_stable_diffusion_inpaint_pipeline(nodes, models_root,
+                                                                                           strength):
+    """A 9-channel SD1.5 inpainting U-Net: Inpaint Conditioning gives it the mask and the masked image's latents as
+    input channels (no blend), as StableDiffusionInpaintPipeline does; it is given the same encoded latents."""
+    graph, pipe, _, mask, _ = masked_setup(nodes, models_root, "diffusers/tiny-sd15-inpainting",
+                                           "sd1_inpainting_folder", "StableDiffusionPipeline",
+                                           "StableDiffusionInpaintPipeline", 3)
+    assert graph.denoiser.module.config.in_channels == 9
+    torch.manual_seed(9)
+    image = torch.rand(1, 64, 96, 3)
+    latent = nodes["DS_InpaintConditioning"].execute(vae=graph.vae, pixels=image, mask=mask)[0]
+    latent = {**latent, "samples": latent["samples"].repeat(2, 1, 1, 1)}
+    from diffusers_stages.engine.masks import masked_pixels  # the masked picture is the pipeline's, in [-1, 1]
+
+    condition = pipe.mask_processor.preprocess(mask[None], height=64, width=96)
+    theirs = pipe.image_processor.preprocess(image.movedim(-1, 1), height=64, width=96) * (condition < 0.5)
+    assert torch.equal(masked_pixels(image, mask).movedim(-1, 1) * 2 - 1, theirs)
+    guider = graph.guider("a photo of a cat", "blurry")
+    ours = graph.denoise(guider, graph.scheduler("euler", "normal"), latent, seed=SEED, steps=5, denoise=strength)
+
+    pipe.scheduler = reference_scheduler(pipe, "euler", "normal", SEED)
+    scale = pipe.vae.config.scaling_factor
+    ref = pipe("a photo of a cat", negative_prompt="blurry", image=latent["samples"][:1] * scale,
+               mask_image=mask[None], masked_image_latents=latent["diffusers_stages_masked_image"] * scale,
+               height=64, width=96, strength=strength, num_inference_steps=5, guidance_scale=7.5,
+               num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED),
+               output_type="latent").images
+    assert torch.equal(ours["samples"], ref / scale)
+
+
+def test_inpainting_unet_without_inpaint_conditioning_is_refused(nodes):
+    from conftest import Graph
+
+    graph = Graph(nodes, "diffusers/tiny-sd15-inpainting")
+    raw = graph.encode_image(torch.rand(1, 64, 64, 3))
+    assert raw["samples"].shape[1] == 4 and graph.empty()["samples"].shape[1] == 4  # its latents have 4 channels
+    with pytest.raises(StageError, match="latent: this Stable Diffusion 1.x/2.x model is an inpainting model.*Fix: "
+                                         "make the latent with Inpaint Conditioning"):
+        graph.denoise(graph.guider("a cat", ""), graph.default_scheduler, {**raw, "noise_mask": torch.ones(1, 64, 64)},
+                      steps=2)

@@ -153,8 +153,10 @@ def plan_run(family: Family, scheduler, samples_model: torch.Tensor, steps: int,
 
 
 def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents: torch.Tensor, t,
-                      controls: ControlPlan | None = None, step: int = 0, total: int = 1) -> torch.Tensor:
-    """One step's prediction: the calls ``guidance`` says this step needs, run in its order, combined by it."""
+                      controls: ControlPlan | None = None, step: int = 0, total: int = 1,
+                      extra_channels: torch.Tensor | None = None) -> torch.Tensor:
+    """One step's prediction: the calls ``guidance`` says this step needs, run in its order, combined by it.
+    ``extra_channels`` (an inpainting model's mask and masked-image latents) join each call's input."""
     family = denoiser.family
     scaled = scheduler.scale_model_input(latents, t) if hasattr(scheduler, "scale_model_input") else latents
     predictions = {}
@@ -166,6 +168,8 @@ def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents
         model_input = torch.cat([scaled] * len(call.halves)) if len(call.halves) > 1 else scaled
         if controls:
             call_inputs = {**call_inputs, **controls.residuals(model_input, t, call_inputs, call.halves, step, total)}
+        if extra_channels is not None:
+            model_input = torch.cat([model_input, extra_channels.repeat(len(call.halves), 1, 1, 1)], dim=1)
         with call.applied(denoiser.module):
             output = family.predict(denoiser, model_input, t, call_inputs)
         predictions.update(zip(call.names, output.chunk(len(call.halves)) if len(call.halves) > 1 else (output,)))
@@ -192,11 +196,13 @@ def denoise(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: to
 
 def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.Tensor, seed: int, steps: int,
         strength: float = 1.0, on_step: StepCallback | None = None, window: Window = Window(),
-        samples_in_model_space: torch.Tensor | None = None, noise_mask: torch.Tensor | None = None) -> Denoised:
+        samples_in_model_space: torch.Tensor | None = None, noise_mask: torch.Tensor | None = None,
+        masked_image: torch.Tensor | None = None) -> Denoised:
     """``denoise`` with a denoising window; ``samples_in_model_space``: the exact model-space latents an earlier
     run handed over (dividing by the VAE scale and multiplying back is not exact in floating point);
     ``noise_mask``: repaint only where it is 1, keeping the rest on ``samples`` as the inpaint pipelines do
-    (``engine/masks.py``)."""
+    (``engine/masks.py``); an inpainting model takes the mask and ``masked_image`` (raw latents) as input channels
+    instead."""
     check_inputs(denoiser, guider, samples)
     if steps < 1:
         raise InputError("steps", f"{steps} steps is not a run.", "use at least 1 step.")
@@ -244,6 +250,14 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
         mask = latent_mask(noise_mask, samples.shape, family.spatial_factor, family.mask_resize).to(device=device,
                                                                                                    dtype=dtype)
         txt2img = False  # the image outside the mask is kept, whatever the strength
+    extra_channels = None
+    if denoiser.family.is_inpainting_model(denoiser):
+        if mask is None or masked_image is None:
+            raise InputError("latent", f"this {denoiser.family.display_name} model is an inpainting model: it needs "
+                             "a mask and the masked image beside the latent.",
+                             "make the latent with Inpaint Conditioning (the image, the mask and this model's VAE).")
+        masked = denoiser.to_model_space(masked_image.to(device=device, dtype=dtype))
+        extra_channels = torch.cat([mask, masked.repeat(batch // masked.shape[0], 1, 1, 1)], dim=1)
     plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img and
                     window.start == 0.0, spec.explicit_schedule, window, inpaint=mask is not None)
     step_kwargs = {}
@@ -253,11 +267,12 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
     latents = denoiser.family.to_model_layout(plan.start_latents)
     total = len(plan.timesteps)
     for i, t in enumerate(plan.timesteps):
-        prediction = guided_prediction(denoiser, guidance, scheduler, latents, t, controls, i, total)
+        prediction = guided_prediction(denoiser, guidance, scheduler, latents, t, controls, i, total, extra_channels)
         before = latents
         output = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample
-        if mask is not None:  # the pipelines' blend: outside the mask, the image re-noised to the next timestep
+        if mask is not None and extra_channels is None:  # the pipelines' blend (not for inpainting models): outside
+            # the mask, the image re-noised to the next timestep
             image = samples_model if i == total - 1 else renoised(scheduler, samples_model, plan.noise,
                                                                    plan.timesteps[i + 1:i + 2])
             latents = denoiser.family.to_model_layout(blend(mask, denoiser.family.from_model_layout(

@@ -213,8 +213,15 @@ class Family:
         raise NotImplementedError(f"ControlNet is not supported for {self.display_name} yet")
 
     def latent_channels_of(self, denoiser: Denoiser) -> int:
-        """Channels of the LATENT this denoiser works on."""
-        return denoiser.module.config.in_channels
+        """Channels of the LATENT this denoiser works on (an inpainting U-Net's input also holds the mask and the
+        masked image's latents)."""
+        channels = denoiser.module.config.in_channels
+        return self.latent_channels if self.is_inpainting_model(denoiser) else channels
+
+    def is_inpainting_model(self, denoiser: Denoiser) -> bool:
+        """A denoiser that takes the mask and the masked image's latents beside its latents (SD1.5/SDXL inpainting
+        U-Nets: 4 + 1 + 4 = 9 input channels)."""
+        return denoiser.module.config.get("in_channels") == 2 * self.latent_channels + 1
 
     def strength_steps(self, steps: int, strength: float) -> int:
         """How many of ``steps`` an image-to-image or inpainting run at ``strength`` takes, counted as the family's

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
+MASKED_IMAGE = "diffusers_stages_masked_image"  # LATENT key: the masked image's raw latents (Inpaint Conditioning)
+
 
 def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int, mode: str = "nearest",
                 input_name: str = "latent") -> torch.Tensor:
@@ -34,10 +36,7 @@ def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
     if mask.shape[0] not in (1, batch):
         raise InputError(input_name, f"its noise mask holds {mask.shape[0]} masks for a batch of {batch} latents.",
                          "give one mask, or one per latent.")
-    size = (height * factor, width * factor)
-    if tuple(mask.shape[-2:]) != size:  # the pipelines' mask processor resizes the mask to the image (nearest)
-        mask = F.interpolate(mask, size=size)
-    mask = (mask >= 0.5).to(mask.dtype)  # and binarises it
+    mask = binarised_at(mask, (height * factor, width * factor))  # the pipelines' mask processor
     mask = F.interpolate(mask, size=(height, width), mode=mode)
     return mask.repeat(batch // mask.shape[0], 1, 1, 1)
 
@@ -52,3 +51,19 @@ def renoised(scheduler, image_latents: torch.Tensor, noise: torch.Tensor, timest
 
 def blend(mask: torch.Tensor, latents: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:
     return (1 - mask) * image_latents + mask * latents
+
+
+def binarised_at(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, 1, H, W] 0/1 mask at ``size``: the pipelines' mask processor (nearest resize, then >= 0.5)."""
+    mask = mask.detach().float()
+    mask = mask[:, None] if mask.ndim == 3 else mask[None, None] if mask.ndim == 2 else mask
+    if tuple(mask.shape[-2:]) != tuple(size):
+        mask = F.interpolate(mask, size=size)
+    return (mask >= 0.5).to(mask.dtype)
+
+
+def masked_pixels(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI IMAGE [B, H, W, C] with the masked area set to 0.5 (0 once normalised to [-1, 1]), as the inpaint
+    pipelines build ``masked_image = image * (mask < 0.5)`` from their [-1, 1] image."""
+    keep = binarised_at(mask.to(pixels.device), tuple(pixels.shape[1:3])) < 0.5  # [B, 1, H, W]
+    return torch.where(keep.movedim(1, -1), pixels, torch.full_like(pixels, 0.5))

@@ -9,6 +9,7 @@ from .denoise import Denoise
 from .empty_latent import EmptyLatent
 from .fdg_guider import FDGGuider
 from .flux_guidance import FluxGuidance
+from .inpaint_conditioning import InpaintConditioning
 from .load_controlnet import LoadControlNet
 from .load_diffusion_model import LoadDiffusionModel
 from .load_lora import LoadLoRA
@@ -30,7 +31,7 @@ ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA,
              SEGGuider, FDGGuider,
              SkipLayerGuidance,
              LoadControlNet, ApplyControlNet,
-             EmptyLatent, Denoise, VAEDecode, VAEEncode)
+             EmptyLatent, Denoise, VAEDecode, VAEEncode, InpaintConditioning)
 
 for _node in ALL_NODES:  # the version shows in the node's description (V1 nodes have no field of their own)
     if "[node v" not in _node.DESCRIPTION:

@@ -5,6 +5,7 @@ import torch
 from .. import host
 from ..engine import denoise as engine_denoise
 from ..engine import lora, schedulers
+from ..engine.masks import MASKED_IMAGE
 from .base import DENOISER, GUIDER, SCHEDULER, StageNode, category
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -80,7 +81,8 @@ class Denoise(StageNode):
             with torch.inference_mode():
                 result = engine_denoise.run(denoiser, guider, scheduler, latent["samples"], seed, steps, denoise,
                                             progress.step, engine_denoise.Window(denoising_start, denoising_end),
-                                            handed_over(latent, denoiser), latent.get("noise_mask"))
+                                            handed_over(latent, denoiser), latent.get("noise_mask"),
+                                            latent.get(MASKED_IMAGE))
         finally:
             progress.close()
         out = {k: v for k, v in latent.items() if k not in ("samples", HANDOFF)}

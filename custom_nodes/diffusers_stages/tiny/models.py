@@ -36,8 +36,10 @@ def _tokenizer(vocab_size: int, pad_token: str):
     return build_clip_tokenizer(vocab_size, pad_token=pad_token)
 
 
-def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), sample_size: int = 8):
-    """A StableDiffusionPipeline with random weights. ``variant``: "sd1" (epsilon) or "sd2" (v-prediction)."""
+def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), sample_size: int = 8,
+                      inpainting: bool = False):
+    """A StableDiffusionPipeline with random weights. ``variant``: "sd1" (epsilon) or "sd2" (v-prediction);
+    ``inpainting``: a 9-channel U-Net (latents, mask, masked image latents), as SD1.5 inpainting's."""
     from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -46,7 +48,7 @@ def build_sd_pipeline(variant: str = "sd1", unet_channels=(16, 16, 32, 32), samp
     groups = 16 if min(unet_channels) % 16 == 0 else 8
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
+        sample_size=sample_size, in_channels=9 if inpainting else 4, out_channels=4, layers_per_block=2,
         block_out_channels=tuple(unet_channels),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -437,6 +439,8 @@ def write_models(root: str) -> dict[str, str]:
     paths = {}
     sd1 = build_sd_pipeline("sd1")
     paths["sd1_folder"] = save_folder(root, "tiny-sd15", sd1)
+    paths["sd1_inpainting_folder"] = save_folder(root, "tiny-sd15-inpainting",
+                                                 build_sd_pipeline("sd1", inpainting=True))
     os.makedirs(os.path.join(root, "checkpoints"), exist_ok=True)
     paths["sd1_single"] = os.path.join(root, "checkpoints", "tiny-sd15.safetensors")
     save_ldm_checkpoint(sd1, paths["sd1_single"])
