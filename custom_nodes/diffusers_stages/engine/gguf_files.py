@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import lru_cache
 
 import torch
 
@@ -38,16 +39,33 @@ TEXT_SKIPPED = {"t5": ("dec.",)}  # a whole T5's decoder: text encoders use the 
 
 
 def _reader(path: str, input_name: str):
+    """(the gguf module, the file's reader); a loader asks for shapes, architecture and tensors in turn, so the
+    parsed header of the last few files is kept (keyed by the file's size and time, so a replaced file is read
+    again)."""
     try:
         import gguf
     except ImportError as exc:  # a requirement of the pack; only a broken install lacks it
         raise InputError(input_name, "reading GGUF files needs the 'gguf' package, which is not installed.",
                          "install the pack's requirements (pip install -r requirements.txt).") from exc
     try:
-        return gguf, gguf.GGUFReader(path)
+        stat = os.stat(path)
+        return gguf, _parsed(path, stat.st_size, stat.st_mtime_ns)
     except Exception as exc:  # gguf raises ValueError/struct errors for damaged files
         raise InputError(input_name, f"'{os.path.basename(path)}' is not a readable GGUF file ({exc}).",
                          "the file is damaged or incomplete: download it again.") from exc
+
+
+@lru_cache(maxsize=2)
+def _parsed(path: str, _size: int, _mtime_ns: int):
+    import gguf
+
+    return gguf.GGUFReader(path)
+
+
+def _text_naming(reader) -> tuple[tuple, tuple]:
+    """(llama.cpp -> safetensors renames, prefixes of tensors to leave out) for the file's architecture."""
+    arch = _field(reader, "general.architecture")
+    return TEXT_NAMES.get(arch, ()), TEXT_SKIPPED.get(arch, ())
 
 
 def _field(reader, name: str):
@@ -83,8 +101,7 @@ def read_shapes(path: str, input_name: str) -> dict[str, tuple[int, ...]]:
     """Tensor names and their shapes once dequantized (what a safetensors header would say); a llama.cpp text
     model's names as its safetensors release has them."""
     reader = _reader(path, input_name)[1]
-    arch = _field(reader, "general.architecture")
-    names, skipped = TEXT_NAMES.get(arch, ()), TEXT_SKIPPED.get(arch, ())
+    names, skipped = _text_naming(reader)
     return {_renamed(t.name, names): _logical_shape(reader, t) for t in reader.tensors
             if not t.name.startswith(skipped)}
 
@@ -103,8 +120,7 @@ def read_tensors(path: str, prefix: str = "", input_name: str = "model_name") ->
 
     gguf, reader = _reader(path, input_name)
     plain = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
-    arch = _field(reader, "general.architecture")
-    names, skipped = TEXT_NAMES.get(arch, ()), TEXT_SKIPPED.get(arch, ())
+    names, skipped = _text_naming(reader)
     out = {}
     with warnings.catch_warnings():  # the tensors map the read-only file; nothing writes to them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

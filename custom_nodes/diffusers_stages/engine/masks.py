@@ -23,11 +23,7 @@ def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
                 input_name: str = "latent") -> torch.Tensor:
     """[B, 1, h, w] mask at the latent's size for a latent batch of ``latent_shape`` [B, C, h, w]: binarised, then
     resized in the family's ``mode`` (nearest: 0/1; Flux.2's bilinear: soft at the edges)."""
-    mask = noise_mask.detach().float().cpu()
-    if mask.ndim == 2:
-        mask = mask[None, None]
-    elif mask.ndim == 3:
-        mask = mask[:, None]
+    mask = as_batch(noise_mask.detach().float().cpu())
     if mask.ndim != 4 or mask.shape[1] != 1:
         raise InputError(input_name, f"its noise mask has the shape {tuple(noise_mask.shape)}, not [B, H, W] or "
                          "[B, 1, H, W].", "make the mask with core's mask nodes (Load Image's mask, Set Latent Noise "
@@ -53,10 +49,14 @@ def blend(mask: torch.Tensor, latents: torch.Tensor, image_latents: torch.Tensor
     return (1 - mask) * image_latents + mask * latents
 
 
+def as_batch(mask: torch.Tensor) -> torch.Tensor:
+    """A MASK [H, W] or [B, H, W] as [B, 1, H, W] (other shapes as they are)."""
+    return mask[None, None] if mask.ndim == 2 else mask[:, None] if mask.ndim == 3 else mask
+
+
 def binarised_at(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[B, 1, H, W] 0/1 mask at ``size``: the pipelines' mask processor (nearest resize, then >= 0.5)."""
-    mask = mask.detach().float()
-    mask = mask[:, None] if mask.ndim == 3 else mask[None, None] if mask.ndim == 2 else mask
+    mask = as_batch(mask.detach().float())
     if tuple(mask.shape[-2:]) != tuple(size):
         mask = F.interpolate(mask, size=size)
     return (mask >= 0.5).to(mask.dtype)
