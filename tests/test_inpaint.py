@@ -247,3 +247,50 @@ def test_inpainting_unet_without_inpaint_conditioning_is_refused(nodes):
                                          "make the latent with Inpaint Conditioning"):
         graph.denoise(graph.guider("a cat", ""), graph.default_scheduler, {**raw, "noise_mask": torch.ones(1, 64, 64)},
                       steps=2)
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_flux_fill_with_inpaint_conditioning_equals_flux_fill_pipeline(nodes, models_root, strength):
+    """Flux.1 Fill (384 input channels): Inpaint Conditioning's masked-image latents packed and the binarised mask as
+    64 channels per latent cell, packed, joined to the latents' channels every step, no blend — as FluxFillPipeline.
+    The pipeline is given the same encoded latents (it refuses image and masked_image_latents together, though it
+    uses both: its input check is skipped); the mask channels come from its own prepare_mask_latents (which scales
+    the raw masked-image latents itself)."""
+    from diffusers import FluxFillPipeline
+    from test_equivalence_flux import PROMPT, flux_guider
+
+    from diffusers_stages.engine.masks import MASKED_IMAGE
+
+    graph, pipe, _, mask, _ = masked_setup(nodes, models_root, "diffusers/tiny-flux-fill", "flux_fill_folder",
+                                           "FluxFillPipeline", "FluxFillPipeline", 6)
+    assert graph.denoiser.module.config.in_channels == 384 and graph.empty()["samples"].shape[1] == 16
+    torch.manual_seed(10)
+    image = torch.rand(1, 64, 96, 3)
+    latent = nodes["DS_InpaintConditioning"].execute(vae=graph.vae, pixels=image, mask=mask)[0]
+    latent = {**latent, "samples": latent["samples"].repeat(2, 1, 1, 1)}
+    ours = graph.denoise(flux_guider(graph, guidance=30.0), graph.default_scheduler, latent, seed=SEED, steps=5,
+                         denoise=strength)
+
+    denoiser = graph.denoiser
+    scaled = (latent["samples"][:1] - denoiser.latent_shift) * denoiser.latent_scale
+    pipe.check_inputs = lambda *args, **kwargs: None
+    mask_channels, masked_packed = pipe.prepare_mask_latents(
+        pipe.mask_processor.preprocess(mask[None], height=64, width=96), latent[MASKED_IMAGE], 1, 16, 2, 64, 96, torch.float32,
+        "cpu", None)
+    ref = pipe(PROMPT, image=scaled, masked_image_latents=torch.cat((masked_packed, mask_channels), dim=-1),
+               strength=strength, num_inference_steps=5, guidance_scale=30.0, height=64, width=96,
+               num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(graph.decode(ours)), ref)
+
+
+def test_flux_fill_file_loads_as_the_fill_transformer(nodes, models_root):
+    """flux1-fill-dev.safetensors (Black Forest Labs' layout) in diffusion_models: the same transformer as the
+    folder's (384 input channels, 64 out), and its LATENT has 16 channels."""
+    from conftest import Graph
+
+    denoiser, _ = nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-flux1-fill-dev.safetensors", dtype="fp32")
+    folder = Graph(nodes, "diffusers/tiny-flux-fill").denoiser.module
+    assert (denoiser.module.config.in_channels, denoiser.module.config.out_channels) == (384, 64)
+    theirs = folder.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in denoiser.module.state_dict().items())
+    assert denoiser.family.is_inpainting_model(denoiser) and denoiser.family.latent_channels_of(denoiser) == 16

@@ -168,8 +168,9 @@ def guided_prediction(denoiser: Denoiser, guidance: Guidance, scheduler, latents
         model_input = torch.cat([scaled] * len(call.halves)) if len(call.halves) > 1 else scaled
         if controls:
             call_inputs = {**call_inputs, **controls.residuals(model_input, t, call_inputs, call.halves, step, total)}
-        if extra_channels is not None:
-            model_input = torch.cat([model_input, extra_channels.repeat(len(call.halves), 1, 1, 1)], dim=1)
+        if extra_channels is not None:  # channels: dim 1 of a latent grid, the last dim of packed tokens
+            copies = extra_channels.repeat(len(call.halves), *[1] * (extra_channels.ndim - 1))
+            model_input = torch.cat([model_input, copies], dim=-1 if family.packs_latents else 1)
         with call.applied(denoiser.module):
             output = family.predict(denoiser, model_input, t, call_inputs)
         predictions.update(zip(call.names, output.chunk(len(call.halves)) if len(call.halves) > 1 else (output,)))
@@ -257,7 +258,8 @@ def run(denoiser: Denoiser, guider: Guider, spec: SchedulerSpec, samples: torch.
                              "a mask and the masked image beside the latent.",
                              "make the latent with Inpaint Conditioning (the image, the mask and this model's VAE).")
         masked = denoiser.to_model_space(masked_image.to(device=device, dtype=dtype))
-        extra_channels = torch.cat([mask, masked.repeat(batch // masked.shape[0], 1, 1, 1)], dim=1)
+        extra_channels = denoiser.family.inpainting_inputs(noise_mask, masked.repeat(batch // masked.shape[0], 1, 1,
+                                                                                     1)).to(device=device, dtype=dtype)
     plan = plan_run(denoiser.family, scheduler, samples_model, steps, strength, generator, txt2img and
                     window.start == 0.0, spec.explicit_schedule, window, inpaint=mask is not None)
     step_kwargs = {}

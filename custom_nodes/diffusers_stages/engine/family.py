@@ -213,15 +213,31 @@ class Family:
         raise NotImplementedError(f"ControlNet is not supported for {self.display_name} yet")
 
     def latent_channels_of(self, denoiser: Denoiser) -> int:
-        """Channels of the LATENT this denoiser works on (an inpainting U-Net's input also holds the mask and the
+        """Channels of the LATENT this denoiser works on (an inpainting model's input also holds the mask and the
         masked image's latents)."""
         channels = denoiser.module.config.in_channels
         return self.latent_channels if self.is_inpainting_model(denoiser) else channels
 
+    @property
+    def inpainting_input_channels(self) -> int:
+        """The input channels of the family's inpainting models: latents, mask, masked image's latents (SD1.5/SDXL
+        inpainting U-Nets: 4 + 1 + 4 = 9)."""
+        return 2 * self.latent_channels + 1
+
     def is_inpainting_model(self, denoiser: Denoiser) -> bool:
-        """A denoiser that takes the mask and the masked image's latents beside its latents (SD1.5/SDXL inpainting
-        U-Nets: 4 + 1 + 4 = 9 input channels)."""
-        return denoiser.module.config.get("in_channels") == 2 * self.latent_channels + 1
+        """A denoiser that takes the mask and the masked image's latents beside its latents."""
+        return denoiser.module.config.get("in_channels") == self.inpainting_input_channels
+
+    def inpainting_inputs(self, noise_mask: torch.Tensor, masked_latents: torch.Tensor) -> torch.Tensor:
+        """What an inpainting model takes beside its latents, in the model layout, to be joined along the channels:
+        here, as StableDiffusionInpaintPipeline, the mask at the latent size (binarised, then nearest) and the
+        masked image's latents (model space, [B, C, h, w]) in that order."""
+        import torch
+
+        from .masks import latent_mask
+
+        mask = latent_mask(noise_mask, masked_latents.shape, self.spatial_factor, self.mask_resize)
+        return self.to_model_layout(torch.cat([mask.to(masked_latents), masked_latents], dim=1))
 
     def strength_steps(self, steps: int, strength: float) -> int:
         """How many of ``steps`` an image-to-image or inpainting run at ``strength`` takes, counted as the family's

@@ -23,6 +23,14 @@ def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
                 input_name: str = "latent") -> torch.Tensor:
     """[B, 1, h, w] mask at the latent's size for a latent batch of ``latent_shape`` [B, C, h, w]: binarised, then
     resized in the family's ``mode`` (nearest: 0/1; Flux.2's bilinear: soft at the edges)."""
+    mask = image_mask(noise_mask, latent_shape, factor, input_name)
+    return F.interpolate(mask, size=tuple(latent_shape[2:]), mode=mode)
+
+
+def image_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
+               input_name: str = "latent") -> torch.Tensor:
+    """[B, 1, H, W] 0/1 mask at the image size of a latent batch of ``latent_shape`` (``factor`` pixels per latent
+    cell), one per latent: the pipelines' mask processor (resize, binarise)."""
     mask = as_batch(noise_mask.detach().float().cpu())
     if mask.ndim != 4 or mask.shape[1] != 1:
         raise InputError(input_name, f"its noise mask has the shape {tuple(noise_mask.shape)}, not [B, H, W] or "
@@ -32,8 +40,7 @@ def latent_mask(noise_mask: torch.Tensor, latent_shape: torch.Size, factor: int,
     if mask.shape[0] not in (1, batch):
         raise InputError(input_name, f"its noise mask holds {mask.shape[0]} masks for a batch of {batch} latents.",
                          "give one mask, or one per latent.")
-    mask = binarised_at(mask, (height * factor, width * factor))  # the pipelines' mask processor
-    mask = F.interpolate(mask, size=(height, width), mode=mode)
+    mask = binarised_at(mask, (height * factor, width * factor))
     return mask.repeat(batch // mask.shape[0], 1, 1, 1)
 
 

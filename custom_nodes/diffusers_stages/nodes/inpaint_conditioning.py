@@ -13,7 +13,7 @@ class InpaintConditioning(StageNode):
     DISPLAY_NAME = "Inpaint Conditioning (Diffusers)"
     VERSION = "1.0.0"
     CATEGORY = category("latent")
-    DESCRIPTION = ("Image + mask + VAE -> the LATENT an inpainting model takes (SD1.5/SDXL inpainting U-Nets): the "
+    DESCRIPTION = ("Image + mask + VAE -> the LATENT an inpainting model takes (SD1.5/SDXL inpainting U-Nets, Flux.1 Fill): the "
                    "encoded image, its noise mask, and the encoded masked image (the masked area set to mid-grey, "
                    "as the diffusers inpaint pipelines do). Models without mask inputs use only the image and the "
                    "mask, as with Set Latent Noise Mask.")

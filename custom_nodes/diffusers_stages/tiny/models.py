@@ -366,15 +366,19 @@ def build_qwen_image_pipeline():
                              transformer=transformer)
 
 
-def build_flux_pipeline(guidance_embeds: bool = True):
-    """A FluxPipeline with random weights (dev-like with guidance_embeds, schnell-like without)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+def build_flux_pipeline(guidance_embeds: bool = True, fill: bool = False):
+    """A FluxPipeline with random weights (dev-like with guidance_embeds, schnell-like without); ``fill``: a
+    FluxFillPipeline (Flux.1 Fill: the transformer also takes the masked image's latents and the mask, 384 input
+    channels, 64 out)."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer_2 = t5_tokenizer()
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        patch_size=1, in_channels=384 if fill else 64, out_channels=64, num_layers=1, num_single_layers=2,
+        attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6))
     torch.manual_seed(1)
@@ -391,7 +395,8 @@ def build_flux_pipeline(guidance_embeds: bool = True):
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096)
-    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+    pipeline = diffusers.FluxFillPipeline if fill else diffusers.FluxPipeline
+    return pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                         tokenizer=_tokenizer(1000, "<|endoftext|>"), text_encoder_2=text_encoder_2,
                         tokenizer_2=tokenizer_2, transformer=transformer)
 
@@ -458,6 +463,10 @@ def write_models(root: str) -> dict[str, str]:
     save_sdxl_checkpoint(refiner, paths["sdxl_refiner_single"])
     flux = build_flux_pipeline()
     paths["flux_folder"] = save_folder(root, "tiny-flux", flux)
+    fill = build_flux_pipeline(fill=True)
+    paths["flux_fill_folder"] = save_folder(root, "tiny-flux-fill", fill)
+    paths.update(save_files(root, {"flux_fill_dit": ("diffusion_models", "tiny-flux1-fill-dev.safetensors",
+                                                     dit_to_original(fill.transformer))}))
     sd3 = build_sd3_pipeline()
     paths["sd3_folder"] = save_folder(root, "tiny-sd3", sd3)
     zimage = build_zimage_pipeline()

@@ -83,7 +83,8 @@ class FluxFamily(Family):
     latent_channels = 16
     spatial_factor = 8
     size_multiple = 16
-    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlNetPipeline")
+    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlNetPipeline",
+                        "FluxFillPipeline", "FluxKontextPipeline")
     host_latent_format = "Flux"
     flow_matching = True
     packs_latents = True  # 2x2 patches (to_model_layout)
@@ -147,7 +148,26 @@ class FluxFamily(Family):
 
     # ---- denoising -------------------------------------------------------------------------------
     def latent_channels_of(self, denoiser: Denoiser) -> int:
+        if self.is_inpainting_model(denoiser):
+            return self.latent_channels
         return denoiser.module.config.in_channels // 4  # the transformer sees 2x2 patches
+
+    @property
+    def inpainting_input_channels(self) -> int:
+        """Flux.1 Fill: latents, masked image's latents and the mask (one channel per pixel of a latent cell), each
+        in 2x2 patches: 4 x (16 + 16 + 64) = 384."""
+        return 4 * (2 * self.latent_channels + self.spatial_factor ** 2)
+
+    def inpainting_inputs(self, noise_mask, masked_latents):
+        """As FluxFillPipeline: the masked image's latents packed, then the binarised mask at the image size, each
+        latent cell's 8x8 pixels as 64 channels, packed; joined along the channels."""
+        from ..masks import image_mask
+
+        b, _, h, w = masked_latents.shape
+        f = self.spatial_factor
+        mask = image_mask(noise_mask, masked_latents.shape, f)[:, 0].to(masked_latents)
+        mask = mask.view(b, h, f, w, f).permute(0, 2, 4, 1, 3).reshape(b, f * f, h, w)
+        return torch.cat([pack(masked_latents), pack(mask)], dim=-1)
 
     def set_timesteps(self, scheduler, steps: int, latents: torch.Tensor) -> None:
         config = scheduler.config

@@ -74,7 +74,7 @@ def assemble(family: Family, denoiser, parts: tuple[TextPart, ...], vae, schedul
     if channels != family.latent_channels:
         raise InputError("model", f"'{os.path.basename(source)}' is a {family.display_name} model whose denoiser takes "
                          f"{channels} input channels, not {family.latent_channels} (or "
-                         f"{2 * family.latent_channels + 1} for an inpainting model): a specialised model (e.g. "
+                         f"{family.inpainting_input_channels} for an inpainting model): a specialised model (e.g. "
                          "InstructPix2Pix's 8), which this version of the pack does not run.",
                          "load a text-to-image model of the family.")
     # eval() only: requires_grad_(False) would change CPU numerics (about 7e-7 on SD2's linear projections,
