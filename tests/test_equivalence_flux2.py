@@ -58,11 +58,12 @@ def test_flux2_without_negative_guides_from_the_empty_prompt(klein_graph, klein_
 def test_flux2_vae_round_trip_is_the_pipelines(klein_graph, klein_pipe):
     """VAE Encode gives the pipeline's image latents (posterior mode, 2x2 patches, batch-norm normalised): core's
     Flux2 LATENT; VAE Decode undoes it as the pipeline does before decoding."""
-    torch.manual_seed(3)
-    image = torch.rand(2, 64, 96, 3)
+    from test_equivalence_sd15 import pictures
+
+    pil, image = pictures(2, 64, 96, 3)
     latent = klein_graph.encode_image(image)["samples"]
     with torch.no_grad():
-        ref = klein_pipe._encode_vae_image((bchw(image) * 2 - 1).contiguous(), generator=None)
+        ref = klein_pipe._encode_vae_image(klein_pipe.image_processor.preprocess(pil), generator=None)
     assert latent.shape == (2, 128, 4, 6) and torch.equal(latent, ref)
 
 

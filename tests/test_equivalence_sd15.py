@@ -126,13 +126,23 @@ def test_img2img_matches_pipeline(sd1_graph, sd1_pipe, sampler):
             assert torch.equal(bchw(ours), ref)
 
 
+def pictures(count: int, height: int, width: int, seed: int):
+    """(PIL pictures, the same as a ComfyUI IMAGE batch, as Load Image makes it from the file)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+    return [Image.fromarray(p) for p in pixels], torch.from_numpy(pixels.astype(np.float32) / 255.0)
+
+
 def test_vae_encode_is_posterior_mode(sd1_graph, sd1_pipe):
-    torch.manual_seed(3)
-    image = torch.rand(2, 64, 64, 3)
+    """The posterior's mode of the picture exactly as the pipeline's image processor hands a PIL picture to the VAE
+    (channels-last memory, as a ComfyUI IMAGE moved to channels-first: CPU convolutions round differently by memory
+    layout, so the layout is kept, not made contiguous)."""
+    pil, image = pictures(2, 64, 64, 3)
     ours = sd1_graph.encode_image(image)["samples"]
-    x = (image.movedim(-1, 1) * 2 - 1).contiguous()
     with torch.no_grad():
-        ref = sd1_pipe.vae.encode(x).latent_dist.mode()
+        ref = sd1_pipe.vae.encode(sd1_pipe.image_processor.preprocess(pil)).latent_dist.mode()
     assert torch.equal(ours, ref)
 
 

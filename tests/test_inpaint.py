@@ -206,14 +206,20 @@ def test_qwen_image_noise_mask_equals_qwen_image_inpaint_pipeline(nodes, models_
 
 
 
+INPAINTING_UNETS = {"sd15": ("diffusers/tiny-sd15-inpainting", "sd1_inpainting_folder", "StableDiffusionPipeline",
+                             "StableDiffusionInpaintPipeline"),
+                    "sdxl": ("diffusers/tiny-sdxl-inpainting", "sdxl_inpainting_folder", "StableDiffusionXLPipeline",
+                             "StableDiffusionXLInpaintPipeline")}
+
+
 @pytest.mark.parametrize("strength", [0.6, 1.0])
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_inpainting_unet_with_inpaint_conditioning_equals_stable_diffusion_inpaint_pipeline(nodes, models_root,
-                                                                                           strength):
-    """A 9-channel SD1.5 inpainting U-Net: Inpaint Conditioning gives it the mask and the masked image's latents as
-    input channels (no blend), as StableDiffusionInpaintPipeline does; it is given the same encoded latents."""
-    graph, pipe, _, mask, _ = masked_setup(nodes, models_root, "diffusers/tiny-sd15-inpainting",
-                                           "sd1_inpainting_folder", "StableDiffusionPipeline",
-                                           "StableDiffusionInpaintPipeline", 3)
+                                                                                           family, strength):
+    """A 9-channel inpainting U-Net (SD1.5, SDXL): Inpaint Conditioning gives it the mask and the masked image's
+    latents as input channels (no blend), as StableDiffusion(XL)InpaintPipeline does; it is given the same encoded
+    latents."""
+    graph, pipe, _, mask, _ = masked_setup(nodes, models_root, *INPAINTING_UNETS[family], 3)
     assert graph.denoiser.module.config.in_channels == 9
     torch.manual_seed(9)
     image = torch.rand(1, 64, 96, 3)
@@ -256,7 +262,6 @@ def test_flux_fill_with_inpaint_conditioning_equals_flux_fill_pipeline(nodes, mo
     The pipeline is given the same encoded latents (it refuses image and masked_image_latents together, though it
     uses both: its input check is skipped); the mask channels come from its own prepare_mask_latents (which scales
     the raw masked-image latents itself)."""
-    from diffusers import FluxFillPipeline
     from test_equivalence_flux import PROMPT, flux_guider
 
     from diffusers_stages.engine.masks import MASKED_IMAGE
@@ -275,8 +280,8 @@ def test_flux_fill_with_inpaint_conditioning_equals_flux_fill_pipeline(nodes, mo
     scaled = (latent["samples"][:1] - denoiser.latent_shift) * denoiser.latent_scale
     pipe.check_inputs = lambda *args, **kwargs: None
     mask_channels, masked_packed = pipe.prepare_mask_latents(
-        pipe.mask_processor.preprocess(mask[None], height=64, width=96), latent[MASKED_IMAGE], 1, 16, 2, 64, 96, torch.float32,
-        "cpu", None)
+        pipe.mask_processor.preprocess(mask[None], height=64, width=96), latent[MASKED_IMAGE], 1, 16, 2, 64, 96,
+        torch.float32, "cpu", None)
     ref = pipe(PROMPT, image=scaled, masked_image_latents=torch.cat((masked_packed, mask_channels), dim=-1),
                strength=strength, num_inference_steps=5, guidance_scale=30.0, height=64, width=96,
                num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
@@ -294,3 +299,64 @@ def test_flux_fill_file_loads_as_the_fill_transformer(nodes, models_root):
     theirs = folder.state_dict()
     assert all(torch.equal(value, theirs[key]) for key, value in denoiser.module.state_dict().items())
     assert denoiser.family.is_inpainting_model(denoiser) and denoiser.family.latent_channels_of(denoiser) == 16
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_z_image_noise_mask_equals_z_image_inpaint_pipeline(nodes, models_root, strength):
+    """ZImageInpaintPipeline encodes its picture itself, sampling the VAE posterior with the run's generator (before
+    the noise); our VAE Encode takes the posterior's mode, as core's. Given the mode (its retrieve_latents asked for
+    the argmax), the pipeline draws the same noise and equals our graph: from a PIL picture, soft mask, batch 2.
+    Its guidance_scale is our cfg - 1 (test_equivalence_z_image). Latents compared: the pipeline keeps the encoded
+    picture in the VAE's channels-last memory layout through its batch concatenation and blend, and a CPU convolution
+    rounds differently by layout (2.6e-6 after decoding), which is not a difference in the computation."""
+    from diffusers.pipelines.z_image import pipeline_z_image_inpaint
+    from test_equivalence_sd15 import pictures
+    from test_equivalence_z_image import NEGATIVE, PROMPT
+
+    graph, pipe, _, mask, _ = masked_setup(nodes, models_root, "diffusers/tiny-z-image", "zimage_folder",
+                                           "ZImagePipeline", "ZImageInpaintPipeline", 11)
+    pil, image = pictures(1, 64, 96, 12)
+    latent = {"samples": graph.encode_image(image)["samples"].repeat(2, 1, 1, 1), "noise_mask": mask}
+    ours = graph.denoise(graph.guider(PROMPT, NEGATIVE, 4.0), graph.default_scheduler, latent, seed=SEED, steps=5,
+                         denoise=strength)
+
+    sampled = pipeline_z_image_inpaint.retrieve_latents
+    pipeline_z_image_inpaint.retrieve_latents = lambda output, generator=None, sample_mode="sample": sampled(
+        output, generator, "argmax")
+    try:
+        ref = pipe(PROMPT, negative_prompt=NEGATIVE, image=pil[0], mask_image=mask[None], strength=strength,
+                   guidance_scale=3.0, num_inference_steps=5, height=64, width=96, num_images_per_prompt=2,
+                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent").images
+    finally:
+        pipeline_z_image_inpaint.retrieve_latents = sampled
+    assert torch.equal(ours["samples"], graph.denoiser.to_raw_space(ref))
+
+
+def test_inpaint_conditioning_crops_the_mask_with_the_picture(nodes, sd1_graph):
+    """A picture that is not a multiple of 8: VAE Encode centre-crops it; its mask (of another size too) is resized
+    to the picture and cropped the same way, so mask and latents stay aligned."""
+    torch.manual_seed(13)
+    image = torch.rand(1, 70, 100, 3)
+    mask = soft_mask(70, 100)
+    latent = nodes["DS_InpaintConditioning"].execute(vae=sd1_graph.vae, pixels=image, mask=mask[:, ::2, ::2])[0]
+    resized = torch.nn.functional.interpolate(mask[None, :, ::2, ::2], size=(70, 100))[0]
+    assert torch.equal(latent["noise_mask"], resized[:, 3:67, 2:98][:, None])
+    assert torch.equal(latent["samples"], sd1_graph.encode_image(image[:, 3:67, 2:98])["samples"])
+
+
+def test_pad_for_outpainting_stand_in_behaves_as_cores():
+    """The headless Pad Image for Outpainting: mid-grey canvas, mask 1 outside, fading in over `feathering` pixels
+    along the padded sides as ((f - d) / f)^2 (values checked against core's node, computed the same way)."""
+    from diffusers_stages.runner.core_nodes import ImagePadForOutpaint
+
+    image = torch.rand(1, 40, 56, 3)
+    canvas, mask = ImagePadForOutpaint().pad(image, left=8, top=0, right=16, bottom=24, feathering=10)
+    assert canvas.shape == (1, 64, 80, 3) and mask.shape == (1, 64, 80)
+    assert torch.equal(canvas[:, :40, 8:64], image) and bool((canvas[:, 40:] == 0.5).all())
+    assert bool((mask[:, 40:] == 1).all()) and bool((mask[:, :, :8] == 1).all())
+    row = mask[0, 10, 8:64]  # a row far from the bottom: fades from the left and right edges only
+    assert row[0] == 1.0 and row[5] == 0.25 and row[10] == 0 and row[-5] == 0.25
+    assert float(row[-1]) == pytest.approx(0.81) and float(mask[0, 39, 30]) == pytest.approx(0.81)
+    assert mask[0, 0, 30] == 0  # the bottom is padded (fades in), the top is not
+    _, unfeathered = ImagePadForOutpaint().pad(image, 8, 8, 8, 8, feathering=0)
+    assert bool((unfeathered[:, 8:48, 8:64] == 0).all())

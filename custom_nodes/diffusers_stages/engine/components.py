@@ -193,6 +193,8 @@ class Conditioning:
     t5: torch.Tensor | None = None
     t5_length: int = 0
     controls: tuple[Control, ...] = ()  # ControlNets applied while this prompt drives a step, in the order added
+    # reference images (editing: Flux.1 Kontext, Flux.2): raw VAE latents [1, C, h, w], in the order added
+    references: tuple[torch.Tensor, ...] = ()
     # how it was encoded, so the same encoder can make the negative a pipeline uses when none is given
     text_encoder: TextEncoder | None = None
     encode_settings: tuple[int, int] = (0, 0)  # (clip_skip, t5_max_length)

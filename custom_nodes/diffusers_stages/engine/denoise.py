@@ -84,6 +84,11 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
             raise InputError(name, f"{problem}.",
                              "encode both prompts with the text encoder of the model you denoise with.")
     check_guider(guider, family)
+    if not family.takes_reference_images and any(cond is not None and cond.references
+                                                 for cond in (guider.positive, guider.negative)):
+        raise InputError("guider", f"its prompt carries reference images, which {family.display_name} models do not "
+                         "take.", "remove the Reference Image node (Flux.1 Kontext and Flux.2 take reference images; "
+                         "for image-to-image with this model use VAE Encode and denoise below 1).")
     channels = family.latent_channels_of(denoiser)
     if samples.ndim != 4 or samples.shape[1] != channels:
         shape = "x".join(str(s) for s in samples.shape)

@@ -62,6 +62,8 @@ class Family:
     takes_distilled_guidance = False  # a guidance value embedded into the denoiser (Flux dev)
     host_latent_format: str = ""  # the host's previewer for this latent layout (ComfyUI: comfy.latent_formats.<name>)
     begin_index_on_full_run = False  # the family's pipeline calls scheduler.set_begin_index(0) for text-to-image
+    # reference images (Reference Image node) as extra tokens after the latents' (Flux.1 Kontext, Flux.2)
+    takes_reference_images = False
     mask_resize = "nearest"  # how its inpaint pipeline brings the binarised mask to the latent size (F.interpolate)
     inference_dtypes: tuple[str, ...] = ("fp16", "bf16", "fp32")  # preferred first, for dtype "auto" on a GPU
     # the precision of the latents between steps (noise, scheduler steps); None: the denoiser's, as most pipelines

@@ -61,11 +61,15 @@ def as_batch(mask: torch.Tensor) -> torch.Tensor:
     return mask[None, None] if mask.ndim == 2 else mask[:, None] if mask.ndim == 3 else mask
 
 
+def resized_to(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, 1, H, W] mask at ``size``, resized as the pipelines' mask processor resizes (nearest)."""
+    mask = as_batch(mask.detach().float())
+    return mask if tuple(mask.shape[-2:]) == tuple(size) else F.interpolate(mask, size=size)
+
+
 def binarised_at(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[B, 1, H, W] 0/1 mask at ``size``: the pipelines' mask processor (nearest resize, then >= 0.5)."""
-    mask = as_batch(mask.detach().float())
-    if tuple(mask.shape[-2:]) != tuple(size):
-        mask = F.interpolate(mask, size=size)
+    mask = resized_to(mask, size)
     return (mask >= 0.5).to(mask.dtype)
 
 

@@ -82,6 +82,15 @@ def decode(vae: Vae, samples: torch.Tensor, tiled: bool = False) -> torch.Tensor
     return image.float().movedim(1, -1).cpu()
 
 
+def centre_cropped(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """An IMAGE [B, H, W, C] or MASK [B, H, W] centre-cropped to multiples of ``factor`` pixels (what VAE Encode
+    encodes of a picture of another size)."""
+    height, width = images.shape[1], images.shape[2]
+    crop_h, crop_w = height // factor * factor, width // factor * factor
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return images[:, top:top + crop_h, left:left + crop_w]
+
+
 def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
     """IMAGE [B,H,W,C] 0..1 -> raw latents (the mode of the posterior, as ComfyUI's VAE Encode gives)."""
     if pixels.ndim != 4 or pixels.shape[-1] not in (3, 4):
@@ -92,18 +101,16 @@ def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
     if height < factor or width < factor:
         raise InputError("pixels", f"the image is {width}x{height}, smaller than one latent cell ({factor} px).",
                          f"use an image of at least {factor}x{factor} pixels.")
-    crop_h, crop_w = height // factor * factor, width // factor * factor
-    if (crop_h, crop_w) != (height, width):
-        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    if height % factor or width % factor:
         log.warning("VAE Encode: %dx%d is not a multiple of %d; centre-cropped to %dx%d.", width, height, factor,
-                    crop_w, crop_h)
-        pixels = pixels[:, top:top + crop_h, left:left + crop_w]
+                    width // factor * factor, height // factor * factor)
+        pixels = centre_cropped(pixels, factor)
     module = vae.module
     with _upcast_if_needed(module) as dtype:
         x = pixels[..., :3].movedim(-1, 1).to(device=module.device, dtype=dtype) * 2.0 - 1.0
         if vae.has_frames:
             return module.encode(x.unsqueeze(2).contiguous(), return_dict=False)[0].mode()[:, :, 0].float().cpu()
-        latent = module.encode(x.contiguous(), return_dict=False)[0].mode()
+        latent = module.encode(x, return_dict=False)[0].mode()
         if vae.patch != (1, 1):
             latent = _normalised_patches(vae, latent)
         return latent.float().cpu()

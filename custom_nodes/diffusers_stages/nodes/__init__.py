@@ -17,6 +17,7 @@ from .load_model import LoadModel
 from .load_text_encoders import LoadTextEncoders
 from .load_vae import LoadVAE
 from .pag_guider import PAGGuider
+from .reference_image import ReferenceImage
 from .scheduler import Scheduler
 from .seg_guider import SEGGuider
 from .size_conditioning import SizeConditioning
@@ -30,7 +31,7 @@ ALL_NODES = (LoadModel, LoadDiffusionModel, LoadTextEncoders, LoadVAE, LoadLoRA,
              AestheticScore, FluxGuidance, Scheduler, CFGGuider, CFGZeroStarGuider, APGGuider, TCFGGuider, PAGGuider,
              SEGGuider, FDGGuider,
              SkipLayerGuidance,
-             LoadControlNet, ApplyControlNet,
+             LoadControlNet, ApplyControlNet, ReferenceImage,
              EmptyLatent, Denoise, VAEDecode, VAEEncode, InpaintConditioning)
 
 for _node in ALL_NODES:  # the version shows in the node's description (V1 nodes have no field of their own)

@@ -4,7 +4,7 @@ import torch
 
 from .. import host
 from ..engine import vae as engine_vae
-from ..engine.masks import MASKED_IMAGE, masked_pixels
+from ..engine.masks import MASKED_IMAGE, masked_pixels, resized_to
 from .base import VAE, StageNode, category
 
 
@@ -13,10 +13,10 @@ class InpaintConditioning(StageNode):
     DISPLAY_NAME = "Inpaint Conditioning (Diffusers)"
     VERSION = "1.0.0"
     CATEGORY = category("latent")
-    DESCRIPTION = ("Image + mask + VAE -> the LATENT an inpainting model takes (SD1.5/SDXL inpainting U-Nets, Flux.1 Fill): the "
-                   "encoded image, its noise mask, and the encoded masked image (the masked area set to mid-grey, "
-                   "as the diffusers inpaint pipelines do). Models without mask inputs use only the image and the "
-                   "mask, as with Set Latent Noise Mask.")
+    DESCRIPTION = ("Image + mask + VAE -> the LATENT an inpainting model takes (SD1.5/SDXL inpainting U-Nets, Flux.1 "
+                   "Fill): the encoded image, its noise mask, and the encoded masked image (the masked area set to "
+                   "mid-grey, as the diffusers inpaint pipelines do). Models without mask inputs use only the image "
+                   "and the mask, as with Set Latent Noise Mask.")
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The latent to inpaint; connect to Denoise (denoise 1.0 repaints the masked area entirely).",)
@@ -33,6 +33,10 @@ class InpaintConditioning(StageNode):
         }
 
     def run(self, vae, pixels, mask):
+        # the mask brought to the picture's size as the pipelines' mask processor does, then cropped with it to what
+        # VAE Encode keeps of a size that is not a multiple of the VAE's cell, so both stay aligned
+        mask = resized_to(mask, tuple(pixels.shape[1:3]))[:, 0]
+        pixels, mask = (engine_vae.centre_cropped(images, vae.spatial_factor) for images in (pixels, mask))
         host.ensure_loaded(vae.residency)
         with torch.inference_mode():
             samples = engine_vae.encode(vae, pixels)

@@ -1,4 +1,5 @@
-"""Headless stand-ins for the few core ComfyUI nodes our workflows use (Load Image, Save Image, Preview Image).
+"""Headless stand-ins for the few core ComfyUI nodes our workflows use (Load Image, Save Image, Preview Image, Pad
+Image for Outpainting).
 
 Same ids, inputs and outputs as core, our own code. Save Image writes the ``prompt`` and
 ``workflow`` PNG text chunks as ComfyUI does, so its files drag back into ComfyUI.
@@ -131,4 +132,39 @@ class PreviewImage:
         return {"ui": {"images": save_images(images, folder, "preview", prompt, extra_pnginfo)}}
 
 
-CORE_NODE_CLASSES = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+class ImagePadForOutpaint:
+    """The picture on a larger mid-grey canvas and the MASK of what to paint (1 outside the picture); inside, along
+    the padded sides, the mask fades in over ``feathering`` pixels as ((feathering - distance) / feathering)^2, when
+    the picture is more than twice that in both directions (core's behaviour)."""
+
+    DISPLAY_NAME = "Pad Image for Outpainting"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "pad"
+    CATEGORY = "image"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        side = ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8})
+        return {"required": {"image": ("IMAGE",), "left": side, "top": side, "right": side, "bottom": side,
+                             "feathering": ("INT", {"default": 40, "min": 0, "max": 16384, "step": 1})}}
+
+    def pad(self, image, left, top, right, bottom, feathering):
+        batch, height, width, channels = image.shape
+        canvas = torch.full((batch, height + top + bottom, width + left + right, channels), 0.5)
+        canvas[:, top:top + height, left:left + width] = image
+        mask = torch.ones(canvas.shape[1:3])
+        inside = torch.zeros(height, width)
+        if 0 < feathering and 2 * feathering < min(height, width):
+            rows, columns = torch.arange(height)[:, None], torch.arange(width)[None, :]
+            far_rows, far_columns = torch.full_like(rows, height), torch.full_like(columns, width)
+            distance = torch.minimum(
+                torch.minimum(rows if top else far_rows, height - rows if bottom else far_rows),
+                torch.minimum(columns if left else far_columns, width - columns if right else far_columns))
+            fade = (feathering - distance).double() / feathering  # in double precision, rounded once to float
+            inside = torch.where(distance < feathering, fade * fade, inside.double()).float()
+        mask[top:top + height, left:left + width] = inside
+        return canvas, mask[None]
+
+
+CORE_NODE_CLASSES = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage,
+                     "ImagePadForOutpaint": ImagePadForOutpaint}

@@ -84,13 +84,14 @@ SDXL_SCHEDULER = dict(  # the Euler config shipped with SDXL base 1.0
 )
 
 
-def _sdxl_unet(sample_size: int, cross_attention_dim: int, time_ids: int):
+def _sdxl_unet(sample_size: int, cross_attention_dim: int, time_ids: int, in_channels: int = 4):
     """A tiny SDXL-shaped U-Net: the base's (prompt from both text encoders, 6 time ids) or the refiner's (CLIP-G
     alone, 5 time ids); the pooled prompt is 32 wide."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32, 32),
+        sample_size=sample_size, in_channels=in_channels, out_channels=4, layers_per_block=2,
+        block_out_channels=(16, 32, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         # heads follow SDXL's 64-wide rule (at least 1), which the single-file loader assumes
@@ -102,8 +103,9 @@ def _sdxl_unet(sample_size: int, cross_attention_dim: int, time_ids: int):
     )
 
 
-def build_sdxl_pipeline(sample_size: int = 8):
-    """A StableDiffusionXLPipeline with random weights (text encoders 32 and 48 wide, as CLIP-L and -G differ)."""
+def build_sdxl_pipeline(sample_size: int = 8, inpainting: bool = False):
+    """A StableDiffusionXLPipeline with random weights (text encoders 32 and 48 wide, as CLIP-L and -G differ);
+    ``inpainting``: a 9-channel U-Net, as SDXL inpainting 0.1's."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -113,7 +115,7 @@ def build_sdxl_pipeline(sample_size: int = 8):
                               eos_token_id=999, pad_token_id=999, hidden_act=act, projection_dim=32)
 
     torch.manual_seed(0)
-    unet = _sdxl_unet(sample_size, cross_attention_dim=32 + 48, time_ids=6)
+    unet = _sdxl_unet(sample_size, cross_attention_dim=32 + 48, time_ids=6, in_channels=9 if inpainting else 4)
     torch.manual_seed(1)
     vae = tiny_vae(4, sample_size * 8, scaling_factor=0.13025, force_upcast=True)
     torch.manual_seed(2)
@@ -455,6 +457,7 @@ def write_models(root: str) -> dict[str, str]:
     save_ldm_checkpoint(sd2, paths["sd2_single"], open_clip=True)
     sdxl = build_sdxl_pipeline()
     paths["sdxl_folder"] = save_folder(root, "tiny-sdxl", sdxl)
+    paths["sdxl_inpainting_folder"] = save_folder(root, "tiny-sdxl-inpainting", build_sdxl_pipeline(inpainting=True))
     paths["sdxl_single"] = os.path.join(root, "checkpoints", "tiny-sdxl.safetensors")
     save_sdxl_checkpoint(sdxl, paths["sdxl_single"])
     refiner = build_sdxl_refiner_pipeline()

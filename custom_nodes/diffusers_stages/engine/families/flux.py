@@ -62,6 +62,26 @@ def unpack(latents: torch.Tensor, shape) -> torch.Tensor:
     return latents.reshape(b, c, h, w)
 
 
+def with_references(model_input: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, dict]:
+    """(hidden states, the other keyword arguments) of a call: the reference images' tokens (``reference_tokens``,
+    Kontext / Flux.2 editing) after the latents' tokens, as the editing pipelines concatenate them; the model's
+    output for them is dropped by the caller (``[:, :model_input.shape[1]]``)."""
+    references = inputs.get("reference_tokens")
+    if references is None:
+        return model_input, inputs
+    rest = {key: value for key, value in inputs.items() if key != "reference_tokens"}
+    return torch.cat([model_input, references.to(model_input.dtype)], dim=1), rest
+
+
+def reference_problem(cond: Conditioning, most: int | None) -> str | None:
+    """Why these reference images cannot go with this prompt (None if they can)."""
+    if most is not None and len(cond.references) > most:
+        return f"it carries {len(cond.references)} reference images; this model's pipeline takes {most}"
+    if cond.references and cond.controls:
+        return "it carries both reference images and a ControlNet, which the editing pipelines do not combine"
+    return None
+
+
 def image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
     """Row/column position of each packed patch (height, width in patches)."""
     ids = torch.zeros(height, width, 3)
@@ -92,6 +112,7 @@ class FluxFamily(Family):
     control_shared_across_cfg_calls = True
     inference_dtypes = ("bf16", "fp16", "fp32")  # Flux overflows in fp16 more easily: bf16 first, as ComfyUI
     latent_scaling = (0.3611, 0.1159)
+    takes_reference_images = True  # Flux.1 Kontext (FluxKontextPipeline): one
     lora_pipeline, lora_denoiser = "FluxPipeline", "transformer"
     lora_text_prefixes = ("text_encoder",)  # CLIP-L (diffusers loads no T5 LoRA for Flux)
     text_slots = (TextSlot("clip_l", projection=False), TextSlot("t5", projection=False))
@@ -195,9 +216,24 @@ class FluxFamily(Family):
             return {"encoder_hidden_states": repeat_batch(cond.embeds.to(device, dtype), batch),
                     "pooled_projections": repeat_batch(cond.pooled.to(device, dtype), batch),
                     "txt_ids": torch.zeros(cond.embeds.shape[1], 3, device=device, dtype=dtype),
-                    "img_ids": img_ids, "guidance": guidance}
+                    "img_ids": img_ids, "guidance": guidance, **self.reference_inputs(denoiser, cond, img_ids, batch)}
 
         return ModelInputs(cfg=None, cond=inputs(guider.positive), uncond=inputs(guider.negative))
+
+    def reference_inputs(self, denoiser, cond: Conditioning, img_ids: torch.Tensor, batch: int) -> dict:
+        """As FluxKontextPipeline: the reference image's latents (model space, 2x2 patches) after the latents' tokens,
+        at position index 1 (rows and columns counted from 0, as the latents'); the ids of both, in that order."""
+        if not cond.references:
+            return {}
+        problem = reference_problem(cond, most=1)
+        if problem:
+            raise InputError("guider", f"{problem}.", "give Flux.1 Kontext one reference image (stitch several into "
+                             "one picture first), and no ControlNet.")
+        module = denoiser.module
+        latents = denoiser.to_model_space(cond.references[0].to(module.device, module.dtype))
+        ids = image_ids(latents.shape[2] // 2, latents.shape[3] // 2, module.device, module.dtype)
+        ids[..., 0] = 1
+        return {"reference_tokens": pack(latents).repeat(batch, 1, 1), "img_ids": torch.cat([img_ids, ids])}
 
     def prepare_control(self, control, height, width, batch, copies, generator):
         """As FluxControlNetPipeline: the image in -1..1; for InstantX-style ControlNets (no input hint block) its VAE
@@ -231,7 +267,9 @@ class FluxFamily(Family):
 
     def predict(self, denoiser, model_input, timestep, inputs):
         timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)
-        return denoiser.module(hidden_states=model_input, timestep=timestep / 1000, **inputs, return_dict=False)[0]
+        hidden_states, inputs = with_references(model_input, inputs)
+        output = denoiser.module(hidden_states=hidden_states, timestep=timestep / 1000, **inputs, return_dict=False)[0]
+        return output[:, :model_input.shape[1]]
 
 
 FLUX = FluxFamily()

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..family import Family, LoadedModel, ModelInputs, TextSlot
 from . import dit_keys
 from .dit_files import DitLayout
-from .flux import SCHEDULER_DEV, flow_timesteps
+from .flux import SCHEDULER_DEV, flow_timesteps, reference_problem, with_references
 from .folders import load_llm_folder
 from .qwen_text import mistral_layers, stacked_layers
 
@@ -52,6 +52,7 @@ class Flux2Family(Family):
     flow_matching = True
     packs_latents = True  # the latent grid flattened to tokens
     begin_index_on_full_run = True
+    takes_reference_images = True  # any number, as Flux2Pipeline / Flux2KleinPipeline take a list
     mask_resize = "bilinear"  # Flux2KleinInpaintPipeline: straight to the packed size, bilinear (soft edges)
     inference_dtypes = ("bf16", "fp16", "fp32")
     skip_layer_lists = {"": "transformer_blocks", "single": "single_transformer_blocks"}
@@ -124,15 +125,32 @@ class Flux2Family(Family):
         def inputs(cond: Conditioning):
             embeds = cond.embeds.to(device, dtype).repeat(batch, 1, 1)
             return {"encoder_hidden_states": embeds, "txt_ids": positions(0, 1, 1, embeds.shape[1], batch, device),
-                    "img_ids": img_ids, "guidance": guidance}
+                    "img_ids": img_ids, "guidance": guidance, **self.reference_inputs(denoiser, cond, img_ids, batch)}
 
         return ModelInputs(cfg=None, cond=inputs(guider.positive), uncond=inputs(guider.negative))
+
+    def reference_inputs(self, denoiser, cond: Conditioning, img_ids: torch.Tensor, batch: int) -> dict:
+        """As the Flux.2 pipelines: each reference image's latents (LATENT is already the model's space) flattened to
+        tokens after the latents' and each other's, at time coordinate 10, 20, 30, …; the ids of all, in order."""
+        if not cond.references:
+            return {}
+        problem = reference_problem(cond, most=None)
+        if problem:
+            raise InputError("guider", f"{problem}.", "remove the ControlNet or the Reference Image node.")
+        module = denoiser.module
+        tokens, ids = [], [img_ids]
+        for index, reference in enumerate(cond.references):
+            latents = denoiser.to_model_space(reference.to(module.device, module.dtype))
+            tokens.append(self.to_model_layout(latents))
+            ids.append(positions(10 + 10 * index, latents.shape[2], latents.shape[3], 1, batch, module.device))
+        return {"reference_tokens": torch.cat(tokens, dim=1).repeat(batch, 1, 1), "img_ids": torch.cat(ids, dim=1)}
 
     def predict(self, denoiser, model_input, timestep, inputs):
         module = denoiser.module
         timestep = timestep.expand(model_input.shape[0]).to(model_input.dtype)
-        return module(hidden_states=model_input.to(module.dtype), timestep=timestep / 1000, **inputs,
-                      return_dict=False)[0]
+        hidden_states, inputs = with_references(model_input.to(module.dtype), inputs)
+        output = module(hidden_states=hidden_states, timestep=timestep / 1000, **inputs, return_dict=False)[0]
+        return output[:, :model_input.shape[1]]
 
 
 FLUX2 = Flux2Family()
