@@ -360,3 +360,17 @@ def test_pad_for_outpainting_stand_in_behaves_as_cores():
     assert mask[0, 0, 30] == 0  # the bottom is padded (fades in), the top is not
     _, unfeathered = ImagePadForOutpaint().pad(image, 8, 8, 8, 8, feathering=0)
     assert bool((unfeathered[:, 8:48, 8:64] == 0).all())
+
+
+def test_a_latent_the_transformer_cannot_patch_is_refused_and_the_models_vae_crops_to_fit(nodes):
+    """Flux works on 2x2 latent patches (16 px): the VAE of a loaded Flux model crops a 72x80 picture to 64x80; a
+    latent of 9x10 cells (a VAE loaded alone crops to its 8 px cells) is refused by name, not a shape error."""
+    from conftest import Graph
+    from test_equivalence_flux import flux_guider
+
+    graph = Graph(nodes, "diffusers/tiny-flux")
+    assert graph.encode_image(torch.rand(1, 72, 80, 3))["samples"].shape == (1, 16, 8, 10)
+    with pytest.raises(StageError, match="latent: the latent is 80x72 px, but Flux.1 makes pictures in multiples of "
+                                         "16 px.*Fix: scale or crop the picture"):
+        graph.denoise(flux_guider(graph), graph.default_scheduler, {"samples": torch.rand(1, 16, 9, 10)}, steps=2,
+                      denoise=0.5)

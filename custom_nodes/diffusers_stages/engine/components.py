@@ -128,6 +128,12 @@ class Vae:
         return "temperal_downsample" in self.module.config
 
     @property
+    def pixel_multiple(self) -> int:
+        """What a picture's sides are cropped to a multiple of before encoding: the model family's size multiple
+        (2x2 transformer patches: 16 px) when the VAE came with its model, else one latent cell."""
+        return self.family.size_multiple if self.family is not None else self.spatial_factor
+
+    @property
     def spatial_factor(self) -> int:
         config = self.module.config
         # each level but the last halves the image (Wan-style VAEs list their levels as dim_mult)

@@ -90,6 +90,14 @@ def check_inputs(denoiser: Denoiser, guider: Guider, samples: torch.Tensor) -> N
                          "take.", "remove the Reference Image node (Flux.1 Kontext and Flux.2 take reference images; "
                          "for image-to-image with this model use VAE Encode and denoise below 1).")
     channels = family.latent_channels_of(denoiser)
+    cells = family.size_multiple // family.spatial_factor
+    if samples.ndim == 4 and samples.shape[1] == channels and (samples.shape[2] % cells or samples.shape[3] % cells):
+        pixels = f"{samples.shape[3] * family.spatial_factor}x{samples.shape[2] * family.spatial_factor}"
+        raise InputError("latent", f"the latent is {pixels} px, but {family.display_name} makes pictures in "
+                         f"multiples of {family.size_multiple} px (its transformer works on 2x2 latent patches).",
+                         f"scale or crop the picture to a multiple of {family.size_multiple} px before VAE Encode "
+                         "(core's Upscale Image or Image Crop), or use the VAE that came with the model (Load "
+                         "Diffusers Model's), which crops to fit.")
     if samples.ndim != 4 or samples.shape[1] != channels:
         shape = "x".join(str(s) for s in samples.shape)
         raise InputError("latent", f"the latent has shape {shape}, but this {family.display_name} denoiser works on "

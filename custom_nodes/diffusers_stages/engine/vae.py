@@ -96,11 +96,11 @@ def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
     if pixels.ndim != 4 or pixels.shape[-1] not in (3, 4):
         raise InputError("pixels", f"expected an IMAGE [batch, height, width, 3], got shape {tuple(pixels.shape)}.",
                          "connect an IMAGE output (e.g. Load Image).")
-    factor = vae.spatial_factor
+    factor = vae.pixel_multiple
     height, width = pixels.shape[1], pixels.shape[2]
     if height < factor or width < factor:
-        raise InputError("pixels", f"the image is {width}x{height}, smaller than one latent cell ({factor} px).",
-                         f"use an image of at least {factor}x{factor} pixels.")
+        raise InputError("pixels", f"the image is {width}x{height}, smaller than the {factor} px this model's "
+                         "pictures are made of.", f"use an image of at least {factor}x{factor} pixels.")
     if height % factor or width % factor:
         log.warning("VAE Encode: %dx%d is not a multiple of %d; centre-cropped to %dx%d.", width, height, factor,
                     width // factor * factor, height // factor * factor)

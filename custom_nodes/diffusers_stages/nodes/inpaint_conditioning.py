@@ -36,7 +36,7 @@ class InpaintConditioning(StageNode):
         # the mask brought to the picture's size as the pipelines' mask processor does, then cropped with it to what
         # VAE Encode keeps of a size that is not a multiple of the VAE's cell, so both stay aligned
         mask = resized_to(mask, tuple(pixels.shape[1:3]))[:, 0]
-        pixels, mask = (engine_vae.centre_cropped(images, vae.spatial_factor) for images in (pixels, mask))
+        pixels, mask = (engine_vae.centre_cropped(images, vae.pixel_multiple) for images in (pixels, mask))
         host.ensure_loaded(vae.residency)
         with torch.inference_mode():
             samples = engine_vae.encode(vae, pixels)

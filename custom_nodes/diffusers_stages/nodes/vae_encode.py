@@ -13,7 +13,8 @@ class VAEEncode(StageNode):
     VERSION = "1.0.0"
     CATEGORY = category("latent")
     DESCRIPTION = ("Turns an IMAGE into a LATENT with the model's VAE (the posterior's mode, as core VAE Encode). "
-                   "Sizes that are not a multiple of 8 are centre-cropped.")
+                   "Sizes the model cannot make are centre-cropped: to a multiple of 8 px (SD, SDXL), of 16 px for "
+                   "the transformer models when the VAE came with its model.")
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The encoded latent (raw VAE space); connect to Denoise with denoise below 1.0.",)

@@ -10,7 +10,8 @@ from PIL import Image
 # shipped workflow (by its name's first word) -> the tiny model of its family
 TINY_MODELS = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl", "sd35": "tiny-sd3", "flux": "tiny-flux",
                "zimage": "tiny-z-image", "qwenimage": "tiny-qwen-image", "flux2": "tiny-flux2-klein"}
-TINY_MODELS_BY_WORKFLOW = {"flux2_dev_txt2img": "tiny-flux2-dev"}  # a family with several models
+TINY_MODELS_BY_WORKFLOW = {"flux2_dev_txt2img": "tiny-flux2-dev",  # a family with several models
+                           "sd15_inpaint": "tiny-sd15-inpainting"}
 # workflows made of component loaders (split files): the tiny file for each loader input, by node type
 TINY_FILES = {
     "sd15": {"DS_LoadControlNet": {"controlnet_name": "tiny-sd1-controlnet"},
@@ -31,6 +32,9 @@ TINY_FILES = {
               "DS_LoadTextEncoders": {"llm": "tiny-flux2-qwen-3.safetensors"},
               "DS_LoadVAE": {"vae_name": "tiny-flux2-vae.safetensors"}},
 }
+# a workflow's own tiny files where its family's do not fit (Flux.1 Fill is its own transformer)
+TINY_FILES_BY_WORKFLOW = {
+    "flux_fill_inpaint": {"DS_LoadDiffusionModel": {"model_name": "tiny-flux1-fill-dev.safetensors"}}}
 # loaders found by their title in a shipped workflow (a second model): input and tiny model
 TINY_BY_TITLE = {"Load Refiner": ("model", "diffusers/tiny-sdxl-refiner")}
 TITLES = {"DS_LoadDiffusionModel": "Load Diffusion Model (Diffusers)", "DS_LoadTextEncoders": "Load Text Encoders "
@@ -48,7 +52,8 @@ def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> l
     family = os.path.basename(workflow_path).split("_")[0]
     tiny = TINY_MODELS_BY_WORKFLOW.get(os.path.splitext(os.path.basename(workflow_path))[0], TINY_MODELS[family])
     sets = [f"Load Diffusers Model.model=diffusers/{tiny}"] if "DS_LoadModel" in types else []
-    for node_type, values in TINY_FILES.get(family, {}).items():
+    name = os.path.splitext(os.path.basename(workflow_path))[0]
+    for node_type, values in {**TINY_FILES.get(family, {}), **TINY_FILES_BY_WORKFLOW.get(name, {})}.items():
         if node_type in types:
             sets += [f"{TITLES[node_type]}.{name}={value}" for name, value in values.items()]
     sets += [f"{node['title']}.{TINY_BY_TITLE[node['title']][0]}={TINY_BY_TITLE[node['title']][1]}" for node in nodes
@@ -58,8 +63,9 @@ def tiny_overrides(workflow_path: str, size: int, steps: int | None = None) -> l
                  if node["type"] == "DS_Denoise"]
     if "DS_EmptyLatent" in types:
         sets += [f"Empty Latent (Diffusers).width={size}", f"Empty Latent (Diffusers).height={size}"]
-    if "LoadImage" in types:
-        sets.append("Load Image.image=demo_input.png")
+    if "LoadImage" in types:  # a picture with a transparent area (Load Image's mask) where the workflow inpaints
+        picture = "demo_inpaint.png" if "DS_InpaintConditioning" in types else "demo_input.png"
+        sets.append(f"Load Image.image={picture}")
     return sets
 
 
@@ -82,7 +88,8 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
               "diffusion_models/tiny-z-image-turbo.safetensors", "loras/tiny-qwen-image-lora-kohya.safetensors",
               "loras/tiny-flux2-lora-ai-toolkit.safetensors", "vae/tiny-qwen-image-vae.safetensors",
               "diffusion_models/tiny-flux2-dev.safetensors", "controlnet/tiny-zimage-controlnet-2-0.safetensors",
-              "text_encoders/tiny-mistral-3-small-flux2.safetensors")
+              "text_encoders/tiny-mistral-3-small-flux2.safetensors",
+              "diffusion_models/tiny-flux1-fill-dev.safetensors", "diffusers/tiny-sd15-inpainting/model_index.json")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 
@@ -94,4 +101,10 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
         y, x = np.mgrid[0:256, 0:256] / 255.0
         rgb = np.stack([x, y, 1.0 - (x + y) / 2], axis=-1)
         Image.fromarray((rgb * 255).astype(np.uint8)).save(picture)
+    masked = os.path.join(inputs, "demo_inpaint.png")
+    if not os.path.isfile(masked):  # the same picture with a transparent disc (Load Image's mask: repaint it)
+        with Image.open(picture) as rgb:
+            y, x = np.mgrid[0:256, 0:256]
+            alpha = np.where((y - 150) ** 2 + (x - 110) ** 2 < 60 ** 2, 0, 255).astype(np.uint8)
+            Image.fromarray(np.dstack([np.asarray(rgb), alpha]), "RGBA").save(masked)
     return models, inputs, output
