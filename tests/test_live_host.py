@@ -240,6 +240,9 @@ def converted(server, name):
     base = os.path.dirname(server.log_path)
     os.makedirs(os.path.join(base, "input"), exist_ok=True)
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(os.path.join(base, "input", "picture.png"))
+    rgba = np.full((64, 64, 4), 200, np.uint8)
+    rgba[16:48, 16:48, 3] = 0  # the inpainting workflows' picture: core Load Image's mask is 1 there
+    Image.fromarray(rgba, "RGBA").save(os.path.join(base, "input", "masked.png"))
     runner = Runner(os.path.join(base, "models"), os.path.join(base, "input"), os.path.join(base, "headless"))
     workflow = runner.load(os.path.join(REPO, "workflows", name))
     sets = tiny_sets(os.path.join(REPO, "workflows", name))

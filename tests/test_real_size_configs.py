@@ -184,9 +184,12 @@ def test_qwen_image_config_is_read_back():
 
     config = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
                   num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56),
-                  use_additional_t_cond=False)
+                  use_additional_t_cond=False, zero_cond_t=False)
     model = meta(QwenImageTransformer2DModel, config)
     assert dit_keys.qwen_image_config(shapes_of(model.state_dict())) == config
+    # Qwen-Image-Edit-2511 (Qwen/Qwen-Image-Edit-2511: zero_cond_t true), as Comfy-Org's file marks it
+    marked = {**shapes_of(model.state_dict()), "__index_timestep_zero__": (0,)}
+    assert dit_keys.qwen_image_config(marked) == {**config, "zero_cond_t": True}
 
 
 FLUX2_RELEASES = {  # black-forest-labs/FLUX.2-*/transformer/config.json (diffusers' convert_flux2_to_diffusers.py)

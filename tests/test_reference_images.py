@@ -4,6 +4,8 @@ Flux.2 pipelines (any number, time coordinates 10, 20, …) do. torch.equal agai
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import Graph, bchw, load_pipeline
@@ -21,12 +23,39 @@ def picture(height: int, width: int, seed: int) -> tuple[Image.Image, torch.Tens
     return pil[0], image
 
 
+@contextlib.contextmanager
+def vae_pictures_at_their_own_size(area: int):
+    """QwenImageEditPlusPipeline brings the VAE's pictures to about 1 megapixel (VAE_IMAGE_SIZE); our node uses a
+    picture at its own size. For the comparison the pipeline's area is set to the pictures' own."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
+
+    saved = pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE
+    pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE = area
+    try:
+        yield
+    finally:
+        pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE = saved
+
+
 def referenced(nodes, graph, image, prompt, negative=None, guidance=None):
     positive = graph.encode(prompt)
     if guidance is not None:
         positive = nodes["DS_FluxGuidance"].execute(conditioning=positive, guidance=guidance)[0]
     negative = None if negative is None else graph.encode(negative)
     return nodes["DS_ReferenceImage"].execute(positive=positive, vae=graph.vae, image=image, negative=negative)
+
+
+def two_references(nodes, model, sizes, prompt, negative, cfg, batch):
+    """(graph, the PIL pictures, our latent): two pictures of ``sizes`` attached by two chained Reference Image nodes
+    to both prompts, CFG, a 64 x 64 batch, 4 steps."""
+    graph = Graph(nodes, model)
+    pictures = [picture(height, width, seed) for seed, (height, width) in enumerate(sizes, 2)]
+    positive, negative = referenced(nodes, graph, pictures[0][1], prompt, negative)
+    positive, negative = nodes["DS_ReferenceImage"].execute(positive=positive, vae=graph.vae, image=pictures[1][1],
+                                                            negative=negative)
+    guider = nodes["DS_CFGGuider"].execute(positive=positive, negative=negative, cfg=cfg)[0]
+    latent = graph.denoise(guider, graph.default_scheduler, graph.empty(64, 64, batch), seed=SEED, steps=4)
+    return graph, [pil for pil, _ in pictures], latent
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -57,14 +86,8 @@ def test_flux2_references_equal_flux2_klein_pipeline(nodes, models_root):
     batch 2."""
     from test_equivalence_flux2 import NEGATIVE, PROMPT, negative_embeds
 
-    graph = Graph(nodes, "diffusers/tiny-flux2-klein")
-    first_pil, first = picture(64, 96, 2)
-    second_pil, second = picture(80, 64, 3)
-    positive, negative = referenced(nodes, graph, first, PROMPT, NEGATIVE)
-    positive, negative = nodes["DS_ReferenceImage"].execute(positive=positive, vae=graph.vae, image=second,
-                                                            negative=negative)
-    guider = nodes["DS_CFGGuider"].execute(positive=positive, negative=negative, cfg=3.5)[0]
-    ours = graph.denoise(guider, graph.default_scheduler, graph.empty(64, 64, 2), seed=SEED, steps=4)
+    graph, (first_pil, second_pil), ours = two_references(nodes, "diffusers/tiny-flux2-klein", [(64, 96), (80, 64)],
+                                                          PROMPT, NEGATIVE, cfg=3.5, batch=2)
 
     pipe = load_pipeline("Flux2KleinPipeline", models_root["flux2_klein_folder"])
     ref = pipe(prompt=PROMPT, image=[first_pil, second_pil], negative_prompt_embeds=negative_embeds(pipe),
@@ -124,4 +147,79 @@ def test_flux2_reference_inpainting_equals_flux2_klein_inpaint_pipeline(nodes, m
     ref = pipe(prompt=PROMPT, image=pil, mask_image=mask[None], strength=strength, guidance_scale=3.5,
                num_inference_steps=5, height=64, width=96, num_images_per_prompt=2,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(graph.decode(ours)), ref)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_qwen_image_edit_plus_references_equal_qwen_image_edit_plus_pipeline(nodes, models_root, batch):
+    """Two reference pictures (chained nodes) on both prompts, true CFG: the prompts are encoded again with the
+    pictures through the text encoder's vision tower ("Picture 1: …", resized to about 384 x 384 as the pipeline
+    does), and the pictures' latents follow the latents' tokens. The pipeline also brings the VAE's pictures to about
+    1 megapixel: see vae_pictures_at_their_own_size."""
+    from test_equivalence_qwen_image import NEGATIVE, PROMPT
+
+    graph, (first_pil, second_pil), ours = two_references(nodes, "diffusers/tiny-qwen-image-edit-2509",
+                                                          [(64, 96), (96, 64)], PROMPT, NEGATIVE, cfg=3.0, batch=batch)
+
+    from transformers import Qwen2Tokenizer
+
+    from diffusers_stages.tiny.models import qwen25vl_processor
+
+    folder = models_root["qwen_image_edit_folder"]
+    pipe = load_pipeline("QwenImageEditPlusPipeline", folder, processor=qwen25vl_processor(
+        Qwen2Tokenizer.from_pretrained(f"{folder}/tokenizer")))
+    with vae_pictures_at_their_own_size(64 * 96):
+        ref = pipe(image=[first_pil, second_pil], prompt=PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=3.0,
+                   num_inference_steps=4, height=64, width=64, num_images_per_prompt=batch,
+                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert torch.equal(bchw(graph.decode(ours)), ref)
+
+
+def test_qwen_image_edit_from_split_files_reads_pictures_as_the_folder(nodes):
+    """qwen_2.5_vl_7b as ComfyUI keeps it (the vision tower under its original names, no processor beside it):
+    the picture tokens take the tokenizer's ids and the pictures Qwen2.5-VL's own processor settings, so a prompt
+    with a reference picture encodes as the Edit folder's (its processor/ settings), in fresh memory."""
+    from test_equivalence_qwen_image import PROMPT
+
+    denoiser, scheduler = nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-qwen-image.safetensors",
+                                                                 dtype="fp32")
+    text_encoder = nodes["DS_LoadTextEncoders"].execute(family="qwenimage", llm="tiny-qwen-2.5-vl.safetensors",
+                                                        dtype="fp32")[0]
+    vae = nodes["DS_LoadVAE"].execute(vae_name="tiny-qwen-image-vae.safetensors", dtype="fp32")[0]
+    split = Graph(nodes, None, (denoiser, text_encoder, vae, scheduler)).in_fresh_memory()
+    folder = Graph(nodes, "diffusers/tiny-qwen-image-edit-2509").in_fresh_memory()
+    assert text_encoder.parts[0].image_processor is None and folder.text_encoder.parts[0].image_processor is not None
+    _, image = picture(64, 96, 9)
+    ours, _ = referenced(nodes, split, image, PROMPT)
+    theirs, _ = referenced(nodes, folder, image, PROMPT)
+    assert ours.embeds.shape[1] > split.encode(PROMPT).embeds.shape[1] + 100  # the picture's tokens are in it
+    assert torch.equal(ours.embeds, theirs.embeds) and torch.equal(ours.references[0], theirs.references[0])
+
+
+def test_qwen_image_edit_2511_file_equals_the_pipeline_on_it(nodes, models_root):
+    """Comfy-Org's 2511 file (marked by an empty __index_timestep_zero__ tensor) loads with zero_cond_t, and a
+    reference edit with it equals QwenImageEditPlusPipeline run on the same modules."""
+    from diffusers import QwenImageEditPlusPipeline
+    from test_equivalence_qwen_image import PROMPT
+
+    from diffusers_stages.tiny.models import qwen25vl_processor
+
+    folder = Graph(nodes, "diffusers/tiny-qwen-image-edit-2509")
+    denoiser, scheduler = nodes["DS_LoadDiffusionModel"].execute(model_name="tiny-qwen-image-edit-2511.safetensors",
+                                                                 dtype="fp32")
+    assert denoiser.module.config.zero_cond_t
+    graph = Graph(nodes, None, (denoiser, folder.text_encoder, folder.vae, folder.default_scheduler))
+    pil, image = picture(64, 96, 10)
+    positive, _ = referenced(nodes, graph, image, PROMPT)
+    guider = nodes["DS_CFGGuider"].execute(positive=positive, cfg=1.0)[0]
+    ours = graph.denoise(guider, graph.default_scheduler, graph.empty(64, 64, 1), seed=SEED, steps=3)
+
+    base = load_pipeline("QwenImagePipeline", models_root["qwen_image_folder"])
+    pipe = QwenImageEditPlusPipeline(transformer=denoiser.module, text_encoder=folder.text_encoder.parts[0].module,
+                                     vae=folder.vae.module, tokenizer=base.tokenizer, scheduler=base.scheduler,
+                                     processor=qwen25vl_processor(base.tokenizer))
+    pipe.set_progress_bar_config(disable=True)
+    with vae_pictures_at_their_own_size(64 * 96):
+        ref = pipe(image=[pil], prompt=PROMPT, num_inference_steps=3, height=64, width=64,
+                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert torch.equal(bchw(graph.decode(ours)), ref)

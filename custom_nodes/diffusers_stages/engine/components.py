@@ -76,6 +76,7 @@ class TextPart:
 
     tokenizer: Any
     module: Any  # a transformers text model (CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel)
+    image_processor: Any = None  # a vision-language encoder's picture preprocessing (Qwen2.5-VL), from its folder
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,8 +200,11 @@ class Conditioning:
     t5: torch.Tensor | None = None
     t5_length: int = 0
     controls: tuple[Control, ...] = ()  # ControlNets applied while this prompt drives a step, in the order added
-    # reference images (editing: Flux.1 Kontext, Flux.2): raw VAE latents [1, C, h, w], in the order added
+    # reference images (editing: Flux.1 Kontext, Flux.2, Qwen-Image-Edit), in the order added: their VAE latents in
+    # the denoiser's space [1, C, h, w] (Family.reference_latents), and the pictures (IMAGE [1, H, W, 3]) for text
+    # encoders that read them too
     references: tuple[torch.Tensor, ...] = ()
+    reference_pictures: tuple[torch.Tensor, ...] = ()
     # how it was encoded, so the same encoder can make the negative a pipeline uses when none is given
     text_encoder: TextEncoder | None = None
     encode_settings: tuple[int, int] = (0, 0)  # (clip_skip, t5_max_length)

@@ -214,6 +214,22 @@ class Family:
         """One ControlNet's contribution to a denoiser call (keyword arguments ``predict`` passes on)."""
         raise NotImplementedError(f"ControlNet is not supported for {self.display_name} yet")
 
+    def with_references(self, cond: Conditioning, vae: Vae, pictures: torch.Tensor, raw: torch.Tensor) -> Conditioning:
+        """``cond`` with reference pictures (IMAGE [N, H, W, 3]) and their raw VAE latents [N, C, h, w] added, one
+        reference per picture; a family whose text encoder reads the pictures too re-encodes the prompt."""
+        import dataclasses
+
+        latents = self.reference_latents(vae, raw)
+        return dataclasses.replace(
+            cond, references=(*cond.references, *(latents[i:i + 1] for i in range(len(latents)))),
+            reference_pictures=(*cond.reference_pictures, *(pictures[i:i + 1] for i in range(len(pictures)))))
+
+    def reference_latents(self, vae: Vae, raw: torch.Tensor) -> torch.Tensor:
+        """A reference picture's raw VAE latents in the denoiser's space, as the editing pipelines scale them:
+        (raw - shift) x scale."""
+        scale, shift = self.vae_latent_scaling(vae.module)
+        return (raw - shift) * scale
+
     def latent_channels_of(self, denoiser: Denoiser) -> int:
         """Channels of the LATENT this denoiser works on (an inpainting model's input also holds the mask and the
         masked image's latents)."""

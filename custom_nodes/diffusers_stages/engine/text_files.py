@@ -273,6 +273,11 @@ def qwen25vl_part(state: dict[str, torch.Tensor], dtype: torch.dtype, tokenizer_
     module = fill(empty(Qwen2_5_VLModel, Qwen2_5_VLConfig(**config)), body, dtype, "Qwen2.5-VL text encoder",
                   input_name)
     tokenizer = find_qwen_tokenizer(tokenizer_dirs, config["text_config"]["vocab_size"], input_name, qwen3=False)
+    for name, token in (("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"),
+                        ("vision_end", "vision_end")):  # where the vision tower's tokens go (Qwen-Image-Edit)
+        token_id = tokenizer.convert_tokens_to_ids(f"<|{token}|>")
+        if token_id is not None and token_id != tokenizer.unk_token_id:
+            setattr(module.config, f"{name}_token_id", token_id)
     return TextPart(tokenizer, module)
 
 

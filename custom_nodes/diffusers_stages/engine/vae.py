@@ -109,7 +109,7 @@ def encode(vae: Vae, pixels: torch.Tensor) -> torch.Tensor:
     with _upcast_if_needed(module) as dtype:
         x = pixels[..., :3].movedim(-1, 1).to(device=module.device, dtype=dtype) * 2.0 - 1.0
         if vae.has_frames:
-            return module.encode(x.unsqueeze(2).contiguous(), return_dict=False)[0].mode()[:, :, 0].float().cpu()
+            return module.encode(x.unsqueeze(2), return_dict=False)[0].mode()[:, :, 0].float().cpu()
         latent = module.encode(x, return_dict=False)[0].mode()
         if vae.patch != (1, 1):
             latent = _normalised_patches(vae, latent)

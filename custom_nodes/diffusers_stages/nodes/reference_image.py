@@ -22,10 +22,12 @@ class ReferenceImage(StageNode):
     DESCRIPTION = ("Attaches reference images to the prompts for editing, as the diffusers editing pipelines give "
                    "them to the model: encoded by the VAE (the posterior's mode) and seen by the model as extra "
                    "tokens beside the picture it makes. Flux.1 Kontext takes one (FluxKontextPipeline); Flux.2 any "
-                   "number (Flux2Pipeline, Flux2KleinPipeline: each image of the batch is one reference, chain "
-                   "nodes to add more, in order). A size that is not a multiple of 16 is centre-cropped; scale "
-                   "large pictures down first (Flux.2's pipelines bring references to about 1 megapixel, Kontext's "
-                   "to its preferred resolutions).")
+                   "number (Flux2Pipeline, Flux2KleinPipeline); Qwen-Image-Edit any number "
+                   "(QwenImageEditPlusPipeline: the prompt is also encoded again with the pictures through its "
+                   "vision-language text encoder, so connect it after Text Encode). Each image of a batch is one "
+                   "reference; chain nodes to add more, in order. A size that is not a multiple of 16 is "
+                   "centre-cropped; scale large pictures down first (the pipelines bring references to about 1 "
+                   "megapixel).")
     RETURN_TYPES = (CONDITIONING, CONDITIONING)
     RETURN_NAMES = ("positive", "negative")
     OUTPUT_TOOLTIPS = ("The positive prompt with the reference images attached.",
@@ -58,10 +60,16 @@ class ReferenceImage(StageNode):
             image = engine_vae.centre_cropped(image, CELL)
         host.ensure_loaded(vae.residency)
         with torch.inference_mode():
-            latents = engine_vae.encode(vae, image).to(host.intermediate_device())
-        references = tuple(latents[i:i + 1] for i in range(latents.shape[0]))
+            raw = engine_vae.encode(vae, image)
 
         def attach(cond):
-            return None if cond is None else dataclasses.replace(cond, references=(*cond.references, *references))
+            if cond is None:
+                return None
+            if cond.text_encoder is not None:
+                host.ensure_loaded(cond.text_encoder.residency)
+            with torch.inference_mode():
+                cond = cond.family.with_references(cond, vae, image, raw)
+            return dataclasses.replace(cond, references=tuple(r.to(host.intermediate_device())
+                                                              for r in cond.references))
 
         return attach(positive), attach(negative)

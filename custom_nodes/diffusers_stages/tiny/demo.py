@@ -34,7 +34,8 @@ TINY_FILES = {
 }
 # a workflow's own tiny files where its family's do not fit (Flux.1 Fill is its own transformer)
 TINY_FILES_BY_WORKFLOW = {
-    "flux_fill_inpaint": {"DS_LoadDiffusionModel": {"model_name": "tiny-flux1-fill-dev.safetensors"}}}
+    "flux_fill_inpaint": {"DS_LoadDiffusionModel": {"model_name": "tiny-flux1-fill-dev.safetensors"}},
+    "qwenimage_edit_2511": {"DS_LoadDiffusionModel": {"model_name": "tiny-qwen-image-edit-2511.safetensors"}}}
 # loaders found by their title in a shipped workflow (a second model): input and tiny model
 TINY_BY_TITLE = {"Load Refiner": ("model", "diffusers/tiny-sdxl-refiner")}
 TITLES = {"DS_LoadDiffusionModel": "Load Diffusion Model (Diffusers)", "DS_LoadTextEncoders": "Load Text Encoders "
@@ -89,7 +90,8 @@ def prepare_demo(folder: str) -> tuple[str, str, str]:
               "loras/tiny-flux2-lora-ai-toolkit.safetensors", "vae/tiny-qwen-image-vae.safetensors",
               "diffusion_models/tiny-flux2-dev.safetensors", "controlnet/tiny-zimage-controlnet-2-0.safetensors",
               "text_encoders/tiny-mistral-3-small-flux2.safetensors",
-              "diffusion_models/tiny-flux1-fill-dev.safetensors", "diffusers/tiny-sd15-inpainting/model_index.json")
+              "diffusion_models/tiny-flux1-fill-dev.safetensors", "diffusers/tiny-sd15-inpainting/model_index.json",
+              "diffusion_models/tiny-qwen-image-edit-2511.safetensors")
     if not all(os.path.isfile(os.path.join(models, name)) for name in newest):  # built by an older version
         from .models import write_models
 

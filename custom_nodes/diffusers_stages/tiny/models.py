@@ -179,11 +179,12 @@ def qwen_tokenizer():
     merges = [("Ġ", "a"), ("Ġ", "c"), ("a", "t"), ("Ġc", "at"), ("Ġ", "p"), ("h", "o"), ("Ġp", "ho"), ("t", "o")]
     for first, second in merges:
         vocab.setdefault(first + second, len(vocab))
-    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+    vision = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]  # Qwen2.5-VL's picture tokens
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *vision):
         vocab[special] = len(vocab)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
                                pad_token="<|endoftext|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", *vision]})
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     return tokenizer
 
@@ -340,6 +341,8 @@ def build_qwen_image_pipeline():
 
     tokenizer = qwen_tokenizer()
     special = {"bos_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    pictures = {f"{name}_token_id": tokenizer.convert_tokens_to_ids(f"<|{token}|>") for name, token in (
+        ("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"), ("vision_end", "vision_end"))}
     torch.manual_seed(8)
     # the released proportions the file loader assumes (text_files.qwen25vl_config): 128-wide attention heads and
     # rotary sections [16, 24, 24]; an 80-wide vision head
@@ -350,7 +353,7 @@ def build_qwen_image_pipeline():
                          **special, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                                      "mrope_section": [16, 24, 24]}),
         vision_config=dict(depth=1, hidden_size=160, num_heads=2, intermediate_size=32, out_hidden_size=256,
-                           fullatt_block_indexes=[], tokens_per_second=2), **special))
+                           fullatt_block_indexes=[], tokens_per_second=2), **special, **pictures))
     torch.manual_seed(9)
     transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
                                               attention_head_dim=16, num_attention_heads=2, joint_attention_dim=256,
@@ -366,6 +369,53 @@ def build_qwen_image_pipeline():
         base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
     return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                              transformer=transformer)
+
+
+def qwen_image_edit_2511_file() -> dict[str, torch.Tensor]:
+    """A Qwen-Image-Edit-2511 style transformer (zero_cond_t: reference tokens modulated at timestep 0) as Comfy-Org's
+    files hold it: diffusers' names and the empty ``__index_timestep_zero__`` marker."""
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(11)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=256,
+                                              axes_dims_rope=(4, 6, 6), zero_cond_t=True)
+    return {**transformer.state_dict(), "__index_timestep_zero__": torch.tensor([])}
+
+
+def save_qwen_image_edit_folder(root: str, name: str, base) -> str:
+    """A Qwen-Image-Edit-2509 style folder: the Qwen-Image parts, model_index naming QwenImageEditPlusPipeline and
+    its Qwen2_5_VLProcessor, processor/ holding the image processor's settings (transformers cannot save the
+    processor itself without a video processor)."""
+    import json
+
+    from diffusers import QwenImageEditPlusPipeline
+
+    path = save_folder(root, name, QwenImageEditPlusPipeline(processor=None, **base.components))
+    qwen25vl_processor(base.tokenizer).image_processor.save_pretrained(os.path.join(path, "processor"))
+    index = os.path.join(path, "model_index.json")
+    with open(index, encoding="utf-8") as f:
+        entries = json.load(f)
+    entries["processor"] = ["transformers", "Qwen2_5_VLProcessor"]
+    with open(index, "w", encoding="utf-8") as f:
+        json.dump(entries, f, indent=2)
+    return path
+
+
+def qwen25vl_processor(tokenizer):
+    """transformers' Qwen2_5_VLProcessor with the PIL image processor and no video processor. Without torchvision
+    (this machine, CI) transformers cannot make one: its constructor checks every part's class, the video
+    processor's too, whose class is a placeholder then; the check is skipped for this construction only."""
+    from unittest import mock
+
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from ..engine.families.qwen_image import QWEN25VL_IMAGE_PROCESSOR
+
+    with mock.patch.object(Qwen2_5_VLProcessor, "check_argument_for_proper_class", lambda *args: None):
+        return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessorPil(**QWEN25VL_IMAGE_PROCESSOR),
+                                   tokenizer=tokenizer)
 
 
 def build_flux_pipeline(guidance_embeds: bool = True, fill: bool = False):
@@ -476,6 +526,9 @@ def write_models(root: str) -> dict[str, str]:
     paths["zimage_folder"] = save_folder(root, "tiny-z-image", zimage)
     qwen_image = build_qwen_image_pipeline()
     paths["qwen_image_folder"] = save_folder(root, "tiny-qwen-image", qwen_image)
+    paths["qwen_image_edit_folder"] = save_qwen_image_edit_folder(root, "tiny-qwen-image-edit-2509", qwen_image)
+    paths.update(save_files(root, {"qwen_image_edit_2511_dit": (
+        "diffusion_models", "tiny-qwen-image-edit-2511.safetensors", qwen_image_edit_2511_file())}))
     klein = build_flux2_klein_pipeline()
     paths["flux2_klein_folder"] = save_folder(root, "tiny-flux2-klein", klein)
     paths.update(write_flux2_files(root, klein))

@@ -303,8 +303,9 @@ def is_qwen_image(keys) -> bool:
 
 
 def qwen_image_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """What the tensors tell; guidance_embeds, zero_cond_t and use_layer3d_rope leave no tensor and take the
-    released Qwen-Image's values (False)."""
+    """What the tensors tell; guidance_embeds and use_layer3d_rope leave no tensor and take the released
+    Qwen-Image's values (False). Qwen-Image-Edit-2511 (zero_cond_t: the reference pictures' tokens modulated at
+    timestep 0) leaves none either; Comfy-Org's files mark it with an empty ``__index_timestep_zero__`` tensor."""
     hidden, in_channels = shapes["img_in.weight"]
     head_dim = shapes["transformer_blocks.0.attn.norm_q.weight"][0]
     return {
@@ -313,16 +314,18 @@ def qwen_image_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
         "num_attention_heads": hidden // head_dim, "joint_attention_dim": shapes["txt_in.weight"][1],
         "axes_dims_rope": flux_rope_axes(head_dim),
         "use_additional_t_cond": "time_text_embed.addition_t_embedding.weight" in shapes,
+        "zero_cond_t": any(key.endswith("__index_timestep_zero__") for key in shapes),
     }
 
 
 def qwen_image_rules(config: dict[str, Any]) -> list[Rule]:
-    """Every tensor under its own name."""
+    """Every tensor under its own name (2511's marker read for the config only)."""
     from diffusers import QwenImageTransformer2DModel
 
     from ..weights import empty
 
-    return [Rule(key, (key,)) for key in empty(QwenImageTransformer2DModel, config).state_dict()]
+    marker = [Rule("__index_timestep_zero__", (), "drop")] if config.get("zero_cond_t") else []
+    return [Rule(key, (key,)) for key in empty(QwenImageTransformer2DModel, config).state_dict()] + marker
 
 
 # ---- conversion, both ways --------------------------------------------------------------------------

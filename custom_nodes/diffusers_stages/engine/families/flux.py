@@ -221,7 +221,7 @@ class FluxFamily(Family):
         return ModelInputs(cfg=None, cond=inputs(guider.positive), uncond=inputs(guider.negative))
 
     def reference_inputs(self, denoiser, cond: Conditioning, img_ids: torch.Tensor, batch: int) -> dict:
-        """As FluxKontextPipeline: the reference image's latents (model space, 2x2 patches) after the latents' tokens,
+        """As FluxKontextPipeline: the reference image's latents (2x2 patches) after the latents' tokens,
         at position index 1 (rows and columns counted from 0, as the latents'); the ids of both, in that order."""
         if not cond.references:
             return {}
@@ -230,7 +230,7 @@ class FluxFamily(Family):
             raise InputError("guider", f"{problem}.", "give Flux.1 Kontext one reference image (stitch several into "
                              "one picture first), and no ControlNet.")
         module = denoiser.module
-        latents = denoiser.to_model_space(cond.references[0].to(module.device, module.dtype))
+        latents = cond.references[0].to(module.device, module.dtype)
         ids = image_ids(latents.shape[2] // 2, latents.shape[3] // 2, module.device, module.dtype)
         ids[..., 0] = 1
         return {"reference_tokens": pack(latents).repeat(batch, 1, 1), "img_ids": torch.cat([img_ids, ids])}

@@ -140,7 +140,7 @@ class Flux2Family(Family):
         module = denoiser.module
         tokens, ids = [], [img_ids]
         for index, reference in enumerate(cond.references):
-            latents = denoiser.to_model_space(reference.to(module.device, module.dtype))
+            latents = reference.to(module.device, module.dtype)
             tokens.append(self.to_model_layout(latents))
             ids.append(positions(10 + 10 * index, latents.shape[2], latents.shape[3], 1, batch, module.device))
         return {"reference_tokens": torch.cat(tokens, dim=1).repeat(batch, 1, 1), "img_ids": torch.cat(ids, dim=1)}
