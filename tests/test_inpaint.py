@@ -374,3 +374,23 @@ def test_a_latent_the_transformer_cannot_patch_is_refused_and_the_models_vae_cro
                                          "16 px.*Fix: scale or crop the picture"):
         graph.denoise(flux_guider(graph), graph.default_scheduler, {"samples": torch.rand(1, 16, 9, 10)}, steps=2,
                       denoise=0.5)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_single_file_inpainting_checkpoints_load_as_their_folders(nodes, models_root, family):
+    """sd-v1-5-inpainting / sd_xl inpainting single files (original LDM layout, 9-channel conv_in): the same U-Net as
+    the diffusers folder, taken as an inpainting model."""
+    import os
+
+    from conftest import Graph, load_pipeline
+
+    from diffusers_stages.tiny.ldm_export import save_ldm_checkpoint, save_sdxl_checkpoint
+
+    model, folder_key, base, _ = INPAINTING_UNETS[family]
+    pipe = load_pipeline(base, models_root[folder_key])
+    name = f"checkpoints/tiny-{family}-inpainting.safetensors"
+    (save_ldm_checkpoint if family == "sd15" else save_sdxl_checkpoint)(pipe, os.path.join(models_root["root"], name))
+    single = Graph(nodes, name).denoiser
+    assert single.family.is_inpainting_model(single) and single.family.latent_channels_of(single) == 4
+    theirs = Graph(nodes, model).denoiser.module.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in single.module.state_dict().items())
