@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import host
 from ..nodes import NODE_CLASS_MAPPINGS
+from . import run_manifest
 from .batch import Batch, plan_runs, resolve_sets
 from .core_nodes import CORE_NODE_CLASSES, Folders
 from .execute import Executor, WorkflowError
@@ -99,6 +100,7 @@ class Runner:
         with Batch(os.path.join(Folders.output, name), runs, request, self.model_files) as plan:
             if plan.runs is not runs:  # a resumed batch runs the prompts it planned then
                 self._refuse_problems(plan.runs)
+            plan.describe(run_manifest.for_batch(plan.runs, self.classes, self.model_files))
             done = plan.finished()
             written = [os.path.join(plan.folder, entry["folder"], f) for entry in done.values()
                        for f in entry["files"]]
@@ -123,6 +125,7 @@ class Runner:
     def _run_once(self, prompt, workflow: Workflow, output_folder: str, label: str = "run") -> list[str]:
         ui = workflow.ui_for(prompt)
         extra = {"workflow": ui} if ui is not None else {}
+        extra[run_manifest.PNG_KEY] = run_manifest.for_run(prompt, self.classes, self.model_files)
         previous, Folders.output = Folders.output, output_folder
         started = time.perf_counter()
         try:

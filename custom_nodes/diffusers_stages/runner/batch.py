@@ -138,6 +138,13 @@ class Batch:
             models = {path: fingerprints.fingerprint(path) for path in sorted(set(model_files(runs)))}
             write_json(self.plan_path, {"fingerprint": fingerprint, "runs": runs, "models": models})
 
+    def describe(self, manifest: dict[str, Any]) -> None:
+        """Write the batch's run manifest (``run_manifest.json``: versions, device, model files, every run's seeds)
+        beside its plan; a resumed batch keeps the one written when it started unless it has none."""
+        path = os.path.join(self.folder, "run_manifest.json")
+        if not os.path.isfile(path):
+            write_json(path, manifest)
+
     def close(self) -> None:
         self._lock.release()
 
