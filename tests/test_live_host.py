@@ -291,6 +291,18 @@ def test_template_input_pictures_are_in_the_input_folder(server):
             assert response.status == 200 and response.headers["Content-Type"] == "image/png", picture
 
 
+def test_templates_are_listed_with_readable_titles(server):
+    """The host lists our templates under this clone's folder name, and its translations (which the frontend's
+    template browser reads) give each a title and a description instead of the file name."""
+    from diffusers_stages.templates import TEMPLATES
+
+    folder = "Diffusers Stages (test clone)"
+    assert set(server.get("/workflow_templates")[folder]) == {name[:-5] for name in WORKFLOW_NAMES}
+    locale = server.get("/i18n")["en"]["templateWorkflows"]
+    assert locale["template"][folder] == {name: title for name, (title, _) in TEMPLATES.items()}
+    assert locale["templateDescription"][folder]["qwenimage_edit_2511"] == TEMPLATES["qwenimage_edit_2511"][1]
+
+
 def test_real_frontend_loads_workflows_and_agrees_with_our_converter(server):
     """The ComfyUI frontend (headless Chromium) loads every shipped workflow with no missing node, and its own
     UI->API conversion (app.graphToPrompt) equals ours. Needs PLAYWRIGHT_DIR (a folder whose node_modules has

@@ -381,3 +381,18 @@ def test_executor_semantics_lists_ancestors_and_order():
                                                    "optional": {"extra": ("INT", {"forceInput": True})}})
     with pytest.raises(WorkflowError, match="cycle"):
         executor.run(prompt)
+
+
+def test_every_template_has_a_readable_title_and_description(tmp_path):
+    """The frontend looks a pack template's title up as templateWorkflows.template.<pack folder>.<name> in the host's
+    translations; the pack writes them into locales/en/main.json under the folder name it was cloned as."""
+    from diffusers_stages.templates import TEMPLATES, write_template_locale
+
+    names = {os.path.splitext(os.path.basename(path))[0] for path in WORKFLOWS}
+    assert set(TEMPLATES) == names
+    assert all(title and description and title != name for name, (title, description) in TEMPLATES.items())
+    clone = tmp_path / "my.pack"  # any folder name; the frontend's key has its dots as underscores
+    with open(write_template_locale(str(clone))) as f:
+        locale = json.load(f)["templateWorkflows"]
+    assert locale["template"]["my_pack"]["sd15_inpaint"] == "SD1.5 inpainting"
+    assert set(locale["templateDescription"]["my_pack"]) == names
