@@ -127,3 +127,17 @@ def test_auto_dtype_follows_the_family_preference(monkeypatch):
     assert (host.default_dtype(FLUX), host.default_dtype(STABLE_DIFFUSION_XL)) == (torch.bfloat16, torch.float16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert host.default_dtype(FLUX) == torch.float16
+
+
+def test_model_handles_show_the_host_their_patcher():
+    """ComfyUI v0.2x+'s default RAM-pressure cache recognises outputs holding a ModelPatcher by a `patcher`
+    attribute (and drops an old workflow's first): every model handle exposes the one its residency holds."""
+    from diffusers_stages.engine.components import ControlNet, Denoiser, TextEncoder, Vae
+    from diffusers_stages.host import Residency
+
+    held = object()
+    handles = (Denoiser(None, None, "", residency=Residency([], held)), TextEncoder(None, (), "", Residency([], held)),
+               Vae(None, None, "", Residency([], held)), ControlNet(None, None, "", Residency([], held)))
+    for handle in handles:
+        assert handle.patcher is held
+    assert Denoiser(None, None, "").patcher is None and Vae(None, None, "", Residency([])).patcher is None

@@ -17,8 +17,18 @@ if TYPE_CHECKING:
     from .family import Family
 
 
+class HostManaged:
+    """A model handle the host may hold through ``residency``."""
+
+    @property
+    def patcher(self):
+        """The host's model wrapper holding this model, or None. ComfyUI (v0.2x+) looks for it under this name: its
+        default RAM-pressure cache then drops an old workflow's model outputs first, ours as its own."""
+        return getattr(self.residency, "patcher", None)
+
+
 @dataclass(frozen=True, eq=False)
-class Denoiser:
+class Denoiser(HostManaged):
     family: Family
     module: Any  # a diffusers UNet2DConditionModel (or, later, a DiT)
     source: str
@@ -80,7 +90,7 @@ class TextPart:
 
 
 @dataclass(frozen=True, eq=False)
-class TextEncoder:
+class TextEncoder(HostManaged):
     family: Family
     parts: tuple[TextPart, ...]
     source: str
@@ -96,7 +106,7 @@ class TextEncoder:
 
 
 @dataclass(frozen=True, eq=False)
-class Vae:
+class Vae(HostManaged):
     family: Family | None  # None for a VAE loaded on its own (its latent channels are still checked)
     module: Any  # diffusers AutoencoderKL
     source: str
@@ -158,7 +168,7 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True, eq=False)
-class ControlNet:
+class ControlNet(HostManaged):
     family: Family
     module: Any  # a diffusers ControlNetModel
     source: str
