@@ -454,3 +454,75 @@ def test_core_alpha_mask_and_set_latent_noise_mask_drive_our_denoise(server):
     outside[2:6, 2:6] = False  # the square's latent cells
     assert difference[:, :, outside].abs().max() < 1e-5  # raw -> model space -> raw rounding only
     assert difference[:, :, 3:5, 3:5].abs().mean() > 0.05  # inside: repainted
+
+
+def second_server(server, tmp_path_factory, name: str) -> Server:
+    """Another real ComfyUI server with this pack and the first server's tiny models."""
+    base = str(tmp_path_factory.mktemp(name))
+    os.makedirs(os.path.join(base, "custom_nodes"))
+    os.symlink(REPO, os.path.join(base, "custom_nodes", "Diffusers Stages (test clone)"))
+    os.symlink(os.path.join(os.path.dirname(server.log_path), "models"), os.path.join(base, "models"))
+    return Server(base)
+
+
+FANOUT_WORKFLOW = os.path.join(REPO, "workflows", "sd15_txt2img.json")
+FANOUT_SETS = ["Load Diffusers Model.model=checkpoints/tiny-sd15.safetensors", "Empty Latent (Diffusers).width=64",
+               "Empty Latent (Diffusers).height=64", "Denoise (Diffusers).steps=3"]
+
+
+def test_batch_fanned_out_over_two_real_servers_equals_a_local_run(server, tmp_path_factory, tmp_path):
+    """`run --server A --server B`: each run queued on a real ComfyUI server, its pictures written locally where a
+    local run writes them; pixel for pixel the local run's."""
+    import numpy as np
+    from PIL import Image
+
+    from diffusers_stages.runner.api import Runner
+
+    other = second_server(server, tmp_path_factory, "comfy-second")
+    try:
+        models = os.path.join(os.path.dirname(server.log_path), "models")
+        local = sorted(Runner(models, str(tmp_path), str(tmp_path / "local")).run(
+            FANOUT_WORKFLOW, sets=FANOUT_SETS, repeat=4, batch="b", seed=9))
+        fanned = sorted(Runner(models, str(tmp_path), str(tmp_path / "fanned")).run(
+            FANOUT_WORKFLOW, sets=FANOUT_SETS, repeat=4, batch="b", seed=9, servers=[server.url, other.url]))
+    finally:
+        other.stop()
+    assert [os.path.relpath(f, tmp_path / "fanned") for f in fanned] == [
+        os.path.relpath(f, tmp_path / "local") for f in local]
+    used = set()
+    for ours, theirs in zip(fanned, local):
+        with Image.open(ours) as a, Image.open(theirs) as b:
+            assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+            used.add(json.loads(a.text["diffusers_stages"])["server"])
+    assert used == {server.url, other.url}  # both servers took runs
+
+
+def test_real_server_killed_mid_batch_loses_and_repeats_no_run(server, tmp_path_factory, tmp_path):
+    """One of two real servers is killed once it has finished a run: the batch still ends with every run done
+    exactly once."""
+    import threading
+
+    from diffusers_stages.runner.api import Runner
+
+    doomed = second_server(server, tmp_path_factory, "comfy-doomed")
+    folder = tmp_path / "out" / "b"
+    models = os.path.join(os.path.dirname(server.log_path), "models")
+    runner = Runner(models, str(tmp_path), str(tmp_path / "out"))
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(files=runner.run(
+        FANOUT_WORKFLOW, sets=FANOUT_SETS, repeat=8, batch="b", seed=11, servers=[doomed.url, server.url])))
+    thread.start()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (folder / "manifest.jsonl").exists() and any(
+                    '"run_' in line for line in (folder / "manifest.jsonl").read_text().splitlines()):
+                break
+            time.sleep(0.2)
+        doomed.process.kill()
+    finally:
+        thread.join(timeout=600)
+        doomed.stop()
+    entries = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(entry["run"] for entry in entries) == list(range(8))
+    assert len(result["files"]) == 8 and len(set(result["files"])) == 8

@@ -1,4 +1,4 @@
-"""The run manifest: beside every batch (run_manifest.json) and in every PNG (a diffusers_stages text chunk):
+"""The run manifest: beside every batch (provenance.json) and in every PNG (a diffusers_stages text chunk):
 pack and node versions, torch / diffusers / transformers versions, the device, every model file's name, size and
 SHA-256 (hashed once per process), and the seeds."""
 
@@ -41,7 +41,7 @@ def test_batch_and_every_png_carry_the_run_manifest(models_root, tmp_path, monke
     monkeypatch.setenv("DIFFUSERS_STAGES_CACHE_DIR", str(tmp_path / "cache"))
     path = tiny_copy(models_root, "tiny-sd15-audited.safetensors")
     files, folder = batch_of_three(models_root, tmp_path, "tiny-sd15-audited.safetensors")
-    with open(folder / "run_manifest.json") as f:
+    with open(folder / "provenance.json") as f:
         manifest = json.load(f)
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()

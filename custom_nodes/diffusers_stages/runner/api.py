@@ -22,6 +22,7 @@ from .batch import Batch, plan_runs, resolve_sets
 from .core_nodes import CORE_NODE_CLASSES, Folders
 from .execute import Executor, WorkflowError
 from .node_defs import input_spec, load_definitions
+from .servers import ComfyServer, ServerGone, missing_node_types, run_on_servers
 from .workflow import Workflow, load, parse_set
 
 log = logging.getLogger("diffusers_stages.runner")
@@ -87,8 +88,11 @@ class Runner:
         return spec[1] if spec else {}
 
     def run(self, path: str, sets: list[str] = (), repeat: int = 1, batch: str | None = None,
-            seed: int | None = None) -> list[str]:
-        """Run a workflow file; returns the files written. Batches (repeat > 1 or @file lists) are resumable."""
+            seed: int | None = None, servers: list[str] = ()) -> list[str]:
+        """Run a workflow file; returns the files written. Batches (repeat > 1 or @file lists) are resumable.
+        ``servers``: ComfyUI server URLs to run the planned batch on instead of this process (``runner/servers``)."""
+        if servers:
+            return self._run_on_servers(path, sets, repeat, batch, seed, servers)
         workflow = self.load(path)
         assignments = resolve_sets(workflow, [parse_set(item) for item in sets], self.input_names)
         runs = plan_runs(workflow, assignments, repeat, self.input_options, seed)
@@ -114,6 +118,49 @@ class Runner:
                 plan.record(index, [os.path.relpath(f, folder) for f in files])
                 written.extend(files)
         return written
+
+    def _run_on_servers(self, path, sets, repeat, batch, seed, urls) -> list[str]:
+        """The planned batch, each run queued on one of the ComfyUI servers that answer and have its node types
+        (which any pack may provide: the servers' own definitions convert the workflow)."""
+        clients, problems = [], []
+        for url in urls:
+            client = ComfyServer(url)
+            try:
+                clients.append((client, client.node_types()))
+            except ServerGone as error:
+                problems.append(str(error))
+        if not clients:
+            raise WorkflowError([*problems, "no server answers; nothing was run"])
+        node_info = clients[0][1]
+        self.definitions = {**node_info, **self.definitions}  # other packs' nodes, as the servers define them
+        workflow = load(path, self.definitions)
+        assignments = resolve_sets(workflow, [parse_set(item) for item in sets], self.input_names)
+        runs = plan_runs(workflow, assignments, repeat, self.input_options, seed)
+        usable = []
+        for client, info in clients:
+            missing = missing_node_types(runs[0], info)
+            if missing:
+                packs = sorted({"Diffusers Stages" if kind in NODE_CLASS_MAPPINGS else
+                                _pack_of(kind, workflow.missing.get(kind)) for kind in missing})
+                problems.append(f"{client} lacks the node types {', '.join(missing)} ({', '.join(packs)}): install "
+                                "them there")
+            else:
+                usable.append(client)
+        for problem in problems:
+            log.warning("warning: %s", problem)
+        if not usable:
+            raise WorkflowError([*problems, "no server can run this workflow; nothing was run"])
+        name = batch or os.path.splitext(os.path.basename(path))[0]
+        request = {"workflow": workflow.prompt, "sets": list(sets), "repeat": repeat, "seed": seed}
+        with Batch(os.path.join(Folders.output, name), runs, request) as plan:
+            plan.describe({"servers": [client.url for client in usable],
+                           "runs": [{"run": i + 1, "seeds": run_manifest.seeds(p)} for i, p in enumerate(plan.runs)]})
+
+            def extra_for(prompt):
+                ui = workflow.ui_for(prompt)
+                return {"workflow": ui} if ui is not None else {}
+
+            return run_on_servers(plan, plan.runs, usable, node_info, extra_for, Folders.input)
 
     def _refuse_problems(self, prompts: list[dict[str, Any]]) -> None:
         """Every problem of every prompt, before anything runs."""

@@ -139,9 +139,9 @@ class Batch:
             write_json(self.plan_path, {"fingerprint": fingerprint, "runs": runs, "models": models})
 
     def describe(self, manifest: dict[str, Any]) -> None:
-        """Write the batch's run manifest (``run_manifest.json``: versions, device, model files, every run's seeds)
+        """Write the batch's run manifest (``provenance.json``: versions, device, model files, every run's seeds)
         beside its plan; a resumed batch keeps the one written when it started unless it has none."""
-        path = os.path.join(self.folder, "run_manifest.json")
+        path = os.path.join(self.folder, "provenance.json")
         if not os.path.isfile(path):
             write_json(path, manifest)
 

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           "control_after_generate says")
     run.add_argument("--batch", help="batch folder name under the output folder (default: the workflow's name); "
                                      "running the same batch again resumes it")
+    run.add_argument("--server", action="append", default=[], metavar="URL",
+                     help="run the batch on this ComfyUI server (repeat for several: each run goes to a free one; a "
+                          "server that stops answering has its runs done by the others)")
     run.add_argument("--random-seed", type=int, help="seed for 'randomize' seed control (reproducible batches)")
     _common(run)
     convert = sub.add_parser("convert", help="print the API-format prompt of a UI workflow")
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            files = _runner(args).run(args.workflow, args.set, args.repeat, args.batch, args.random_seed)
+            files = _runner(args).run(args.workflow, args.set, args.repeat, args.batch, args.random_seed,
+                                      servers=args.server)
         elif args.command == "convert":
             runner = _runner(args)
             print(json.dumps(runner.load(args.workflow).prompt, indent=1))

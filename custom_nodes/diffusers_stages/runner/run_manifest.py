@@ -2,7 +2,7 @@
 
 It records the pack's version and the version of every node of ours the prompt uses; torch, diffusers and
 transformers versions and the device; every model file the loaders read (name, size, SHA-256: hashed once per file,
-see ``fingerprints``); and the seeds. A batch writes it beside its plan (``run_manifest.json``, the seeds of every
+see ``fingerprints``); and the seeds. A batch writes it beside its plan (``provenance.json``, the seeds of every
 run); every PNG a run saves carries its own in a ``diffusers_stages`` text chunk (which ComfyUI ignores when the
 picture is dropped back in).
 """
