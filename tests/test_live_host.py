@@ -526,3 +526,35 @@ def test_real_server_killed_mid_batch_loses_and_repeats_no_run(server, tmp_path_
     entries = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
     assert sorted(entry["run"] for entry in entries) == list(range(8))
     assert len(result["files"]) == 8 and len(set(result["files"])) == 8
+
+
+def test_servers_run_nodes_this_process_cannot_and_name_their_refusals(server, tmp_path):
+    """A node the headless runner does not have (core Invert Image stands for any other pack's) runs on the server:
+    the picture is the local run's inverted. A prompt the server refuses (steps 0 is below Denoise's minimum) stops
+    the batch with the server's message naming node and input; nothing is recorded, the batch resumes later."""
+    import numpy as np
+    from PIL import Image
+
+    from diffusers_stages.runner.api import Runner
+    from diffusers_stages.runner.execute import WorkflowError
+
+    models = os.path.join(os.path.dirname(server.log_path), "models")
+    prompt = txt2img(steps=2)
+    prompt["1"]["inputs"]["model"] = "checkpoints/tiny-sd15.safetensors"
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(prompt))
+    prompt["10"] = {"class_type": "ImageInvert", "inputs": {"image": ["8", 0]}}
+    prompt["9"]["inputs"]["images"] = ["10", 0]
+    inverted = tmp_path / "inverted.json"
+    inverted.write_text(json.dumps(prompt))
+    local = Runner(models, str(tmp_path), str(tmp_path / "local")).run(str(plain), batch="b")
+    runner = Runner(models, str(tmp_path), str(tmp_path / "served"))
+    with pytest.raises(WorkflowError, match="ImageInvert"):
+        runner.run(str(inverted), batch="b")  # not here …
+    served = runner.run(str(inverted), batch="b", servers=[server.url])  # … but on the server
+    with Image.open(local[0]) as a, Image.open(served[0]) as b:  # Save Image truncates 255 x value: 1 - x lands
+        gap = 255 - np.asarray(a.convert("RGB")).astype(int) - np.asarray(b.convert("RGB")).astype(int)
+        assert gap.min() >= 0 and gap.max() <= 1  # on 254 - the local value, or 255 - it where 255 x is whole
+    with pytest.raises(WorkflowError, match=r"(?s)refused the prompt: .*node 7 \(DS_Denoise\).*steps.*resume"):
+        runner.run(str(plain), sets=["7.steps=0"], batch="refused", servers=[server.url])
+    assert not (tmp_path / "served" / "refused" / "manifest.jsonl").exists()
