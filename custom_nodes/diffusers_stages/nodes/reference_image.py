@@ -6,6 +6,7 @@ import logging
 import torch
 
 from .. import host
+from ..engine import lora
 from ..engine import vae as engine_vae
 from ..engine.errors import InputError
 from .base import CONDITIONING, VAE, StageNode, category
@@ -65,8 +66,10 @@ class ReferenceImage(StageNode):
         def attach(cond):
             if cond is None:
                 return None
-            if cond.text_encoder is not None:
+            if cond.text_encoder is not None:  # a family may encode the prompt again with the pictures
                 host.ensure_loaded(cond.text_encoder.residency)
+                for part in cond.text_encoder.parts:  # with the text encoder's LoRAs, as Text Encode did
+                    lora.activate(part.module, cond.text_encoder.loras, text_encoder=True)
             with torch.inference_mode():
                 cond = cond.family.with_references(cond, vae, image, raw)
             return dataclasses.replace(cond, references=tuple(r.to(host.intermediate_device())
