@@ -144,3 +144,40 @@ def test_input_pictures_are_uploaded_to_the_servers(models_root, tmp_path):
             workflow, sets=sets, batch="b", seed=1, servers=urls)
     assert os.path.isfile(tmp_path / "server0" / "input" / "mine.png")
     assert np.array_equal(pixels(fanned[0]), pixels(local[0]))
+
+
+def test_progress_socket_reads_comfyui_messages_frame_by_frame():
+    """The websocket reader on a socket pair: text messages (short, 16-bit length, fragmented), a preview frame
+    skipped, a ping answered with a masked pong, a frame cut by a timeout read whole on the next call."""
+    import socket as sockets
+
+    from diffusers_stages.runner.servers import ProgressSocket
+
+    ours, theirs = sockets.socketpair()
+    channel = ProgressSocket.__new__(ProgressSocket)
+    channel.sock, channel.buffer, channel.kind, channel.partial = ours, b"", 1, b""
+
+    def frame(opcode, payload, final=True):
+        size = len(payload)
+        head = bytes([(0x80 if final else 0) | opcode])
+        head += bytes([size]) if size < 126 else bytes([126]) + size.to_bytes(2, "big")
+        return head + payload
+
+    progress = json.dumps({"type": "progress", "data": {"value": 3, "max": 20, "prompt_id": "p"}}).encode()
+    long = json.dumps({"type": "status", "data": {"pad": "x" * 300}}).encode()
+    theirs.sendall(frame(2, b"\x00preview") + frame(1, progress) + frame(9, b"hi") + frame(1, long[:100], False)
+                   + frame(0, long[100:]))
+    assert channel.message() is None  # the preview
+    assert channel.message() == json.loads(progress)
+    assert channel.message() == json.loads(long)  # after answering the ping
+    pong = theirs.recv(64)
+    assert pong[0] == 0x8A and pong[1] == 0x80 | 2 and bytes(b ^ pong[2:6][i] for i, b in enumerate(pong[6:])) == b"hi"
+    whole = frame(1, b'{"type": "executing", "data": {"node": null, "prompt_id": "p"}}')
+    theirs.sendall(whole[:5])
+    ours.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        channel.message()
+    theirs.sendall(whole[5:])
+    assert channel.message() == {"type": "executing", "data": {"node": None, "prompt_id": "p"}}
+    ours.close()
+    theirs.close()

@@ -470,9 +470,12 @@ FANOUT_SETS = ["Load Diffusers Model.model=checkpoints/tiny-sd15.safetensors", "
                "Empty Latent (Diffusers).height=64", "Denoise (Diffusers).steps=3"]
 
 
-def test_batch_fanned_out_over_two_real_servers_equals_a_local_run(server, tmp_path_factory, tmp_path):
+def test_batch_fanned_out_over_two_real_servers_equals_a_local_run(server, tmp_path_factory, tmp_path, caplog):
     """`run --server A --server B`: each run queued on a real ComfyUI server, its pictures written locally where a
-    local run writes them; pixel for pixel the local run's."""
+    local run writes them; pixel for pixel the local run's. The servers' websockets report the steps."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="diffusers_stages.runner")
     import numpy as np
     from PIL import Image
 
@@ -495,6 +498,7 @@ def test_batch_fanned_out_over_two_real_servers_equals_a_local_run(server, tmp_p
             assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
             used.add(json.loads(a.text["diffusers_stages"])["server"])
     assert used == {server.url, other.url}  # both servers took runs
+    assert all(f"run {index}/4 on " in caplog.text for index in range(1, 5)) and ": step 3/3" in caplog.text
 
 
 def test_real_server_killed_mid_batch_loses_and_repeats_no_run(server, tmp_path_factory, tmp_path):

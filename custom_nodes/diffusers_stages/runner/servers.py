@@ -1,7 +1,7 @@
 """A planned batch fanned out over ComfyUI servers.
 
 The servers are the engine: each run of the plan is queued on one of them through ComfyUI's HTTP API (``/prompt``,
-``/history``, ``/view``, ``/upload/image``) and its pictures are written locally exactly where and as a local run
+``/history``, ``/view``, ``/upload/image``; the steps from its ``/ws`` progress messages) and its pictures are written locally exactly where and as a local run
 writes them (``<batch>/run_NNNNN/<prefix>_00001_.png``, a line in ``manifest.jsonl``), so plan, manifest and resume
 are the batch's own. One worker per server takes the next run whenever its server is free, so runs go to the
 least-busy server. A server that stops answering has its run put back for the others (a run is recorded only
@@ -43,6 +43,87 @@ class PromptRefused(Exception):
     """The server refused the prompt or a node failed on it: the same would happen elsewhere, so the batch stops."""
 
 
+class ProgressSocket:
+    """ComfyUI's websocket (``/ws?clientId=…``), as much of RFC 6455 as its messages need: JSON text messages in,
+    preview frames (binary) skipped, pings answered. Plain http servers only (wss is left to the /history poll)."""
+
+    def __init__(self, url: str, client_id: str, timeout: float):
+        import base64
+        import socket
+
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme != "http":
+            raise OSError("the progress socket speaks plain http only")
+        host, port = parsed.hostname, parsed.port or 80
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                          .encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise OSError("the server closed the websocket handshake")
+            head += chunk
+        head, _, self.buffer = head.partition(b"\r\n\r\n")
+        self.kind, self.partial = 1, b""
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            self.sock.close()
+            raise OSError("no websocket at /ws")
+
+    def _need(self, count: int) -> None:
+        """At least ``count`` bytes in the buffer (a timeout leaves what came so far in it)."""
+        while len(self.buffer) < count:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("the websocket closed")
+            self.buffer += chunk
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)  # a client masks what it sends
+        header = bytes([0x80 | opcode, 0x80 | len(payload)])  # control frames only: payload < 126
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _frame(self) -> tuple[bool, int, bytes]:
+        """(final, opcode, payload) of the next whole frame, taken from the buffer only once it is all there."""
+        self._need(2)
+        first, second = self.buffer[0], self.buffer[1]
+        length, start = second & 0x7F, 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            self._need(2 + size)
+            length, start = int.from_bytes(self.buffer[2:2 + size], "big"), 2 + size
+        masked = bool(second & 0x80)
+        end = start + (4 if masked else 0) + length
+        self._need(end)
+        data = self.buffer[end - length:end]
+        if masked:
+            mask = self.buffer[start:start + 4]
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.buffer = self.buffer[end:]
+        return bool(first & 0x80), first & 0x0F, data
+
+    def message(self) -> dict[str, Any] | None:
+        """The next JSON message (None for a frame that is not one); TimeoutError when none came in time."""
+        while True:
+            final, opcode, data = self._frame()
+            if opcode == 9:
+                self._send(10, data)
+                continue
+            if opcode == 8:
+                raise OSError("the websocket closed")
+            if opcode in (1, 2):
+                self.kind, self.partial = opcode, b""
+            self.partial += data
+            if final:
+                payload, self.partial = self.partial, b""
+                return json.loads(payload) if self.kind == 1 else None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class ComfyServer:
     def __init__(self, url: str, timeout: float = 30.0):
         self.url = url.rstrip("/")
@@ -51,6 +132,7 @@ class ComfyServer:
         self.timeout = timeout
         self.client_id = uuid.uuid4().hex
         self.uploaded: set[str] = set()
+        self.channel: ProgressSocket | None = None
 
     def __str__(self) -> str:
         return self.url
@@ -105,16 +187,54 @@ class ComfyServer:
             raise PromptRefused(f"{self.url} refused the prompt: {refusal(error)}") from error
         return answer["prompt_id"]
 
-    def outputs(self, prompt_id: str, poll: float = 0.2) -> dict[str, Any]:
-        """The run's outputs once the server has run it (polling /history); a failed run raises PromptRefused."""
+    def progress_socket(self) -> ProgressSocket | None:
+        """The server's websocket for this client's progress, or None (then only /history is polled)."""
+        try:
+            return ProgressSocket(self.url, self.client_id, self.timeout)
+        except OSError as error:
+            log.debug("%s: no progress websocket (%s); polling /history", self.url, error)
+            return None
+
+    def outputs(self, prompt_id: str, on_step=None, poll: float = 0.5) -> dict[str, Any]:
+        """The run's outputs once the server has run it; a failed run raises PromptRefused. Steps are reported to
+        ``on_step(value, max)`` from the websocket's progress messages; /history is asked whenever the socket is
+        quiet for ``poll`` seconds or says the run ended (and always, without a socket)."""
+        channel = self.channel if on_step else None
         while True:
+            if channel is not None:
+                try:
+                    channel.sock.settimeout(poll)
+                    message = channel.message()
+                    data = (message or {}).get("data") or {}
+                    if message and data.get("prompt_id") == prompt_id:
+                        if message["type"] == "progress":
+                            on_step(data.get("value"), data.get("max"))
+                        if message["type"] not in ("execution_success", "execution_error",
+                                                   "execution_interrupted") and not (
+                                message["type"] == "executing" and data.get("node") is None):
+                            continue  # the run goes on: no need to ask /history
+                except TimeoutError:
+                    pass
+                except (OSError, ValueError):
+                    self.hang_up()
+                    channel = None
             entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
             if entry and entry.get("status", {}).get("completed") is not None:
                 status = entry["status"]
                 if status.get("status_str") != "success":
                     raise PromptRefused(f"{self.url}: the run failed: {execution_error(status)}")
                 return entry.get("outputs", {})
-            time.sleep(poll)
+            if channel is None:
+                time.sleep(poll)
+
+    def listen(self) -> None:
+        """Open the progress websocket before the first prompt, so that no step of it is missed."""
+        self.channel = self.progress_socket()
+
+    def hang_up(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
     def download(self, image: dict[str, str]) -> bytes:
         query = urllib.parse.urlencode({key: image.get(key, "") for key in ("filename", "subfolder", "type")})
@@ -215,6 +335,13 @@ def run_on_servers(plan, runs: list[dict[str, Any]], servers: list[ComfyServer],
     state = {"in_flight": 0, "finished": len(done), "refused": None, "gone": []}
 
     def worker(server: ComfyServer) -> None:
+        server.listen()
+        try:
+            work(server)
+        finally:
+            server.hang_up()
+
+    def work(server: ComfyServer) -> None:
         while state["refused"] is None:
             try:
                 index = pending.get(timeout=0.1)
@@ -230,7 +357,11 @@ def run_on_servers(plan, runs: list[dict[str, Any]], servers: list[ComfyServer],
                 prompt = runs[index]
                 for picture in input_pictures(prompt, input_folder):
                     server.upload(picture)
-                outputs = server.outputs(server.submit(prompt, extra_for(prompt)))
+                def on_step(value, total, index=index):
+                    if value and total and (value == total or value * 4 // total != (value - 1) * 4 // total):
+                        log.info("run %d/%d on %s: step %d/%d", index + 1, len(runs), server, value, total)
+
+                outputs = server.outputs(server.submit(prompt, extra_for(prompt)), on_step)
                 manifest = server_manifest(server, node_info, prompt)
                 with lock:
                     folder = plan.prepare(index)
