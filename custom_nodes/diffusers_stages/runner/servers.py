@@ -3,10 +3,11 @@
 The servers are the engine: each run of the plan is queued on one of them through ComfyUI's HTTP API (``/prompt``,
 ``/history``, ``/view``, ``/upload/image``; its steps from the ``/ws`` progress messages) and its pictures are
 written locally exactly where and as a local run writes them (``<batch>/run_NNNNN/<prefix>_00001_.png``, a line in
-``manifest.jsonl``), so plan, manifest and resume are the batch's own. One worker per server takes the next run whenever its server is free, so runs go to the
-least-busy server. A server that stops answering has its run put back for the others (a run is recorded only
-once its pictures are written: none is lost or done twice); a prompt a server refuses stops the batch with the
-server's message. Whatever stops a batch leaves it resumable with the same command.
+``manifest.jsonl``), so plan, manifest and resume are the batch's own. One worker per server takes the next run
+whenever its server is free, so runs go to the least-busy server. A server that stops answering has its run put
+back for the others (a run is recorded only once its pictures are written: none is lost or done twice); a prompt a
+server refuses stops the batch with the server's message. Whatever stops a batch leaves it resumable with the same
+command.
 """
 
 from __future__ import annotations
